@@ -1,0 +1,145 @@
+"""What the command-line verbs do, with terminal output (rich) kept out of the library."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.table import Table
+from rich.tree import Tree
+
+from .config import PrepareConfig
+from .pipeline import PrepareSummary, prepare_scan
+from .prep import PreparedChunk
+from .ptyd import open_ptyd, verify
+from .sources import discover
+
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+@contextmanager
+def frame_progress(total: int, enabled: bool, label: str) -> Iterator[callable]:
+    """A progress bar on a terminal (nothing elsewhere); yields ``advance(n_frames)``."""
+    if not (enabled and console.is_terminal):
+        yield lambda n: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("frames"), TransferSpeedColumn(), TimeRemainingColumn(),
+                  console=console, transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def run_prepare(scan_dir: Path, output: Path, config: PrepareConfig, *, overwrite: bool,
+                allow_missing: bool, progress: bool) -> int:
+    """``flyprep prepare``: a finished scan directory into a ``.ptyd``."""
+    inp = config.input
+    source = discover(scan_dir, layout=inp.layout, dataset=inp.dataset, pattern=inp.frame_glob,
+                      positions=inp.positions, positions_dataset=inp.positions_dataset,
+                      units=inp.positions_units)
+    total = config.scan.num_frames or len(source.frames)
+    with frame_progress(total, progress, f"preparing {source.root.name}") as advance:
+        def on_chunk(chunk: PreparedChunk) -> None:
+            advance(chunk.n_frames)
+
+        summary = prepare_scan(source, config, output, overwrite=overwrite,
+                               allow_missing=allow_missing, on_chunk=on_chunk)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: PrepareSummary) -> None:
+    """One paragraph a person reads after a run."""
+    mb = summary.bytes_written / 1e6
+    out.print(f"wrote {summary.output}: {summary.frames} frames in {summary.chunks} chunks, "
+              f"{summary.frames_missing} missing, {summary.seconds:.2f} s "
+              f"({summary.frames_per_s:.0f} frames/s, {mb / summary.seconds:.0f} MB/s)")
+
+
+def run_inspect(path: Path) -> int:
+    """``flyprep inspect``: tree, meta and a chunk table."""
+    ptyd = open_ptyd(path)
+    tree = Tree(f"[bold]{path}")
+    with h5py.File(path, "r") as f:
+        def add(node: Tree, group: h5py.Group, depth: int) -> None:
+            for key in group:
+                link = group.get(key, getlink=True)
+                if isinstance(link, h5py.ExternalLink):
+                    target = group.get(key)
+                    state = "" if target is not None else " [red](dangling)"
+                    node.add(f"{key} -> {link.filename}:{link.path}{state}")
+                    continue
+                item = group[key]
+                if isinstance(item, h5py.Group):
+                    if depth < 2:
+                        add(node.add(f"{key}/"), item, depth + 1)
+                else:
+                    node.add(f"{key} {item.shape} {item.dtype}")
+        add(tree, f, 0)
+    out.print(tree)
+    meta = Table("meta", "value", title="meta/")
+    for key, value in ptyd.meta.model_dump().items():
+        meta.add_row(key, str(value))
+    out.print(meta)
+    chunks = Table("key", "file", "frames", "first frame", "datasets", title="chunks")
+    start = 0
+    for entry in ptyd.chunks:
+        chunks.add_row(str(entry.key), entry.file or "(in master)", str(entry.n_frames),
+                       str(start), ", ".join(entry.datasets))
+        start += entry.n_frames
+    out.print(chunks)
+    line = f"{ptyd.n_frames} of {ptyd.meta.num_frames} frames readable"
+    if ptyd.dangling:
+        line += f"; dangling links: {ptyd.dangling}"
+    if ptyd.provenance:
+        p = ptyd.provenance
+        line += (f"; flyprep scan {p.get('state')}, generation {p.get('generation')}, "
+                 f"{p.get('frames_missing')} frames missing")
+    out.print(line)
+    return 0
+
+
+def run_verify(path: Path) -> int:
+    """``flyprep verify``: exit 1 with the reasons when a rule is broken."""
+    findings = verify(path)
+    for finding in findings:
+        (console if finding.level == "error" else out).print(str(finding), markup=False)
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        console.print(f"{path}: {len(errors)} error(s): PtyPy would not read it correctly",
+                      markup=False)
+        return 1
+    out.print(f"{path}: OK ({len(findings)} warning(s))", markup=False)
+    return 0
+
+
+def run_demo(root: Path, *, frames: int, progress: bool) -> int:
+    """``flyprep demo``: write an example scan, prepare it, verify it, say what to do next."""
+    from .config import parse_config
+    from .example import write_example
+
+    scan_dir = root / "scan"
+    out.print(f"writing a {frames}-frame example scan to {scan_dir} ...")
+    write_example(scan_dir, layout="ptypy", num_frames=frames)
+    config = parse_config({"prep": {"shape": 128}, "output": {"chunk_frames": 100}})
+    output = root / "demo.ptyd"
+    run_prepare(scan_dir, output, config, overwrite=True, allow_missing=False, progress=progress)
+    run_verify(output)
+    ptyd = open_ptyd(output)
+    first = next(ptyd.iter_chunks())
+    out.print(f"first chunk: frames {first.frame_start}..{first.frame_start + first.data.shape[0] - 1}, "
+              f"sum of counts {int(np.sum(first.data))}")
+    out.print("\nPoint PtyPy at it with:\n"
+              f"  p.scans.demo.data.name = 'PtydScan'\n"
+              f"  p.scans.demo.data.source = 'file'\n"
+              f"  p.scans.demo.data.dfile = '{output}'\n"
+              f"Look inside with: flyprep inspect {output}")
+    return 0

@@ -1,0 +1,9 @@
+"""PtyPy ``.ptyd`` files: layout, atomic writer, validating reader, verifier."""
+
+from .layout import ScanMeta, chunk_file_name
+from .reader import ChunkArrays, ChunkEntry, PtydFile, PtydMeta, open_ptyd
+from .verify import Finding, verify
+from .writer import PtydWriter
+
+__all__ = ["ChunkArrays", "ChunkEntry", "Finding", "PtydFile", "PtydMeta", "PtydWriter",
+           "ScanMeta", "chunk_file_name", "open_ptyd", "verify"]

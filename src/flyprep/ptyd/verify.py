@@ -1,0 +1,124 @@
+"""Check a ``.ptyd`` against every rule of the format contract (``docs/ptyd-format.md``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+
+from ..errors import PtydError
+from .layout import TMP_SUFFIX
+from .reader import PtydFile
+
+Level = Literal["error", "warning"]
+# Filters every HDF5 build has; anything else needs a plugin on every reader.
+BUILTIN_FILTERS = {"gzip", "lzf", "shuffle", "fletcher32", "scaleoffset", "szip", None}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One broken (error) or questionable (warning) point, with the rule it concerns."""
+
+    level: Level
+    rule: str
+    h5path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: [{self.rule}] {self.h5path}: {self.message}"
+
+
+def verify(path: str | os.PathLike[str]) -> list[Finding]:
+    """All findings for the file at ``path``; no error finding means PtyPy can read it."""
+    path = Path(path)
+    try:
+        ptyd = PtydFile(path)
+    except PtydError as exc:
+        rule = "1-type-tags" if "type" in exc.reason else "2-num-frames" if "num_frames" in exc.h5path else "layout"
+        return [Finding("error", rule, exc.h5path, exc.reason)]
+    findings: list[Finding] = []
+    add = findings.append
+    meta = ptyd.meta
+
+    if not ptyd.chunks or ptyd.chunks[0].key != 0:
+        add(Finding("error", "3-first-chunk", "/chunks/0",
+                    "does not resolve: PtyPy refuses the file ('contains no data')"))
+    keys = [c.key for c in ptyd.chunks]
+    if keys and keys != list(range(keys[0], keys[0] + len(keys))):
+        add(Finding("error", "4-order", "/chunks",
+                    f"resolved chunk keys {keys} have gaps: later frames shift onto wrong positions"))
+    gaps = [d for d in ptyd.dangling if keys and d < keys[-1]]
+    if gaps:
+        add(Finding("error", "4-order", "/chunks",
+                    f"dangling links {gaps} lie before resolved chunks: frames would shift"))
+
+    first = ptyd.chunks[0] if ptyd.chunks else None
+    start = 0
+    with h5py.File(path, "r") as f:
+        for entry in ptyd.chunks:
+            where = f"/chunks/{entry.key}"
+            group = f[where]
+            if first is not None and entry.datasets != first.datasets:
+                add(Finding("error", "4-same-datasets", where,
+                            f"holds {list(entry.datasets)}, chunk 0 holds {list(first.datasets)}"))
+            _check_chunk(group, where, entry.n_frames, start, meta.shape, add)
+            if entry.file is not None and os.path.basename(entry.file) != entry.file:
+                add(Finding("warning", "6-bare-links", where,
+                            f"link target {entry.file!r} is not a bare file name"))
+            start += entry.n_frames
+
+    total = ptyd.n_frames
+    if total > meta.num_frames:
+        add(Finding("error", "2-num-frames", "/meta/num_frames",
+                    f"{total} frames stored but num_frames is {meta.num_frames}"))
+    if ptyd.state in ("complete", "aborted") and total != meta.num_frames:
+        add(Finding("error", "2-num-frames", "/meta/num_frames",
+                    f"scan is {ptyd.state} with {total} of {meta.num_frames} frames: readers hang"))
+    sizes = [c.n_frames for c in ptyd.chunks]
+    if any(s != sizes[0] for s in sizes[:-1]):
+        add(Finding("warning", "4-order", "/chunks",
+                    f"chunks before the last differ in size: {sizes}"))
+    if len(sizes) > 20 and np.mean(sizes) < 20:
+        add(Finding("warning", "8-chunk-count", "/chunks",
+                    f"{len(sizes)} chunks of ~{np.mean(sizes):.0f} frames: readers re-open every "
+                    "chunk on each poll; prefer ~100 frames per chunk"))
+    leftovers = sorted(p.name for p in path.parent.glob(path.name + "*" + TMP_SUFFIX))
+    if leftovers:
+        add(Finding("warning", "7-atomic-writes", "/",
+                    f"temporary files left beside the master: {leftovers}"))
+    return findings
+
+
+def _check_chunk(group: h5py.Group, where: str, n: int, start: int,
+                 shape: tuple[int, int], add) -> None:
+    data = group["data"]
+    if data.ndim != 3 or tuple(data.shape[1:]) != tuple(shape):
+        add(Finding("error", "layout", f"{where}/data",
+                    f"shape {data.shape}, expected (n, {shape[0]}, {shape[1]}) from meta/shape"))
+    if data.chunks is not None and data.ndim == 3 and data.chunks[0] != 1:
+        add(Finding("warning", "9-hdf5-chunking", f"{where}/data",
+                    f"HDF5 chunks {data.chunks}: PtyPy reads frame by frame, (1, H, W) is ~6x faster"))
+    for name in ("data", "weights"):
+        if name in group and group[name].compression not in BUILTIN_FILTERS:
+            add(Finding("warning", "9-filters", f"{where}/{name}",
+                        f"filter {group[name].compression!r} needs a plugin on every reader"))
+    pos = group.get("positions")
+    if pos is None:
+        add(Finding("error", "layout", f"{where}/positions", "missing"))
+    elif tuple(pos.shape) != (n, 2):
+        add(Finding("error", "layout", f"{where}/positions", f"shape {pos.shape}, expected ({n}, 2)"))
+    weights = group.get("weights")
+    if weights is not None and tuple(weights.shape) != tuple(data.shape):
+        add(Finding("error", "layout", f"{where}/weights",
+                    f"shape {weights.shape} differs from data {data.shape}"))
+    idx = group.get("indices")
+    if idx is not None:
+        stored = idx[()]
+        if stored.shape != (n,) or not np.array_equal(stored, np.arange(start, start + n)):
+            add(Finding("error", "4-order", f"{where}/indices",
+                        f"stored indices {stored[:3].tolist()}... are not frames "
+                        f"{start}..{start + n - 1} that PtyPy will assign"))

@@ -1,0 +1,280 @@
+"""Writes a ``.ptyd`` that PtyPy can poll while it grows, with every write atomic.
+
+Link mode: each chunk goes to its own file (temporary name, fsync, rename, directory
+fsync); then a new master listing every finished chunk replaces the old one the same
+way. The published master is never opened for writing, so readers holding it open with
+HDF5 file locking on never block the writer and never see torn metadata.
+
+Append mode: chunks are groups inside one file, which is built under a temporary name and
+published once, when the scan ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+
+from .. import __version__
+from ..errors import OutputError
+from ..prep.chunk import PreparedChunk
+from .layout import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
+                     now_iso, params_hash, tmp_name)
+from .tags import write_tagged
+
+SaveMode = Literal["link", "append"]
+
+
+def compression_options(name: str, level: int = 4) -> dict[str, Any]:
+    """h5py ``create_dataset`` keywords for a compression name."""
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": level}
+    if name == "lzf":
+        return {"compression": "lzf"}
+    if name == "bitshuffle-lz4":
+        try:
+            import hdf5plugin
+        except ImportError as exc:
+            raise OutputError("compression 'bitshuffle-lz4' needs hdf5plugin: "
+                              "pip install 'flyprep[compression]'") from exc
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    raise OutputError(f"unknown compression {name!r}")
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or directory's) data and metadata to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make ``tmp`` durable and atomically put it in place of ``final``."""
+    fsync_path(tmp)
+    os.replace(tmp, final)
+    fsync_path(final.parent)
+
+
+def write_chunk_group(group: h5py.Group, chunk: PreparedChunk, *,
+                      filters: dict[str, Any]) -> None:
+    """Write a chunk's datasets at ``group``: one frame per HDF5 chunk for the stacks."""
+    n, h, w = chunk.data.shape
+    group.create_dataset("data", data=chunk.data, chunks=(1, h, w), **filters)
+    group.create_dataset("weights", data=chunk.weights, chunks=(1, h, w), **filters)
+    group.create_dataset("positions", data=np.asarray(chunk.positions, np.float64))
+    group.create_dataset("indices", data=chunk.indices)
+
+
+class PtydWriter:
+    """Writes one scan's ``.ptyd``; chunks must come in key order.
+
+    Use as a context manager: leaving it with an exception publishes the master as
+    ``aborted`` (if any chunk was written) and re-raises.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        meta: ScanMeta,
+        save: SaveMode = "link",
+        chunk_frames: int = 100,
+        chunk_format: str = ".chunk%05d",
+        compression: str = "none",
+        compression_level: int = 4,
+        params: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = Path(path).absolute()
+        self.meta = meta
+        self.save = save
+        self.chunk_frames = chunk_frames
+        self.chunk_format = chunk_format
+        self.filters = compression_options(compression, compression_level)
+        self.params_json = json.dumps(params or {}, sort_keys=True, default=str)
+        self.params_hash = params_hash(params or {})
+        self.created = now_iso()
+        self.generation = 0
+        self.next_key = 0
+        self.frames_written = 0
+        self.missing: list[int] = []
+        self.state: ScanState = "acquiring"
+        self.chunk_files: list[str] = []
+        if save not in ("link", "append"):
+            raise OutputError(f"save must be 'link' or 'append', got {save!r}")
+        if not self.path.parent.is_dir():
+            raise OutputError(f"{self.path.parent}: output directory does not exist")
+        if self.path.exists() and not overwrite:
+            raise OutputError(f"{self.path}: exists already (pass overwrite to replace it)")
+        self._append_tmp = self.path.with_name(tmp_name(self.path.name))
+        if save == "append":
+            self._create_append_file()
+
+    # -- public -------------------------------------------------------------------
+    def write_chunk(self, chunk: PreparedChunk) -> Path:
+        """Store ``chunk`` durably, then publish a master that includes it."""
+        self._check_next(chunk)
+        if self.save == "link":
+            target = self._write_chunk_file(chunk)
+        else:
+            target = self._append_chunk(chunk)
+        self.next_key += 1
+        self.frames_written += chunk.n_frames
+        self.missing.extend(int(i) for i in chunk.indices[chunk.missing])
+        if self.save == "link":
+            self._publish_master()
+        return target
+
+    def close(self, state: ScanState = "complete") -> None:
+        """Publish the final master with ``state``. Every planned frame must be written,
+        or readers polling for ``num_frames`` would wait forever."""
+        if self.state != "acquiring":
+            return
+        if self.frames_written != self.meta.num_frames:
+            raise OutputError(
+                f"{self.path}: {self.frames_written} frames written but meta/num_frames is "
+                f"{self.meta.num_frames}; fill the missing frames before closing")
+        self.state = state
+        if self.save == "link":
+            self._publish_master()
+        else:
+            self._finish_append()
+
+    def __enter__(self) -> "PtydWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close("complete")
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Give up on the scan: the chunks already published stay readable, the master
+        says ``aborted``; an unpublished append file is removed."""
+        if self.state != "acquiring":
+            return
+        self.state = "aborted"
+        if self.save == "link" and self.next_key > 0:
+            self._publish_master()
+        self._append_tmp.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        """Progress as plain data."""
+        return {"path": str(self.path), "state": self.state, "chunks": self.next_key,
+                "frames_written": self.frames_written, "frames_missing": len(self.missing),
+                "num_frames": self.meta.num_frames, "generation": self.generation}
+
+    # -- internals ------------------------------------------------------------------
+    def _check_next(self, chunk: PreparedChunk) -> None:
+        if self.state != "acquiring":
+            raise OutputError(f"{self.path}: scan is {self.state}, no more chunks accepted")
+        if chunk.key != self.next_key or chunk.frame_start != self.frames_written:
+            raise OutputError(
+                f"{self.path}: chunk {chunk.key} starting at frame {chunk.frame_start} is out "
+                f"of order; expected chunk {self.next_key} at frame {self.frames_written}")
+        if self.next_key > 0 and self._short_chunk_seen:
+            raise OutputError(f"{self.path}: only the last chunk may be shorter than "
+                              f"{self.chunk_frames} frames")
+        if chunk.frame_start + chunk.n_frames > self.meta.num_frames:
+            raise OutputError(f"{self.path}: chunk {chunk.key} ends at frame "
+                              f"{chunk.frame_start + chunk.n_frames} > num_frames "
+                              f"{self.meta.num_frames}")
+        if chunk.data.shape[1:] != tuple(self.meta.shape):
+            raise OutputError(f"{self.path}: chunk {chunk.key} frames are "
+                              f"{chunk.data.shape[1:]}, meta/shape is {tuple(self.meta.shape)}")
+
+    @property
+    def _short_chunk_seen(self) -> bool:
+        return self.frames_written != self.next_key * self.chunk_frames
+
+    def _write_chunk_file(self, chunk: PreparedChunk) -> Path:
+        name = chunk_file_name(self.path.name, self.chunk_format, chunk.key)
+        final = self.path.with_name(name)
+        tmp = self.path.with_name(tmp_name(name))
+        prov = ChunkProvenance(
+            key=chunk.key, frame_start=chunk.frame_start,
+            frame_stop=chunk.frame_start + chunk.n_frames,
+            frames_missing=int(np.count_nonzero(chunk.missing)), sources=chunk.sources,
+            params_json=self.params_json, params_hash=self.params_hash,
+            flyprep_version=__version__)
+        try:
+            with h5py.File(tmp, "w") as f:
+                write_chunk_group(f, chunk, filters=self.filters)
+                f.attrs.update(prov.attrs())
+            publish(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"{final}: could not write chunk {chunk.key}: {exc}") from exc
+        self.chunk_files.append(name)
+        return final
+
+    def _plan(self) -> MasterPlan:
+        return MasterPlan(
+            meta=self.meta, chunk_files=tuple(self.chunk_files), state=self.state,
+            generation=self.generation, frames_written=self.frames_written,
+            missing_indices=tuple(self.missing), chunk_frames=self.chunk_frames,
+            params_json=self.params_json, params_hash=self.params_hash,
+            flyprep_version=__version__, created=self.created)
+
+    def _publish_master(self) -> None:
+        self.generation += 1
+        tmp = self._append_tmp
+        try:
+            with h5py.File(tmp, "w") as f:
+                write_master(f, self._plan())
+            publish(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"{self.path}: could not publish the master: {exc}") from exc
+
+    def _create_append_file(self) -> None:
+        try:
+            with h5py.File(self._append_tmp, "w") as f:
+                f.create_group("chunks").attrs["type"] = "dict"
+        except OSError as exc:
+            raise OutputError(f"{self._append_tmp}: cannot create: {exc}") from exc
+
+    def _append_chunk(self, chunk: PreparedChunk) -> Path:
+        try:
+            with h5py.File(self._append_tmp, "a") as f:
+                group = f["chunks"].create_group(str(chunk.key))
+                write_chunk_group(group, chunk, filters=self.filters)
+        except OSError as exc:
+            raise OutputError(f"{self._append_tmp}: could not append chunk "
+                              f"{chunk.key}: {exc}") from exc
+        return self._append_tmp
+
+    def _finish_append(self) -> None:
+        self.generation += 1
+        try:
+            with h5py.File(self._append_tmp, "a") as f:
+                write_master(f, self._plan(), links=False)
+            publish(self._append_tmp, self.path)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: could not publish: {exc}") from exc
+
+
+def write_master(f: h5py.File, plan: MasterPlan, *, links: bool = True) -> None:
+    """Write ``meta/``, ``chunks/`` links and the ``flyprep/`` provenance into ``f``."""
+    stamp = now_iso()
+    f.attrs["h5rw_version"] = "0.1"
+    f.attrs.setdefault("ctime", plan.created)
+    f.attrs["mtime"] = stamp
+    write_tagged(f, "meta", plan.meta.to_tagged())
+    if links:
+        chunks = f.create_group("chunks")
+        chunks.attrs["type"] = "dict"
+        for key, name in enumerate(plan.chunk_files):
+            chunks[str(key)] = h5py.ExternalLink(name, "/")
+    prov = f.create_group("flyprep")
+    prov.attrs.update(plan.provenance_attrs())
+    prov.create_dataset("missing_indices", data=np.asarray(plan.missing_indices, np.int64))

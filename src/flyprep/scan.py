@@ -1,0 +1,225 @@
+"""Frame bookkeeping of one scan and PtyPy's ``auto()`` on top of it.
+
+Frames arrive by global index, in any order, with their positions. :class:`FrameBook`
+keeps them in a fixed ring of raw chunk buffers and releases chunk k, holding exactly
+frames ``[k*n, (k+1)*n)``, once every one of those frames has arrived or been declared
+missing. Missing frames (timed out, or the scan ended without them) become zero data with
+all-zero weights so that every later frame keeps its position and readers still reach
+``num_frames``.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .prep.chunk import PreparedChunk
+
+
+class Signal(enum.Enum):
+    """What :meth:`Scan.auto` returns when it has no chunk: PtyPy's WAIT and EOS."""
+
+    WAIT = "WAIT"
+    EOS = "EOS"
+
+
+WAIT = Signal.WAIT
+EOS = Signal.EOS
+
+
+@dataclass(frozen=True)
+class RawChunk:
+    """Raw frames ``[frame_start, frame_start + n)`` with what is known about each."""
+
+    key: int
+    frame_start: int
+    frames: np.ndarray  # (n, H, W) view into the ring buffer: valid until the next release
+    present: np.ndarray  # (n,) bool
+    positions: np.ndarray  # (n, 2) float64
+    sources: tuple[str, ...]
+
+
+class FrameBook:
+    """Collects frames by index into a bounded ring of ``buffer_chunks`` chunk buffers."""
+
+    def __init__(
+        self,
+        *,
+        num_frames: int,
+        chunk_frames: int,
+        buffer_chunks: int = 2,
+        frame_timeout_s: float | None = None,
+        positions: np.ndarray | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if num_frames < 1 or chunk_frames < 1 or buffer_chunks < 1:
+            raise ValueError("num_frames, chunk_frames and buffer_chunks must be positive")
+        self.num_frames = num_frames
+        self.chunk_frames = chunk_frames
+        self.buffer_chunks = buffer_chunks
+        self.frame_timeout_s = frame_timeout_s
+        self.clock = clock
+        self.next_key = 0
+        self.ended = False
+        self.missing_total = 0
+        self._table = None if positions is None else np.asarray(positions, np.float64)
+        if self._table is not None and self._table.shape[0] < num_frames:
+            raise ValueError(f"{self._table.shape[0]} positions for {num_frames} frames")
+        slots = buffer_chunks * chunk_frames
+        self._frames: np.ndarray | None = None  # allocated at the first frame
+        self._present = np.zeros(slots, bool)
+        self._missing = np.zeros(slots, bool)
+        self._arrived_at = np.full(slots, np.inf)
+        self._positions = np.full((slots, 2), np.nan)
+        self._sources: list[str] = [""] * slots
+        self._last_position = np.zeros(2)
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of chunks the scan will have."""
+        return -(-self.num_frames // self.chunk_frames)
+
+    @property
+    def window(self) -> range:
+        """Global frame indices that can be accepted now."""
+        start = self.next_key * self.chunk_frames
+        return range(start, min(self.num_frames, start + self.buffer_chunks * self.chunk_frames))
+
+    def accepts(self, index: int) -> bool:
+        """True when frame ``index`` fits in the buffers now (False: hold it and retry)."""
+        return index in self.window
+
+    def add(self, index: int, frame: np.ndarray, position: Sequence[float] | None = None,
+            source: str = "") -> bool:
+        """Store frame ``index``; False when it lies beyond the buffered window.
+
+        Raises ValueError for an index outside the scan, a frame of another shape or dtype
+        than the first, or a frame already stored.
+        """
+        if not 0 <= index < self.num_frames:
+            raise ValueError(f"frame index {index} outside the scan (0..{self.num_frames - 1})")
+        if index < self.next_key * self.chunk_frames:
+            raise ValueError(f"frame {index} arrived after its chunk was released")
+        if not self.accepts(index):
+            return False
+        if self._frames is None:
+            self._frames = np.zeros((self._present.size, *frame.shape), frame.dtype)
+        if frame.shape != self._frames.shape[1:]:
+            raise ValueError(f"frame shape {frame.shape} differs from the scan's "
+                             f"{self._frames.shape[1:]}")
+        slot = index % self._present.size
+        if self._present[slot] or self._missing[slot]:
+            raise ValueError(f"frame {index} was already "
+                             f"{'stored' if self._present[slot] else 'filled as missing'}")
+        self._frames[slot] = frame
+        self._present[slot] = True
+        self._arrived_at[slot] = self.clock()
+        self._sources[slot] = source
+        if position is not None:
+            self._positions[slot] = position
+        return True
+
+    def mark_missing(self, indices: Sequence[int]) -> None:
+        """Declare frames that will never arrive (within the window)."""
+        for index in indices:
+            if index in self.window:
+                slot = index % self._present.size
+                if not self._present[slot]:
+                    self._missing[slot] = True
+
+    def end(self) -> None:
+        """The scan is over: every frame not yet arrived is missing."""
+        self.ended = True
+
+    def _chunk_slots(self, key: int) -> tuple[int, int, slice]:
+        start = key * self.chunk_frames
+        stop = min(start + self.chunk_frames, self.num_frames)
+        base = start % self._present.size
+        return start, stop, slice(base, base + stop - start)
+
+    def _expire(self, slots: slice, start: int) -> None:
+        """Frames older than the timeout that later frames overtook become missing."""
+        if self.frame_timeout_s is None:
+            return
+        now = self.clock()
+        unresolved = ~(self._present[slots] | self._missing[slots])
+        if not unresolved.any():
+            return
+        # Oldest arrival among frames after each position, across the buffered window.
+        order = np.concatenate([np.arange(slots.start, self._present.size),
+                                np.arange(0, slots.start)])
+        times = self._arrived_at[order]
+        later_oldest = np.minimum.accumulate(times[::-1])[::-1]
+        overtaken = np.empty(order.size, bool)
+        overtaken[:-1] = now - later_oldest[1:] >= self.frame_timeout_s
+        overtaken[-1] = False
+        n = slots.stop - slots.start
+        self._missing[slots] |= unresolved & overtaken[:n]
+
+    def release(self) -> RawChunk | Signal:
+        """The next chunk if all its frames are resolved, else WAIT; EOS after the last."""
+        key = self.next_key
+        if key >= self.n_chunks:
+            return EOS
+        start, stop, slots = self._chunk_slots(key)
+        if self.ended:
+            self._missing[slots] |= ~self._present[slots]
+        else:
+            self._expire(slots, start)
+        resolved = self._present[slots] | self._missing[slots]
+        if not resolved.all():
+            return WAIT
+        present = self._present[slots].copy()
+        positions = self._fill_positions(start, stop, slots)
+        if self._frames is None:  # no frame ever arrived: nothing to take a shape from
+            raise ValueError("no frame of the scan arrived; the frame shape is unknown")
+        frames = self._frames[slots]
+        sources = tuple(self._sources[slots])
+        self.missing_total += int(np.count_nonzero(~present))
+        self._present[slots] = False
+        self._missing[slots] = False
+        self._arrived_at[slots] = np.inf
+        self._positions[slots] = np.nan
+        self._sources[slots] = [""] * (stop - start)
+        self.next_key += 1
+        return RawChunk(key, start, frames, present, positions, sources)
+
+    def _fill_positions(self, start: int, stop: int, slots: slice) -> np.ndarray:
+        pos = self._positions[slots].copy()
+        if self._table is not None:
+            unknown = np.isnan(pos).any(axis=1)
+            pos[unknown] = self._table[start:stop][unknown]
+        unknown = np.isnan(pos).any(axis=1)
+        if unknown.any():
+            # A frame without position (missing frames only): repeat the last known one;
+            # its weights are zero, so a reconstruction ignores it.
+            for i in np.flatnonzero(unknown):
+                pos[i] = self._last_position if i == 0 else pos[i - 1]
+        self._last_position = pos[-1].copy()
+        return pos
+
+
+class Scan:
+    """PtyPy's ``PtyScan.auto()`` over a :class:`FrameBook` and a chunk preparer."""
+
+    def __init__(self, book: FrameBook, prepare: Callable[[RawChunk], PreparedChunk]) -> None:
+        self.book = book
+        self.prepare = prepare
+
+    def auto(self, frames: int | None = None) -> PreparedChunk | Signal:
+        """The next prepared chunk, WAIT (not all of its frames resolved yet) or EOS.
+
+        ``frames`` must be the scan's chunk size when given: chunk k always holds
+        frames ``[k*n, (k+1)*n)``.
+        """
+        if frames is not None and frames != self.book.chunk_frames:
+            raise ValueError(f"this scan is cut into chunks of {self.book.chunk_frames} frames, "
+                             f"not {frames}")
+        raw = self.book.release()
+        if isinstance(raw, Signal):
+            return raw
+        return self.prepare(raw)
