@@ -24,6 +24,7 @@ from ..errors import OutputError
 from ..prep.chunk import PreparedChunk
 from .layout import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
                      now_iso, params_hash, tmp_name)
+from .safefile import guarded_h5
 from .tags import write_tagged
 
 SaveMode = Literal["link", "append"]
@@ -57,8 +58,7 @@ def fsync_path(path: Path) -> None:
 
 
 def publish(tmp: Path, final: Path) -> None:
-    """Make ``tmp`` durable and atomically put it in place of ``final``."""
-    fsync_path(tmp)
+    """Atomically put the (already fsynced) ``tmp`` in place of ``final``, durably."""
     os.replace(tmp, final)
     fsync_path(final.parent)
 
@@ -207,7 +207,7 @@ class PtydWriter:
             params_json=self.params_json, params_hash=self.params_hash,
             flyprep_version=__version__)
         try:
-            with h5py.File(tmp, "w") as f:
+            with guarded_h5(tmp) as f:
                 write_chunk_group(f, chunk, filters=self.filters)
                 f.attrs.update(prov.attrs())
             publish(tmp, final)
@@ -229,7 +229,7 @@ class PtydWriter:
         self.generation += 1
         tmp = self._append_tmp
         try:
-            with h5py.File(tmp, "w") as f:
+            with guarded_h5(tmp) as f:
                 write_master(f, self._plan())
             publish(tmp, self.path)
         except OSError as exc:
@@ -238,14 +238,14 @@ class PtydWriter:
 
     def _create_append_file(self) -> None:
         try:
-            with h5py.File(self._append_tmp, "w") as f:
+            with guarded_h5(self._append_tmp) as f:
                 f.create_group("chunks").attrs["type"] = "dict"
         except OSError as exc:
             raise OutputError(f"{self._append_tmp}: cannot create: {exc}") from exc
 
     def _append_chunk(self, chunk: PreparedChunk) -> Path:
         try:
-            with h5py.File(self._append_tmp, "a") as f:
+            with guarded_h5(self._append_tmp, "r+") as f:
                 group = f["chunks"].create_group(str(chunk.key))
                 write_chunk_group(group, chunk, filters=self.filters)
         except OSError as exc:
@@ -256,7 +256,7 @@ class PtydWriter:
     def _finish_append(self) -> None:
         self.generation += 1
         try:
-            with h5py.File(self._append_tmp, "a") as f:
+            with guarded_h5(self._append_tmp, "r+") as f:
                 write_master(f, self._plan(), links=False)
             publish(self._append_tmp, self.path)
         except OSError as exc:
