@@ -8,7 +8,7 @@ from flyprep.errors import PtydError
 from flyprep.ptyd import PtydWriter, open_ptyd
 from flyprep.ptyd.tags import write_tagged
 
-from conftest import make_chunk
+from ptyd_helpers import make_chunk
 
 
 def good_file(tmp_path, meta):

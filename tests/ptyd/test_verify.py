@@ -6,7 +6,7 @@ import numpy as np
 from flyprep.cli import main
 from flyprep.ptyd import PtydWriter, verify
 
-from conftest import make_chunk
+from ptyd_helpers import make_chunk
 
 
 def scan(tmp_path, meta, chunks=((0, 0, 20), (1, 20, 20), (2, 40, 10))):

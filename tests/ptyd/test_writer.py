@@ -13,7 +13,7 @@ import pytest
 from flyprep.errors import OutputError
 from flyprep.ptyd import PtydWriter, open_ptyd, verify
 
-from conftest import make_chunk
+from ptyd_helpers import make_chunk
 
 
 def write_scan(path, meta, *, chunk=20, **kw):
@@ -171,7 +171,7 @@ def test_full_disk_loses_nothing_already_written(tmp_path, meta):
     script = textwrap.dedent(f"""
         import resource, signal, sys
         sys.path.insert(0, {str(os.path.dirname(__file__))!r})
-        from conftest import make_chunk
+        from ptyd_helpers import make_chunk
         from flyprep.ptyd import PtydWriter, ScanMeta
         from flyprep.errors import OutputError
         meta = ScanMeta(num_frames=400, shape=(64, 64), center=(32.0, 32.0))
