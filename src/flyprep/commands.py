@@ -132,7 +132,8 @@ def run_demo(root: Path, *, frames: int, progress: bool) -> int:
     config = parse_config({"prep": {"shape": 128}, "output": {"chunk_frames": 100}})
     output = root / "demo.ptyd"
     run_prepare(scan_dir, output, config, overwrite=True, allow_missing=False, progress=progress)
-    run_verify(output)
+    if run_verify(output) != 0:
+        return 1
     ptyd = open_ptyd(output)
     first = next(ptyd.iter_chunks())
     out.print(f"first chunk: frames {first.frame_start}..{first.frame_start + first.data.shape[0] - 1}, "

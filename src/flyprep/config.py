@@ -136,7 +136,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         value = err.get("input")
-        lines.append(f"  {key} = {value!r}: {err['msg']}")
+        msg = err["msg"].removeprefix("Value error, ")
+        if isinstance(value, dict):  # a check across several keys of a section
+            lines.append(f"  {key}: {msg}")
+        else:
+            lines.append(f"  {key} = {value!r}: {msg}")
     return "\n".join(lines)
 
 

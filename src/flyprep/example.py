@@ -78,7 +78,7 @@ def write_example(root: str | Path, *, layout: Layout = "ptypy", num_frames: int
         (root / "ccd").mkdir(exist_ok=True)
         (root / "geometry.txt").write_text(
             f"distance {geometry.distance:.6e}\nenergy {geometry.energy:.6e}\n"
-            f"psize {geometry.psize:.6e}\nshape {geometry.shape}\n")
+            f"psize {geometry.psize:.6e}\nshape {min(geometry.shape, frame_side)}\n")
         lines = []
         for start, block in scan.iter_chunks():
             for j, frame in enumerate(block):

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import GeometryConfig, PrepareConfig, PrepConfig
+from .config import GeometryConfig, PrepareConfig, PrepConfig, parse_config
 from .errors import ConfigError, InputError
 from .prep import Calibration, Preparation, PreparedChunk, center_from_spec, mass_center
 from .ptyd.layout import ScanMeta
@@ -117,7 +117,10 @@ def effective_config(config: PrepareConfig, source: ScanSource) -> PrepareConfig
         prep["shape"] = source.geometry["shape"]
     data = config.model_dump()
     data["geometry"], data["prep"] = geo, prep
-    return PrepareConfig.model_validate(data)
+    # Values from the scan's geometry.txt can clash with the config (e.g. its shape with
+    # rebin): a ConfigError, like any other bad configuration.
+    return parse_config(data, source=f"configuration completed from "
+                                     f"{source.root / 'geometry.txt'}")
 
 
 def prepare_scan(

@@ -111,6 +111,9 @@ class FrameBook:
         if frame.shape != self._frames.shape[1:]:
             raise ValueError(f"frame shape {frame.shape} differs from the scan's "
                              f"{self._frames.shape[1:]}")
+        if frame.dtype != self._frames.dtype:
+            raise ValueError(f"frame dtype {frame.dtype} differs from the scan's "
+                             f"{self._frames.dtype}")
         slot = index % self._present.size
         if self._present[slot] or self._missing[slot]:
             raise ValueError(f"frame {index} was already "
@@ -178,6 +181,7 @@ class FrameBook:
         if self._frames is None:  # no frame ever arrived: nothing to take a shape from
             raise ValueError("no frame of the scan arrived; the frame shape is unknown")
         frames = self._frames[slots]
+        frames[~present] = 0  # a missing frame's slot may still hold an older frame
         sources = tuple(self._sources[slots])
         self.missing_total += int(np.count_nonzero(~present))
         self._present[slots] = False

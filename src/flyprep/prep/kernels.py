@@ -210,8 +210,13 @@ def cast_clipped(src: np.ndarray, dtype: np.dtype, *, out: np.ndarray | None = N
         out = np.empty(src.shape, dtype=dtype)
     if src.dtype.kind == "f" and dtype.kind in "iu":
         info = np.iinfo(dtype)
-        tmp = np.rint(src)
-        np.clip(tmp, info.min, info.max, out=tmp)
+        # Round and clip in float64: in float32 the bounds of 32-bit integers round up
+        # (2**31 - 1 -> 2**31), and the cast of the "clipped" value then overflows.
+        tmp = np.rint(src, dtype=np.float64)
+        hi = np.float64(info.max)
+        if int(hi) > info.max:  # 64-bit bounds are not exact in float64 either
+            hi = np.nextafter(hi, 0)
+        np.clip(tmp, info.min, hi, out=tmp)
         np.copyto(out, tmp, casting="unsafe")
     elif src.dtype.kind in "iu" and dtype.kind in "iu" and not np.can_cast(src.dtype, dtype):
         info = np.iinfo(dtype)

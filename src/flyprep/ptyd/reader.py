@@ -20,6 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from ..errors import PtydError
 from .tags import read_tagged
 
+try:  # registers the compression filters (bitshuffle, LZ4, ...) with HDF5 for reading
+    import hdf5plugin  # noqa: F401
+except ImportError:  # pragma: no cover - plain gzip/lzf files still read
+    pass
+
 
 class PtydMeta(BaseModel):
     """``meta/`` as PtyPy needs it; unknown keys are kept."""

@@ -128,14 +128,16 @@ def discover_ptypy(root: Path, *, units: float = 1.0) -> ScanSource:
 def discover_hdf5(root: Path, *, dataset: str, pattern: str, positions: Path | None,
                   positions_dataset: str | None = None, units: float = 1.0) -> ScanSource:
     """A scan of HDF5 frame files (sorted by name), each holding one frame or a stack."""
-    files = sorted(p for p in root.glob(pattern) if p.is_file())
+    pos_path = positions or _default_positions(root)
+    # The positions file (positions.h5 by default) is no frame file even if the glob matches.
+    files = sorted(p for p in root.glob(pattern)
+                   if p.is_file() and p.resolve() != Path(pos_path).resolve())
     if not files:
         raise InputError(root, f"no frame files match {pattern!r}")
     refs: list[FrameRef] = []
     for path in files:
         n = _stack_length(path, dataset)
         refs.extend(FrameRef(len(refs), path, None if n is None else j) for j in range(n or 1))
-    pos_path = positions or _default_positions(root)
     pos = load_positions(pos_path, dataset=positions_dataset, units=units)
     if pos.shape[0] < len(refs):
         raise InputError(pos_path, f"{pos.shape[0]} positions for {len(refs)} frames")
@@ -173,27 +175,39 @@ def discover(root: str | os.PathLike[str], *, layout: str = "auto", dataset: str
     if not root.is_dir():
         raise InputError(root, "scan directory does not exist")
     if layout == "auto":
-        layout = "ptypy" if (root / "positions.txt").exists() and positions is None else "hdf5"
-        if layout == "ptypy":
-            try:
-                names, _ = parse_named_positions(root / "positions.txt")
-            except InputError:
-                layout = "hdf5"
+        # PtyPy's positions.txt names the frame file first; HDF5 scans list 'y x' only.
+        # Decided on the first line, so a broken later line is reported, not guessed around.
+        text_pos = root / "positions.txt"
+        layout = "ptypy" if positions is None and _names_frames(text_pos) else "hdf5"
     if layout == "ptypy":
         return discover_ptypy(root, units=units)
     return discover_hdf5(root, dataset=dataset, pattern=pattern, positions=positions,
                          positions_dataset=positions_dataset, units=units)
 
 
+def _names_frames(path: Path) -> bool:
+    """True when the first line of a positions text file starts with a frame file name."""
+    if not path.is_file():
+        return False
+    for _lineno, line in _lines(path):
+        try:
+            float(line.split()[0])
+        except ValueError:
+            return True
+        return False
+    return False
+
+
 def read_frame(ref: FrameRef, *, dataset: str | None = None) -> np.ndarray:
     """Read one raw frame; :class:`InputError` names the file for anything wrong."""
     path = ref.path
+    dataset = dataset or "/entry/data/data"
     try:
         if path.suffix == ".npy":
             frame = np.load(path, allow_pickle=False)
         else:
             with h5py.File(path, "r") as f:
-                dset = f[dataset or "/entry/data/data"]
+                dset = f[dataset]
                 frame = dset[ref.slot] if ref.slot is not None else dset[()]
     except FileNotFoundError:
         raise InputError(path, "frame file not found") from None

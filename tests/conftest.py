@@ -1,0 +1,62 @@
+"""Shared, generic fixtures: example scans on disk and ways to run the ``flyprep`` CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """Exit code and captured output of one ``flyprep`` invocation."""
+
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run ``flyprep.cli.main(args)`` in-process; returns its exit code and output."""
+    from flyprep.cli import main
+
+    def run(*args: object) -> CliResult:
+        capsys.readouterr()  # drop anything printed before
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_flyprep(*args: object, cwd: Path | None = None, timeout: float = 60) -> CliResult:
+    """Run ``python -m flyprep.cli ARGS`` as a separate process (the real entry point)."""
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.run([sys.executable, "-m", "flyprep.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def flyprep_process() -> Callable[..., CliResult]:
+    """:func:`run_flyprep` as a fixture."""
+    return run_flyprep
+
+
+@pytest.fixture
+def make_example(tmp_path: Path) -> Callable[..., Path]:
+    """Factory writing a synthetic finished scan (small frames by default) under tmp_path."""
+    from flyprep.example import write_example
+
+    def make(layout: str = "ptypy", *, frames: int = 20, side: int = 64,
+             name: str | None = None, seed: int = 0) -> Path:
+        root = tmp_path / (name or f"scan_{layout}_{frames}")
+        return write_example(root, layout=layout, num_frames=frames, frame_side=side, seed=seed)
+
+    return make
