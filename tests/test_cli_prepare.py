@@ -195,7 +195,7 @@ def test_options_override_the_toml_config(ptypy_scan, tmp_path, cli):
     ("[prep]\nrebin = 40\n", [], ["prep.rebin = 40"]),
     ("[prep]\nshpe = 32\n", [], ["prep.shpe"]),
     ('[output]\ncompression = "zstd"\n', [], ["output.compression = 'zstd'"]),
-    ("[sample]\nx = 1\n", [], ["sample = "]),
+    ("[sample]\nx = 1\n", [], ["sample: Extra inputs are not permitted"]),
     ("[prep]\nshape = [32\n", [], ["not valid TOML"]),
     (None, ["--rebin", "40"], ["command line", "prep.rebin = 40"]),
     (None, ["--chunk-frames", "0"], ["output.chunk_frames = 0"]),
