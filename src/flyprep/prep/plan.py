@@ -175,9 +175,8 @@ class Preparation:
                 data.fill(0)
             _inverse_oriented(data, self.flags)[(..., *self.crop.dst)] = src
         else:
+            # The scratch buffers' padding is never written, so it stays zero (False).
             work = self._work[:n]
-            if self.crop.pads:
-                work.fill(0)
             _inverse_oriented(work, self.flags)[(..., *self.crop.dst)] = src
             if self._dark is not None or self._inv_flat is not None:
                 k.dark_flat(work, dark=self._dark, inv_flat=self._inv_flat, out=work)
@@ -190,8 +189,6 @@ class Preparation:
         np.copyto(weights, self.mask2d)
         if self._saturated is not None:
             sat = self._saturated[:n]
-            if self.crop.pads:
-                sat.fill(False)
             np.greater_equal(src, self.saturation,
                              out=_inverse_oriented(sat, self.flags)[(..., *self.crop.dst)])
             if self.rebin > 1:
