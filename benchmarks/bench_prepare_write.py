@@ -9,9 +9,11 @@ For each case it prints frames/s, the output bandwidth (data + weights bytes as 
 uncompressed, and bytes on disk), a per-stage time breakdown, and the machine's raw
 sequential write+fsync bandwidth for the same bytes in the same per-chunk file sizes
 (``os.write`` of numpy buffers, one ``fsync`` per file), measured in the same run.
-Each case starts with an untimed warm-up run, then alternates ``--repeat`` flyprep runs
-with as many raw runs and reports medians: on a VM whose free memory goes back to the host,
-the first pass through fresh page cache is several times slower than later ones.
+Each case starts with an untimed warm-up run of both, then alternates ``--repeat`` flyprep
+runs with as many raw runs and reports medians (every run is printed too): on a VM whose
+free memory goes back to the host, or whose disk is an image file on the host, the first
+pass through fresh page cache or freshly freed blocks is several times slower than later
+ones. Other processes on the machine skew the numbers; the load average is printed.
 
     python3 benchmarks/bench_prepare_write.py [--frames 2000] [--dir DIR] [--cases all]
 """
@@ -84,7 +86,7 @@ STAGES = (
     ("prepare", "ChunkPreparer: crop, orientation, cast, weights"),
     ("writer.datasets", "HDF5/h5py in create_dataset (chunking, filters), no I/O"),
     ("writer.file_write", "GuardedFile.write: HDF5's writes to the OS (chunk + master)"),
-    ("writer.chunk_file", "chunk file open/close, attrs, provenance, rename, no I/O"),
+    ("writer.chunk_file", "rest of the writer: checks, file open/close, attrs, rename"),
     ("writer.fsync_chunk", "fsync of each chunk file"),
     ("writer.master", "master rebuild (h5py), no I/O"),
     ("writer.fsync_master", "fsync of each master"),
@@ -94,6 +96,8 @@ STAGES = (
 
 @dataclass
 class _Open:
+    """A stage being timed and the time its nested stages took so far."""
+
     name: str
     nested: float = 0.0
 
@@ -235,6 +239,7 @@ def check_output(output: Path, reference: tuple[np.ndarray, np.ndarray]) -> None
 
 
 def _write_all(fd: int, buffer: np.ndarray) -> None:
+    """``os.write`` until every byte of ``buffer`` is written."""
     view = memoryview(buffer).cast("B")
     while view:
         view = view[os.write(fd, view):]
@@ -292,9 +297,9 @@ class Row:
 
 def bench_case(case: Case, *, num_frames: int, chunk_frames: int, pool_size: int,
                repeat: int, out_dir: Path) -> Row:
-    """Generate the pool, then after one untimed warm-up run alternate ``repeat`` flyprep
-    runs with ``repeat`` raw write+fsync runs; print the medians and the median run's
-    stage breakdown."""
+    """Generate the pool, then after an untimed warm-up run of each alternate ``repeat``
+    flyprep runs with ``repeat`` raw write+fsync runs; print the medians and the median
+    flyprep run's stage breakdown."""
     t0 = time.perf_counter()
     pool = make_pool(case, pool_size)
     print(f"\n== {case.name}: {num_frames} frames {case.raw_side}x{case.raw_side} "
@@ -304,7 +309,9 @@ def bench_case(case: Case, *, num_frames: int, chunk_frames: int, pool_size: int
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     kwargs: dict[str, Any] = {"num_frames": num_frames, "chunk_frames": chunk_frames,
                               "out_dir": out_dir}
-    run_flyprep(case, pool, **kwargs)  # warm-up: page cache, HDF5 filter loading
+    warm_up = run_flyprep(case, pool, **kwargs)  # page cache, HDF5 filter loading
+    clear(out_dir)
+    run_raw(warm_up.reference, **kwargs)  # the first raw pass is reliably the slowest
     clear(out_dir)
     runs: list[RunResult] = []
     raw_seconds: list[float] = []
@@ -329,7 +336,7 @@ def bench_case(case: Case, *, num_frames: int, chunk_frames: int, pool_size: int
           f"{row.disk_ratio:.1%})   [runs: {each_fps} frames/s]")
     print(f"raw       {raw_s:7.2f} s  {num_frames / raw_s:8.0f} frames/s  "
           f"{row.raw_mbs:7.0f} MB/s write+fsync of the same bytes   [runs: {each_raw} MB/s]")
-    print(f"flyprep/raw {row.vs_raw:.2f}   goal: {case.goal} -> {row.met}")
+    print(f"flyprep/raw {row.vs_raw:.3f}   goal: {case.goal} -> {row.met}")
     print(f"  {'stage (median run)':<20}{'s':>8}{'%':>7}{'us/frame':>10}")
     for name, what in STAGES:
         s = result.stages.get(name, 0.0)
@@ -348,7 +355,7 @@ def print_table(rows: list[Row]) -> None:
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
         print(f"{r.case.name:<17}{r.fps:9.0f}{r.logical_mbs:10.0f}{r.disk_mbs:10.0f}"
-              f"{r.disk_ratio:9.1%}{r.raw_mbs:9.0f}{r.vs_raw:7.2f}  {r.case.goal:<22}{r.met:>4}")
+              f"{r.disk_ratio:9.1%}{r.raw_mbs:9.0f}{r.vs_raw:7.3f}  {r.case.goal:<22}{r.met:>4}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -357,10 +364,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=2000, help="frames per case")
     parser.add_argument("--chunk-frames", type=int, default=100, help="frames per chunk file")
     parser.add_argument("--pool", type=int, default=100, help="distinct raw frames generated")
-    parser.add_argument("--repeat", type=int, default=3,
+    parser.add_argument("--repeat", type=int, default=5,
                         help="timed runs of flyprep and of the raw baseline per case (median)")
     parser.add_argument("--dir", type=Path, default=None,
-                        help="parent directory of the scratch directory (default: /tmp)")
+                        help="parent directory of the scratch directory "
+                             "(default: the system temp directory, /tmp)")
     parser.add_argument("--cases", default="all",
                         help=f"comma-separated subset of: {', '.join(CASES)} (default: all)")
     args = parser.parse_args(argv)
@@ -368,10 +376,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [n for n in names if n not in CASES]
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    if args.dir is not None and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir} is not a directory")
     if min(args.frames, args.chunk_frames, args.pool, args.repeat) < 1:
         parser.error("--frames, --chunk-frames, --pool and --repeat must be positive")
     args.cases = [CASES[n] for n in names]
     return args
+
+
+def plugin_build() -> str:
+    """The SIMD/threading options hdf5plugin (bitshuffle-LZ4) was built with."""
+    try:
+        import hdf5plugin
+    except ImportError:
+        return "no hdf5plugin"
+    build = hdf5plugin.get_config().build_config
+    return (f"hdf5plugin {hdf5plugin.version} (avx2={build.avx2}, openmp={build.openmp}, "
+            f"native={build.native})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -380,7 +401,8 @@ def main(argv: list[str] | None = None) -> None:
     out_dir = Path(tempfile.mkdtemp(prefix="flyprep-bench-", dir=args.dir)).absolute()
     free = shutil.disk_usage(out_dir).free
     print(f"scratch {out_dir} ({free / 1e9:.0f} GB free), h5py {h5py.version.version}, "
-          f"HDF5 {h5py.version.hdf5_version}, numpy {np.__version__}, {os.cpu_count()} CPUs")
+          f"HDF5 {h5py.version.hdf5_version}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+          f"{plugin_build()}")
     try:
         rows = [bench_case(case, num_frames=args.frames, chunk_frames=args.chunk_frames,
                            pool_size=args.pool, repeat=args.repeat, out_dir=out_dir)

@@ -103,7 +103,6 @@ class ScanConfig(Section):
     """Per-scan facts: the planned number of frames and a label."""
 
     num_frames: Optional[int] = Field(None, ge=1, description="planned frames; None: from positions")
-    min_frames: int = Field(1, ge=1)
     label: Optional[str] = None
     frame_timeout_s: Optional[float] = Field(
         None, gt=0, description="fill a frame as missing once later frames waited this long")
