@@ -7,6 +7,7 @@ finished scan directory through the same book, preparer and writer the daemon us
 
 from __future__ import annotations
 
+import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,34 +34,41 @@ def load_calibration(prep: PrepConfig) -> Calibration:
 
 
 class ChunkPreparer:
-    """Prepares raw chunks; the preparation is fixed at the first chunk, as in PtyPy."""
+    """Prepares raw chunks; the preparation is fixed at the first chunk, as in PtyPy.
+
+    With ``buffers=1`` each chunk's arrays are reused by the next call. With more, chunks
+    take output buffers from a pool and the consumer (a writer thread) hands them back
+    with :attr:`PreparedChunk.release`; a call blocks while every buffer is in use.
+    """
 
     def __init__(self, prep: PrepConfig, *, calibration: Calibration | None = None,
-                 chunk_frames: int) -> None:
+                 chunk_frames: int, buffers: int = 1) -> None:
+        if buffers < 1:
+            raise ValueError("buffers must be at least 1")
         self.config = prep
         self.calibration = calibration or Calibration()
         self.chunk_frames = chunk_frames
+        self.buffers = buffers
         self.preparation: Preparation | None = None
-        self._buffers: tuple[np.ndarray, np.ndarray] | None = None
+        self._free: queue.Queue[tuple[np.ndarray, np.ndarray]] = queue.Queue()
 
     def plan(self, raw: RawChunk) -> Preparation:
         """Resolve ROI side and centre from the config and the first chunk's frames."""
         cfg = self.config
-        shape = raw.frames.shape[1:]
+        shape = raw.frame_shape
         side = cfg.shape if cfg.shape is not None else min(shape)
         if cfg.auto_center:
-            valid = None if self.calibration.bad_pixels is None else ~self.calibration.bad_pixels.astype(bool)
-            frames = raw.frames[raw.present]
-            if frames.shape[0] == 0:
+            if not raw.present.any():
                 raise ConfigError("auto_center: no frame of the first chunk arrived")
-            center = mass_center(frames, valid)
+            valid = None if self.calibration.bad_pixels is None else ~self.calibration.bad_pixels.astype(bool)
+            center = mass_center(raw.stack(), valid)
         else:
             center = center_from_spec(cfg.center, shape)
         if not ((center > 0).all() and (np.asarray(shape) - center > 0).all()):
             raise ConfigError(f"centre {tuple(center)} lies outside the {shape} raw frame")
         try:
             return Preparation(
-                raw_shape=shape, raw_dtype=raw.frames.dtype, side=side, center=center,
+                raw_shape=shape, raw_dtype=raw.dtype, side=side, center=center,
                 orientation=cfg.orientation, rebin=cfg.rebin, rebin_mode=cfg.rebin_mode,
                 saturation=cfg.saturation, out_dtype=cfg.dtype, calibration=self.calibration,
                 max_frames=self.chunk_frames)
@@ -70,11 +78,24 @@ class ChunkPreparer:
     def __call__(self, raw: RawChunk) -> PreparedChunk:
         if self.preparation is None:
             self.preparation = self.plan(raw)
-            self._buffers = self.preparation.allocate()
-        data, weights = self.preparation.apply(raw.frames, present=raw.present, out=self._buffers)
+            for _ in range(self.buffers):
+                self._free.put(self.preparation.allocate())
+        buffers = self._free.get()
+        if self.buffers == 1:
+            self._free.put(buffers)
+            release = None
+        else:
+            def release(buffers: tuple[np.ndarray, np.ndarray] = buffers) -> None:
+                self._free.put(buffers)
+        try:
+            data, weights = self.preparation.apply(raw.frames, present=raw.present, out=buffers)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         return PreparedChunk(key=raw.key, frame_start=raw.frame_start, data=data,
                              weights=weights, positions=raw.positions, missing=~raw.present,
-                             sources=raw.sources)
+                             sources=raw.sources, release=release)
 
 
 def scan_meta(preparation: Preparation, *, num_frames: int, geometry: GeometryConfig,

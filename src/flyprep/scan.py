@@ -1,7 +1,8 @@
 """Frame bookkeeping of one scan and PtyPy's ``auto()`` on top of it.
 
 Frames arrive by global index, in any order, with their positions. :class:`FrameBook`
-keeps them in a fixed ring of raw chunk buffers and releases chunk k, holding exactly
+keeps references to them in a fixed ring of slots (nothing is copied: preparation reads
+only the ROI of each frame) and releases chunk k, holding exactly
 frames ``[k*n, (k+1)*n)``, once every one of those frames has arrived or been declared
 missing. Missing frames (timed out, or the scan ended without them) become zero data with
 all-zero weights so that every later frame keeps its position and readers still reach
@@ -37,14 +38,20 @@ class RawChunk:
 
     key: int
     frame_start: int
-    frames: np.ndarray  # (n, H, W) view into the ring buffer: valid until the next release
+    frames: tuple[np.ndarray | None, ...]  # n frames of ``frame_shape``; None where missing
     present: np.ndarray  # (n,) bool
     positions: np.ndarray  # (n, 2) float64
     sources: tuple[str, ...]
+    frame_shape: tuple[int, int]
+    dtype: np.dtype
+
+    def stack(self) -> np.ndarray:
+        """The present frames as one (m, H, W) array (a copy)."""
+        return np.stack([f for f in self.frames if f is not None])
 
 
 class FrameBook:
-    """Collects frames by index into a bounded ring of ``buffer_chunks`` chunk buffers."""
+    """Collects frames by index into a bounded ring of ``buffer_chunks`` chunks of slots."""
 
     def __init__(
         self,
@@ -70,7 +77,9 @@ class FrameBook:
         if self._table is not None and self._table.shape[0] < num_frames:
             raise ValueError(f"{self._table.shape[0]} positions for {num_frames} frames")
         slots = buffer_chunks * chunk_frames
-        self._frames: np.ndarray | None = None  # allocated at the first frame
+        self._frames: list[np.ndarray | None] = [None] * slots
+        self._shape: tuple[int, ...] | None = None  # the first frame's shape and dtype
+        self._dtype: np.dtype | None = None
         self._present = np.zeros(slots, bool)
         self._missing = np.zeros(slots, bool)
         self._arrived_at = np.full(slots, np.inf)
@@ -106,14 +115,14 @@ class FrameBook:
             raise ValueError(f"frame {index} arrived after its chunk was released")
         if not self.accepts(index):
             return False
-        if self._frames is None:
-            self._frames = np.zeros((self._present.size, *frame.shape), frame.dtype)
-        if frame.shape != self._frames.shape[1:]:
-            raise ValueError(f"frame shape {frame.shape} differs from the scan's "
-                             f"{self._frames.shape[1:]}")
-        if frame.dtype != self._frames.dtype:
-            raise ValueError(f"frame dtype {frame.dtype} differs from the scan's "
-                             f"{self._frames.dtype}")
+        if self._shape is None:
+            if frame.ndim != 2:
+                raise ValueError(f"frame has shape {frame.shape}; expected 2-D")
+            self._shape, self._dtype = frame.shape, frame.dtype
+        if frame.shape != self._shape:
+            raise ValueError(f"frame shape {frame.shape} differs from the scan's {self._shape}")
+        if frame.dtype != self._dtype:
+            raise ValueError(f"frame dtype {frame.dtype} differs from the scan's {self._dtype}")
         slot = index % self._present.size
         if self._present[slot] or self._missing[slot]:
             raise ValueError(f"frame {index} was already "
@@ -178,10 +187,10 @@ class FrameBook:
             return WAIT
         present = self._present[slots].copy()
         positions = self._fill_positions(start, stop, slots)
-        if self._frames is None:  # no frame ever arrived: nothing to take a shape from
+        if self._shape is None:  # no frame ever arrived: nothing to take a shape from
             raise ValueError("no frame of the scan arrived; the frame shape is unknown")
-        frames = self._frames[slots]
-        frames[~present] = 0  # a missing frame's slot may still hold an older frame
+        frames = tuple(self._frames[slots])
+        self._frames[slots] = [None] * (stop - start)
         sources = tuple(self._sources[slots])
         self.missing_total += int(np.count_nonzero(~present))
         self._present[slots] = False
@@ -190,7 +199,7 @@ class FrameBook:
         self._positions[slots] = np.nan
         self._sources[slots] = [""] * (stop - start)
         self.next_key += 1
-        return RawChunk(key, start, frames, present, positions, sources)
+        return RawChunk(key, start, frames, present, positions, sources, self._shape, self._dtype)
 
     def _fill_positions(self, start: int, stop: int, slots: slice) -> np.ndarray:
         pos = self._positions[slots].copy()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +23,8 @@ class PreparedChunk:
     positions: np.ndarray  # (n, 2) float64, metres (y, x)
     missing: np.ndarray  # (n,) bool
     sources: tuple[str, ...] = ()
+    #: Returns ``data`` and ``weights`` to their pool once stored; None if not pooled.
+    release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_frames(self) -> int:

@@ -8,11 +8,14 @@ chunk is a handful of vectorised numpy operations into preallocated arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 
 from . import kernels as k
+
+#: Raw frames of a chunk: one (n, H, W) array, or n 2-D frames with None for absent ones.
+RawFrames = Union[np.ndarray, Sequence[Union[np.ndarray, None]]]
 
 OUTPUT_DTYPES = ("auto", "int32", "uint32", "uint16", "float32", "float64")
 
@@ -151,33 +154,56 @@ class Preparation:
         return (np.zeros((n, *self.stored_shape), self.out_dtype),
                 np.zeros((n, *self.stored_shape), bool))
 
+    def _roi_pairs(self, raw: RawFrames, target: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ROI of the raw frames, oriented view of ``target`` to put it in): one pair for a
+        3-D array, one per present frame for a sequence. Only ROI pixels are ever read."""
+        view = _inverse_oriented(target, self.flags)
+        if isinstance(raw, np.ndarray):
+            yield raw[(..., *self.crop.src)], view[(..., *self.crop.dst)]
+            return
+        for i, frame in enumerate(raw):
+            if frame is not None:
+                yield frame[self.crop.src], view[i][self.crop.dst]
+
+    def _check_raw(self, raw: RawFrames) -> int:
+        n = len(raw)
+        if n > self.max_frames:
+            raise ValueError(f"{n} frames exceed the planned {self.max_frames} per chunk")
+        shapes = ({raw.shape[1:]} if isinstance(raw, np.ndarray)
+                  else {f.shape for f in raw if f is not None})
+        for shape in shapes:
+            if tuple(shape) != self.raw_shape:
+                raise ValueError(f"raw frames have shape {tuple(shape)}, "
+                                 f"the preparation was planned for {self.raw_shape}")
+        return n
+
     def apply(
         self,
-        raw: np.ndarray,
+        raw: RawFrames,
         *,
         present: np.ndarray | None = None,
         out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Prepare ``raw`` ``(n, H, W)``; frames where ``present`` is False become zero
-        data with all-zero weights. Returns views ``(data, weights)`` of ``out``."""
-        n = raw.shape[0]
-        if raw.shape[1:] != self.raw_shape:
-            raise ValueError(f"raw frames have shape {raw.shape[1:]}, "
-                             f"the preparation was planned for {self.raw_shape}")
-        if n > self.max_frames:
-            raise ValueError(f"{n} frames exceed the planned {self.max_frames} per chunk")
+        """Prepare ``raw``: an (n, H, W) array, or n frames with None for absent ones.
+
+        Frames where ``present`` is False (or None) become zero data with all-zero weights.
+        Returns views ``(data, weights)`` of ``out``."""
+        n = self._check_raw(raw)
+        if present is None and not isinstance(raw, np.ndarray):
+            present = np.array([f is not None for f in raw], bool)
         data_out, weights_out = out if out is not None else self.allocate(n)
         data, weights = data_out[:n], weights_out[:n]
-        src = raw[(..., *self.crop.src)]
 
         if self._direct:
             if self.crop.pads:
                 data.fill(0)
-            _inverse_oriented(data, self.flags)[(..., *self.crop.dst)] = src
+            for roi, target in self._roi_pairs(raw, data):
+                np.copyto(target, roi, casting="unsafe")
         else:
             # The scratch buffers' padding is never written, so it stays zero (False).
             work = self._work[:n]
-            _inverse_oriented(work, self.flags)[(..., *self.crop.dst)] = src
+            for roi, target in self._roi_pairs(raw, work):
+                np.copyto(target, roi, casting="unsafe")
             if self._dark is not None or self._inv_flat is not None:
                 k.dark_flat(work, dark=self._dark, inv_flat=self._inv_flat, out=work)
             if self.rebin > 1:
@@ -189,8 +215,8 @@ class Preparation:
         np.copyto(weights, self.mask2d)
         if self._saturated is not None:
             sat = self._saturated[:n]
-            np.greater_equal(src, self.saturation,
-                             out=_inverse_oriented(sat, self.flags)[(..., *self.crop.dst)])
+            for roi, target in self._roi_pairs(raw, sat):
+                np.greater_equal(roi, self.saturation, out=target)
             if self.rebin > 1:
                 weights &= ~sat.reshape(n, self.stored_side, self.rebin,
                                         self.stored_side, self.rebin).any(axis=(2, 4))
