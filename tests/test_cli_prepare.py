@@ -336,7 +336,7 @@ def test_compression_round_trips(hdf5_scan, tmp_path, cli, compression, filter_i
     assert res.code == 0, res.err
     with h5py.File(tmp_path / "out.ptyd.chunk00000", "r") as f:
         assert filter_id in f["data"]._filters
-        assert filter_id in f["weights"]._filters
+        assert "gzip" in f["weights"]._filters  # masks: deflate, which every HDF5 reads
     got = read_back(out)
     data, weights = reference(raw_frames(hdf5_scan), 32)
     np.testing.assert_array_equal(got["data"], data)

@@ -62,14 +62,48 @@ def test_provenance_on_master_and_chunks(tmp_path, meta):
     assert prov["state"] == "complete" and prov["format_version"] == 1
     assert prov["generation"] == 4  # three chunks, then the final publication
     assert prov["frames_missing"] == 0 and prov["frames_written"] == 50
-    assert json.loads(prov["params"]) == {"prep": {"rebin": 2}}
+    assert prov["params"] == {"prep": {"rebin": 2}}
     with h5py.File(tmp_path / "scan.ptyd.chunk00001", "r") as f:
-        a = dict(f.attrs)
-    assert (a["flyprep_frame_start"], a["flyprep_frame_stop"]) == (20, 40)
-    assert a["flyprep_source_dir"] == "/det/scan"
-    assert json.loads(a["flyprep_sources"])[0] == "f00020.h5"
-    assert a["flyprep_params_hash"] == prov["params_hash"] and len(a["flyprep_params_hash"]) == 16
-    assert a["flyprep_version"] and a["flyprep_written_at"].endswith("Z")
+        a = json.loads(f.attrs["flyprep"])
+    assert (a["frame_start"], a["frame_stop"], a["chunk"]) == (20, 40, 1)
+    assert a["source_dir"] == "/det/scan"
+    assert a["sources"][0] == "f00020.h5" and len(a["sources"]) == 20
+    assert a["params"] == {"prep": {"rebin": 2}}
+    assert a["params_hash"] == prov["params_hash"] and len(a["params_hash"]) == 16
+    assert a["flyprep_version"] and a["written_at"].endswith("Z")
+
+
+def test_deferred_publication_coalesces(tmp_path, meta):
+    path = tmp_path / "scan.ptyd"
+    w = PtydWriter(path, meta=meta, chunk_frames=20)
+    w.write_chunk(make_chunk(0, 0, 20))
+    w.write_chunk(make_chunk(1, 20, 20), publish=False)
+    assert [c.key for c in open_ptyd(path).chunks] == [0]
+    w.publish()
+    w.publish()  # nothing new: no new generation
+    ptyd = open_ptyd(path)
+    assert [c.key for c in ptyd.chunks] == [0, 1] and ptyd.provenance["generation"] == 2
+
+
+def test_weights_are_deflated_masks_with_distinct_frames_kept(tmp_path):
+    from flyprep.ptyd import ScanMeta
+    from flyprep.prep.chunk import PreparedChunk
+
+    meta = ScanMeta(num_frames=6, shape=(8, 8), center=(4.0, 4.0))
+    weights = np.ones((6, 8, 8), bool)
+    weights[:, 0, :] = False          # a shared mask ...
+    weights[2] = False                # ... a missing frame ...
+    weights[4, 5, 5] = False          # ... and a frame with one saturated pixel
+    chunk = PreparedChunk(key=0, frame_start=0, data=np.arange(384, dtype=np.uint16).reshape(6, 8, 8),
+                          weights=weights, positions=np.zeros((6, 2)),
+                          missing=np.array([False, False, True, False, False, False]))
+    with PtydWriter(tmp_path / "w.ptyd", meta=meta, chunk_frames=6) as w:
+        w.write_chunk(chunk)
+    with h5py.File(tmp_path / "w.ptyd.chunk00000", "r") as f:
+        assert f["weights"].compression == "gzip" and f["weights"].dtype == bool
+        np.testing.assert_array_equal(f["weights"][()], weights)
+        np.testing.assert_array_equal(f["data"][()], chunk.data)
+        assert f["data"].compression is None and f["data"].chunks == (1, 8, 8)
 
 
 def test_master_is_replaced_not_modified(tmp_path, meta):

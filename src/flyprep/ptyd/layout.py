@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os.path
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,30 +82,23 @@ class ChunkProvenance:
     flyprep_version: str
     written_at: str = field(default_factory=now_iso)
 
-    def attrs(self) -> dict[str, Any]:
-        """Attribute names and values as written to the chunk file."""
+    def as_json(self) -> str:
+        """The chunk file's ``flyprep`` attribute (one JSON attribute: HDF5 attributes are
+        costly one by one). Source files are listed relative to their common directory."""
         common = _common_dir(self.sources)
-        names = [str(Path(s).relative_to(common)) if common else s for s in self.sources]
-        return {
-            "flyprep_chunk": self.key,
-            "flyprep_frame_start": self.frame_start,
-            "flyprep_frame_stop": self.frame_stop,
-            "flyprep_frames_missing": self.frames_missing,
-            "flyprep_source_dir": common or "",
-            "flyprep_sources": json.dumps(names, separators=(",", ":")),
-            "flyprep_params": self.params_json,
-            "flyprep_params_hash": self.params_hash,
-            "flyprep_version": self.flyprep_version,
-            "flyprep_written_at": self.written_at,
-        }
+        names = [str(Path(p).relative_to(common)) if common else p for p in self.sources]
+        return json.dumps({
+            "chunk": self.key, "frame_start": self.frame_start, "frame_stop": self.frame_stop,
+            "frames_missing": self.frames_missing, "source_dir": common or "",
+            "sources": names, "params": json.loads(self.params_json),
+            "params_hash": self.params_hash, "flyprep_version": self.flyprep_version,
+            "written_at": self.written_at}, separators=(",", ":"))
 
 
 def _common_dir(paths: Sequence[str]) -> str | None:
-    if not paths:
+    if not paths or any(not p for p in paths):
         return None
     try:
-        import os.path
-
         common = os.path.commonpath([str(Path(p).parent) for p in paths])
     except ValueError:
         return None
@@ -127,18 +121,18 @@ class MasterPlan:
     flyprep_version: str
     created: str
 
-    def provenance_attrs(self) -> dict[str, Any]:
-        """Attributes of the master's ``flyprep`` group."""
-        return {
+    def status_json(self) -> str:
+        """The master's ``flyprep/status`` attribute: the scan's state and provenance."""
+        return json.dumps({
             "format_version": FORMAT_VERSION,
             "generation": self.generation,
             "state": self.state,
             "frames_written": self.frames_written,
             "frames_missing": len(self.missing_indices),
             "chunk_frames": self.chunk_frames,
-            "params": self.params_json,
+            "params": json.loads(self.params_json),
             "params_hash": self.params_hash,
             "flyprep_version": self.flyprep_version,
             "created": self.created,
             "updated": now_iso(),
-        }
+        }, separators=(",", ":"))

@@ -8,6 +8,7 @@ is its position in that order.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,20 @@ def _list_chunks(f: h5py.File, path: str) -> tuple[list[ChunkEntry], list[int]]:
     return entries, sorted(dangling)
 
 
+def _load_provenance(f: h5py.File, path: str) -> dict[str, Any]:
+    """flyprep's ``flyprep/status`` (empty for files flyprep did not write)."""
+    group = f.get("flyprep")
+    if group is None or "status" not in group.attrs:
+        return {}
+    try:
+        status = json.loads(group.attrs["status"])
+    except (TypeError, ValueError) as exc:
+        raise PtydError(path, "/flyprep", f"status attribute is not JSON: {exc}") from exc
+    if "missing_indices" in group:
+        status["missing_indices"] = group["missing_indices"][()].tolist()
+    return status
+
+
 class PtydFile:
     """A ``.ptyd`` opened read-only: validated meta, chunk list, chunk and frame iteration.
 
@@ -148,12 +163,7 @@ class PtydFile:
         with self._open() as f:
             self.meta = _load_meta(f, p)
             self.chunks, self.dangling = _list_chunks(f, p)
-            prov = f.get("flyprep")
-            self.provenance: dict[str, Any] = (
-                {k: (v.decode() if isinstance(v, bytes) else v) for k, v in prov.attrs.items()}
-                if prov is not None else {})
-            if prov is not None and "missing_indices" in prov:
-                self.provenance["missing_indices"] = prov["missing_indices"][()].tolist()
+            self.provenance = _load_provenance(f, p)
 
     @property
     def n_frames(self) -> int:

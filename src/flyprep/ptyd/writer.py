@@ -25,27 +25,10 @@ from ..prep.chunk import PreparedChunk
 from .layout import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
                      now_iso, params_hash, tmp_name)
 from .safefile import guarded_h5
+from .storage import DataStorage, write_weights
 from .tags import write_tagged
 
 SaveMode = Literal["link", "append"]
-
-
-def compression_options(name: str, level: int = 4) -> dict[str, Any]:
-    """h5py ``create_dataset`` keywords for a compression name."""
-    if name == "none":
-        return {}
-    if name == "gzip":
-        return {"compression": "gzip", "compression_opts": level}
-    if name == "lzf":
-        return {"compression": "lzf"}
-    if name == "bitshuffle-lz4":
-        try:
-            import hdf5plugin
-        except ImportError as exc:
-            raise OutputError("compression 'bitshuffle-lz4' needs hdf5plugin: "
-                              "pip install 'flyprep[compression]'") from exc
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    raise OutputError(f"unknown compression {name!r}")
 
 
 def fsync_path(path: Path) -> None:
@@ -63,12 +46,10 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
-def write_chunk_group(group: h5py.Group, chunk: PreparedChunk, *,
-                      filters: dict[str, Any]) -> None:
+def write_chunk_group(group: h5py.Group, chunk: PreparedChunk, *, storage: DataStorage) -> None:
     """Write a chunk's datasets at ``group``: one frame per HDF5 chunk for the stacks."""
-    n, h, w = chunk.data.shape
-    group.create_dataset("data", data=chunk.data, chunks=(1, h, w), **filters)
-    group.create_dataset("weights", data=chunk.weights, chunks=(1, h, w), **filters)
+    storage.write(group, "data", chunk.data)
+    write_weights(group, chunk.weights)
     group.create_dataset("positions", data=np.asarray(chunk.positions, np.float64))
     group.create_dataset("indices", data=chunk.indices)
 
@@ -98,7 +79,7 @@ class PtydWriter:
         self.save = save
         self.chunk_frames = chunk_frames
         self.chunk_format = chunk_format
-        self.filters = compression_options(compression, compression_level)
+        self.storage = DataStorage(compression, compression_level)
         self.params_json = json.dumps(params or {}, sort_keys=True, default=str)
         self.params_hash = params_hash(params or {})
         self.created = now_iso()
@@ -108,6 +89,7 @@ class PtydWriter:
         self.missing: list[int] = []
         self.state: ScanState = "acquiring"
         self.chunk_files: list[str] = []
+        self._unpublished = False
         if save not in ("link", "append"):
             raise OutputError(f"save must be 'link' or 'append', got {save!r}")
         if not self.path.parent.is_dir():
@@ -119,8 +101,10 @@ class PtydWriter:
             self._create_append_file()
 
     # -- public -------------------------------------------------------------------
-    def write_chunk(self, chunk: PreparedChunk) -> Path:
-        """Store ``chunk`` durably, then publish a master that includes it."""
+    def write_chunk(self, chunk: PreparedChunk, *, publish: bool = True) -> Path:
+        """Store ``chunk`` durably, then publish a master that includes it. With
+        ``publish=False`` the master waits for the next :meth:`publish` (a writer with
+        more chunks queued publishes once for all of them)."""
         self._check_next(chunk)
         if self.save == "link":
             target = self._write_chunk_file(chunk)
@@ -129,9 +113,16 @@ class PtydWriter:
         self.next_key += 1
         self.frames_written += chunk.n_frames
         self.missing.extend(int(i) for i in chunk.indices[chunk.missing])
-        if self.save == "link":
-            self._publish_master()
+        self._unpublished = True
+        if publish:
+            self.publish()
         return target
+
+    def publish(self) -> None:
+        """Publish a master listing every chunk written so far (link mode; append mode
+        publishes only at close). Does nothing when nothing changed."""
+        if self.save == "link" and self._unpublished and self.state == "acquiring":
+            self._publish_master()
 
     def close(self, state: ScanState = "complete") -> None:
         """Publish the final master with ``state``. Every planned frame must be written,
@@ -208,8 +199,8 @@ class PtydWriter:
             flyprep_version=__version__)
         try:
             with guarded_h5(tmp) as f:
-                write_chunk_group(f, chunk, filters=self.filters)
-                f.attrs.update(prov.attrs())
+                write_chunk_group(f, chunk, storage=self.storage)
+                f.attrs["flyprep"] = prov.as_json()
             publish(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -227,6 +218,7 @@ class PtydWriter:
 
     def _publish_master(self) -> None:
         self.generation += 1
+        self._unpublished = False
         tmp = self._append_tmp
         try:
             with guarded_h5(tmp) as f:
@@ -247,7 +239,7 @@ class PtydWriter:
         try:
             with guarded_h5(self._append_tmp, "r+") as f:
                 group = f["chunks"].create_group(str(chunk.key))
-                write_chunk_group(group, chunk, filters=self.filters)
+                write_chunk_group(group, chunk, storage=self.storage)
         except OSError as exc:
             raise OutputError(f"{self._append_tmp}: could not append chunk "
                               f"{chunk.key}: {exc}") from exc
@@ -276,5 +268,5 @@ def write_master(f: h5py.File, plan: MasterPlan, *, links: bool = True) -> None:
         for key, name in enumerate(plan.chunk_files):
             chunks[str(key)] = h5py.ExternalLink(name, "/")
     prov = f.create_group("flyprep")
-    prov.attrs.update(plan.provenance_attrs())
+    prov.attrs["status"] = plan.status_json()
     prov.create_dataset("missing_indices", data=np.asarray(plan.missing_indices, np.int64))

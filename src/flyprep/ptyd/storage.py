@@ -1,0 +1,95 @@
+"""How chunk datasets are stored: filters, and frames written straight into HDF5 chunks.
+
+Stacks are stored one frame per HDF5 chunk ``(1, H, W)``, which is how PtyPy reads them.
+Frames are handed to HDF5 as finished chunks (``write_direct_chunk``), bypassing its
+filter pipeline: uncompressed frames as they are, bitshuffle-LZ4 frames compressed by the
+``bitshuffle`` package (several times faster than the same filter run inside HDF5), and
+weights deflated once per distinct mask, since nearly every frame shares the same one.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import OutputError
+
+COMPRESSIONS = ("none", "gzip", "lzf", "bitshuffle-lz4")
+WEIGHTS_DEFLATE_LEVEL = 1
+_BSHUF_BLOCK_BYTES = 8192  # bitshuffle's default block: 8 KiB of elements
+
+
+class DataStorage:
+    """Writes ``data`` stacks with one compression; built once per writer."""
+
+    def __init__(self, compression: str, level: int = 4) -> None:
+        if compression not in COMPRESSIONS:
+            raise OutputError(f"unknown compression {compression!r}; expected one of {COMPRESSIONS}")
+        self.compression = compression
+        self.level = level
+        self.filters: dict[str, Any] = {}
+        self._bitshuffle = None
+        if compression == "gzip":
+            self.filters = {"compression": "gzip", "compression_opts": level}
+        elif compression == "lzf":
+            self.filters = {"compression": "lzf"}
+        elif compression == "bitshuffle-lz4":
+            try:
+                import hdf5plugin
+            except ImportError as exc:
+                raise OutputError("compression 'bitshuffle-lz4' needs hdf5plugin: "
+                                  "pip install 'flyprep[compression]'") from exc
+            self.filters = dict(hdf5plugin.Bitshuffle(cname="lz4"))
+            try:
+                import bitshuffle
+            except ImportError:  # HDF5 runs the filter itself: correct, slower
+                bitshuffle = None
+            self._bitshuffle = bitshuffle
+
+    def write(self, group: h5py.Group, name: str, frames: np.ndarray) -> h5py.Dataset:
+        """Create ``group[name]`` holding ``frames`` (n, H, W)."""
+        n, h, w = frames.shape
+        if self.compression in ("gzip", "lzf") or (
+                self.compression == "bitshuffle-lz4" and self._bitshuffle is None):
+            return group.create_dataset(name, data=frames, chunks=(1, h, w), **self.filters)
+        dset = group.create_dataset(name, shape=frames.shape, dtype=frames.dtype,
+                                    chunks=(1, h, w), **self.filters)
+        frames = np.ascontiguousarray(frames)
+        write = dset.id.write_direct_chunk
+        if self._bitshuffle is None:
+            for i in range(n):
+                write((i, 0, 0), frames[i])
+        else:
+            block = _BSHUF_BLOCK_BYTES // frames.itemsize
+            header = struct.pack(">QI", h * w * frames.itemsize, block * frames.itemsize)
+            compress = self._bitshuffle.compress_lz4
+            for i in range(n):
+                write((i, 0, 0), header + compress(frames[i], block).tobytes())
+        return dset
+
+
+def write_weights(group: h5py.Group, weights: np.ndarray) -> h5py.Dataset:
+    """Create ``group['weights']`` (bool, deflate: every HDF5 reads it), compressing each
+    distinct mask of the chunk once."""
+    n, h, w = weights.shape
+    dset = group.create_dataset("weights", shape=weights.shape, dtype=bool, chunks=(1, h, w),
+                                compression="gzip", compression_opts=WEIGHTS_DEFLATE_LEVEL)
+    flat = np.ascontiguousarray(weights).reshape(n, -1)
+    like_first = (flat == flat[0]).all(axis=1)
+    first = zlib.compress(flat[0].tobytes(), WEIGHTS_DEFLATE_LEVEL)
+    others: dict[bytes, bytes] = {}
+    write = dset.id.write_direct_chunk
+    for i in range(n):
+        if like_first[i]:
+            write((i, 0, 0), first)
+        else:
+            raw = flat[i].tobytes()
+            payload = others.get(raw)
+            if payload is None:
+                payload = others[raw] = zlib.compress(raw, WEIGHTS_DEFLATE_LEVEL)
+            write((i, 0, 0), payload)
+    return dset
