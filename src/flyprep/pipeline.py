@@ -7,20 +7,22 @@ finished scan directory through the same book, preparer and writer the daemon us
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
 from .config import GeometryConfig, PrepareConfig, PrepConfig, parse_config
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, OutputError
 from .prep import Calibration, Preparation, PreparedChunk, center_from_spec, mass_center
 from .ptyd.layout import ScanMeta
 from .ptyd.writer import PtydWriter
-from .scan import EOS, WAIT, FrameBook, RawChunk, Scan
+from .ptyd.writer_thread import WriterThread
+from .scan import FrameBook, RawChunk, Scan
 from .sources.layouts import ScanSource, read_frames, read_map
 
 
@@ -144,6 +146,78 @@ def effective_config(config: PrepareConfig, source: ScanSource) -> PrepareConfig
                                      f"{source.root / 'geometry.txt'}")
 
 
+#: One frame of a scan in index order: (index, frame or None if missing, source name).
+FrameInput = Tuple[int, Optional[np.ndarray], str]
+
+
+def run_scan(
+    frames: Iterable[FrameInput],
+    *,
+    num_frames: int,
+    positions: np.ndarray | None,
+    config: PrepareConfig,
+    output: Path,
+    calibration: Calibration | None = None,
+    allow_missing: bool = False,
+    overwrite: bool = False,
+    on_chunk: Callable[[PreparedChunk], Any] | None = None,
+) -> PrepareSummary:
+    """Prepare and write a scan whose frames come in index order: the one code path of
+    ``flyprep prepare`` (and of the benchmarks). Frames never yielded are missing; a frame
+    of the wrong shape or dtype raises :class:`InputError`, or with ``allow_missing`` is
+    filled as missing.
+
+    Preparation runs in the calling thread while a writer thread stores the previous
+    chunk; ``on_chunk`` is called from that thread once a chunk is on disk."""
+    t0 = time.perf_counter()
+    out_cfg = config.output
+    book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames,
+                     buffer_chunks=1, positions=positions)
+    preparer = ChunkPreparer(config.prep, calibration=calibration,
+                             chunk_frames=out_cfg.chunk_frames, buffers=3)
+    scan = Scan(book, preparer)
+    writer: WriterThread | None = None
+    bytes_written = 0
+
+    def flush_ready() -> None:
+        nonlocal writer, bytes_written
+        while isinstance(chunk := scan.auto(), PreparedChunk):
+            if writer is None:
+                writer = WriterThread(
+                    _open_writer(output, config, preparer.preparation, num_frames, overwrite),
+                    on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
+            bytes_written += chunk.data.nbytes + chunk.weights.nbytes
+            writer.submit(chunk)
+
+    try:
+        for index, frame, name in frames:
+            if not book.accepts(index):
+                flush_ready()
+                if not book.accepts(index):
+                    raise InputError(name, f"frame {index} arrived out of order "
+                                           f"(expected frames {book.window.start}..)")
+            if frame is not None:
+                try:
+                    book.add(index, frame, source=name)
+                    continue
+                except ValueError as exc:
+                    if not allow_missing:
+                        raise InputError(name, str(exc)) from None
+            book.mark_missing([index])
+        book.end()
+        flush_ready()
+        assert writer is not None, "a scan has at least one chunk"
+        writer.close("complete")
+    except BaseException:
+        if writer is not None:
+            with contextlib.suppress(OutputError):  # the first error is the one to report
+                writer.abort()
+        raise
+    return PrepareSummary(output=Path(output), frames=num_frames, chunks=book.n_chunks,
+                          frames_missing=book.missing_total,
+                          seconds=time.perf_counter() - t0, bytes_written=bytes_written)
+
+
 def prepare_scan(
     source: ScanSource,
     config: PrepareConfig,
@@ -153,54 +227,28 @@ def prepare_scan(
     overwrite: bool = False,
     on_chunk: Callable[[PreparedChunk], Any] | None = None,
 ) -> PrepareSummary:
-    """Prepare a finished scan into ``output`` (.ptyd). Missing or unreadable frame files
-    raise :class:`InputError`, unless ``allow_missing`` fills them as missing frames."""
-    t0 = time.perf_counter()
+    """Prepare a finished scan directory into ``output`` (.ptyd). Missing or unreadable
+    frame files raise :class:`InputError`, unless ``allow_missing`` fills them as missing."""
     config = effective_config(config, source)
-    out_cfg, scan_cfg = config.output, config.scan
-    num_frames = scan_cfg.num_frames or len(source.frames)
+    num_frames = config.scan.num_frames or len(source.frames)
     if num_frames > len(source.frames) and not allow_missing:
         raise InputError(source.root, f"num_frames is {num_frames} but the scan has only "
                                       f"{len(source.frames)} frames")
-    book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames, buffer_chunks=1,
-                     positions=_positions_for(source, num_frames))
-    preparer = ChunkPreparer(config.prep, calibration=load_calibration(config.prep),
-                             chunk_frames=out_cfg.chunk_frames)
-    scan = Scan(book, preparer)
-    writer: PtydWriter | None = None
-    bytes_written = 0
-    available = min(num_frames, len(source.frames))
-    try:
-        for key in range(book.n_chunks):
-            start = key * out_cfg.chunk_frames
-            stop = min(start + out_cfg.chunk_frames, num_frames)
-            _feed(book, source, start, min(stop, available), allow_missing)
-            if stop > available:
-                book.mark_missing(range(max(start, available), stop))
-            chunk = scan.auto()
-            assert chunk is not WAIT and chunk is not EOS, "every frame of the chunk is resolved"
-            if writer is None:
-                meta = scan_meta(preparer.preparation, num_frames=num_frames,
-                                 geometry=config.geometry, label=scan_cfg.label)
-                writer = PtydWriter(output, meta=meta, save=out_cfg.save,
-                                    chunk_frames=out_cfg.chunk_frames,
-                                    chunk_format=out_cfg.chunk_format,
-                                    compression=out_cfg.compression,
-                                    compression_level=out_cfg.compression_level,
-                                    params=config.model_dump(mode="json"), overwrite=overwrite)
-            writer.write_chunk(chunk)
-            bytes_written += chunk.data.nbytes + chunk.weights.nbytes
-            if on_chunk is not None:
-                on_chunk(chunk)
-        assert writer is not None
-        writer.close("complete")
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    return PrepareSummary(output=Path(output), frames=num_frames, chunks=book.n_chunks,
-                          frames_missing=book.missing_total,
-                          seconds=time.perf_counter() - t0, bytes_written=bytes_written)
+    return run_scan(_frames_from(source, min(num_frames, len(source.frames)), allow_missing),
+                    num_frames=num_frames, positions=_positions_for(source, num_frames),
+                    config=config, output=output, calibration=load_calibration(config.prep),
+                    allow_missing=allow_missing, overwrite=overwrite, on_chunk=on_chunk)
+
+
+def _open_writer(output: Path, config: PrepareConfig, preparation: Preparation,
+                 num_frames: int, overwrite: bool) -> PtydWriter:
+    out_cfg = config.output
+    meta = scan_meta(preparation, num_frames=num_frames, geometry=config.geometry,
+                     label=config.scan.label)
+    return PtydWriter(output, meta=meta, save=out_cfg.save, chunk_frames=out_cfg.chunk_frames,
+                      chunk_format=out_cfg.chunk_format, compression=out_cfg.compression,
+                      compression_level=out_cfg.compression_level,
+                      params=config.model_dump(mode="json"), overwrite=overwrite)
 
 
 def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:
@@ -211,24 +259,17 @@ def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:
     return np.concatenate([pos, pad])
 
 
-def _feed(book: FrameBook, source: ScanSource, start: int, stop: int, allow_missing: bool) -> None:
-    """Read frames ``[start, stop)`` into the book; with ``allow_missing`` a frame that
-    cannot be read is declared missing instead of ending the run."""
-    i = start
+def _frames_from(source: ScanSource, stop: int, allow_missing: bool) -> Iterator[FrameInput]:
+    """Frames ``[0, stop)`` of a scan directory; with ``allow_missing`` a frame that cannot
+    be read comes as None (missing) instead of ending the run."""
+    i = 0
     while i < stop:
         try:
             for index, frame, name in read_frames(source, i, stop):
-                _add(book, index, frame, name)
+                yield index, frame, name
                 i = index + 1
         except InputError:
             if not allow_missing:
                 raise
-            book.mark_missing([i])
+            yield i, None, str(source.frames[i].path)
             i += 1
-
-
-def _add(book: FrameBook, index: int, frame: np.ndarray, name: str) -> None:
-    try:
-        book.add(index, frame, source=name)
-    except ValueError as exc:
-        raise InputError(name, str(exc)) from None

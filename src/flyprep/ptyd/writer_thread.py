@@ -1,0 +1,90 @@
+"""A :class:`PtydWriter` running in its own thread, so that HDF5 writes and fsyncs overlap
+with reading and preparing the next chunk."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Callable
+
+from ..errors import OutputError
+from ..prep.chunk import PreparedChunk
+from .layout import ScanState
+from .writer import PtydWriter
+
+_STOP = object()
+
+
+class WriterThread:
+    """Owns a writer while it runs: chunks wait in a queue of ``max_queued``.
+
+    The master is published whenever the queue runs dry, so a writer that falls behind
+    publishes once for several chunks. Each chunk's buffers go back to their pool once
+    written (or dropped after a failure). A failure stops the thread and is raised by the
+    next :meth:`submit` or by :meth:`close`.
+    """
+
+    def __init__(self, writer: PtydWriter, *, max_queued: int = 1,
+                 on_written: Callable[[PreparedChunk, Path], None] | None = None) -> None:
+        self.writer = writer
+        self.on_written = on_written
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"writer:{writer.path.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, chunk: PreparedChunk) -> None:
+        """Queue ``chunk``; blocks while the queue is full (back-pressure)."""
+        while True:
+            self._raise_if_failed()
+            try:
+                self._queue.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def close(self, state: ScanState = "complete") -> None:
+        """Write what is queued, stop the thread, publish the final master."""
+        self._stop()
+        self._raise_if_failed()
+        self.writer.close(state)
+
+    def abort(self) -> None:
+        """Stop after what is queued and publish the master as aborted."""
+        self._stop()
+        self.writer.abort()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            if isinstance(self._error, OutputError):
+                raise self._error
+            raise OutputError(f"{self.writer.path}: writer failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            chunk: PreparedChunk = item  # type: ignore[assignment]
+            try:
+                if self._error is None:
+                    target = self.writer.write_chunk(chunk, publish=self._queue.empty())
+                    if self.on_written is not None:
+                        self.on_written(chunk, target)
+            except BaseException as exc:  # reported to the producer, never lost
+                self._error = exc
+            finally:
+                if chunk.release is not None:
+                    chunk.release()
+            if self._error is None and self._queue.empty():
+                try:
+                    self.writer.publish()
+                except BaseException as exc:
+                    self._error = exc

@@ -1,0 +1,59 @@
+"""WriterThread: chunks written in order off the producer's thread, failures surfaced."""
+
+import threading
+
+import pytest
+
+from flyprep.errors import OutputError
+from flyprep.ptyd import PtydWriter, open_ptyd
+from flyprep.ptyd.writer_thread import WriterThread
+
+from ptyd_helpers import make_chunk
+
+
+def pooled(key, start, n, released):
+    chunk = make_chunk(key, start, n)
+    return type(chunk)(**{**chunk.__dict__, "release": lambda: released.append(key)})
+
+
+def test_chunks_written_in_order_and_buffers_returned(tmp_path, meta):
+    released, written, threads = [], [], set()
+
+    def on_written(chunk, target):
+        written.append((chunk.key, target.name))
+        threads.add(threading.current_thread().name)
+
+    w = WriterThread(PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10),
+                     max_queued=2, on_written=on_written)
+    for key in range(5):
+        w.submit(pooled(key, key * 10, 10, released))
+    w.close()
+    assert written == [(k, f"s.ptyd.chunk0000{k}") for k in range(5)]
+    assert sorted(released) == list(range(5))
+    assert threads == {"writer:s.ptyd"}
+    ptyd = open_ptyd(tmp_path / "s.ptyd")
+    assert ptyd.state == "complete" and ptyd.n_frames == 50
+    assert ptyd.provenance["generation"] <= 6
+
+
+def test_failure_reaches_the_producer_and_buffers_still_return(tmp_path, meta):
+    released = []
+    w = WriterThread(PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10))
+    w.submit(pooled(0, 0, 10, released))
+    w.submit(pooled(2, 20, 10, released))  # out of order: the writer refuses it
+    with pytest.raises(OutputError, match="out of order"):
+        for key in range(3, 50):
+            w.submit(pooled(key, key * 10, 10, released))
+    with pytest.raises(OutputError, match="out of order"):
+        w.close()
+    assert 0 in released and 2 in released
+    assert open_ptyd(tmp_path / "s.ptyd").n_frames == 10
+
+
+def test_abort_publishes_aborted_after_the_queue(tmp_path, meta):
+    w = WriterThread(PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10))
+    w.submit(make_chunk(0, 0, 10))
+    w.submit(make_chunk(1, 10, 10))
+    w.abort()
+    ptyd = open_ptyd(tmp_path / "s.ptyd")
+    assert ptyd.state == "aborted" and ptyd.n_frames == 20
