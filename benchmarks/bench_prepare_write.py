@@ -1,19 +1,19 @@
 """Throughput of flyprep's prepare-and-write path against the disk's raw write+fsync speed.
 
-Runs the code path ``prepare_scan`` wires (FrameBook -> Scan/ChunkPreparer -> PtydWriter,
-link mode) on raw frames held in memory: a pool of distinct synthetic far-field patterns
-(:class:`flyprep.example.ExampleScan`, Poisson noise) is generated once, untimed, and
-cycled through so that thousands of frames need no more RAM than the pool.
+Runs :func:`flyprep.pipeline.run_scan`, the code path of ``flyprep prepare`` (FrameBook ->
+Scan/ChunkPreparer -> a writer thread with PtydWriter, link mode), on raw frames held in
+memory: a pool of distinct synthetic far-field patterns (:class:`flyprep.example.ExampleScan`,
+Poisson noise) is generated once, untimed, and cycled through so that thousands of frames
+need no more RAM than the pool.
 
-For each case it prints frames/s, the output bandwidth (data + weights bytes as written
-uncompressed, and bytes on disk), a per-stage time breakdown, and the machine's raw
-sequential write+fsync bandwidth for the same bytes in the same per-chunk file sizes
-(``os.write`` of numpy buffers, one ``fsync`` per file), measured in the same run.
-Each case starts with an untimed warm-up run of both, then alternates ``--repeat`` flyprep
-runs with as many raw runs and reports medians (every run is printed too): on a VM whose
-free memory goes back to the host, or whose disk is an image file on the host, the first
-pass through fresh page cache or freshly freed blocks is several times slower than later
-ones. Other processes on the machine skew the numbers; the load average is printed.
+For each case it prints frames/s, the output bandwidth (data + weights bytes as prepared,
+and bytes on disk), the time preparation alone takes (no writing), and the machine's raw
+sequential write+fsync bandwidth for exactly the bytes flyprep put on disk, in the same
+per-chunk file sizes (``os.write`` of a buffer, one ``fsync`` per file), measured in the
+same run. Each case starts with an untimed warm-up of both, then alternates ``--repeat``
+flyprep runs with as many raw runs and reports medians (every run is printed too): on a VM
+the first pass through fresh page cache or freshly freed blocks is several times slower
+than later ones. Other processes skew the numbers; the load average is printed.
 
     python3 benchmarks/bench_prepare_write.py [--frames 2000] [--dir DIR] [--cases all]
 """
@@ -27,22 +27,17 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
-from unittest import mock
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
-from flyprep.config import GeometryConfig, PrepConfig
+from flyprep.config import PrepareConfig, parse_config
 from flyprep.example import ExampleScan
-from flyprep.pipeline import ChunkPreparer, scan_meta
-from flyprep.ptyd import writer as writer_module
-from flyprep.ptyd.safefile import GuardedFile
+from flyprep.pipeline import ChunkPreparer, run_scan
 from flyprep.ptyd.verify import verify
-from flyprep.ptyd.writer import PtydWriter
 from flyprep.scan import FrameBook, Scan
 
 MB = 1e6
@@ -79,87 +74,6 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("512-uint16-lz4", 1024, "uint16", 512, "bitshuffle-lz4"),
 )}
 
-#: Stages in print order; every one is exclusive time (nested stages are subtracted).
-STAGES = (
-    ("book.add", "FrameBook.add of every frame"),
-    ("scan.release", "Scan.auto / FrameBook.release, outside preparation"),
-    ("prepare", "ChunkPreparer: crop, orientation, cast, weights"),
-    ("writer.datasets", "HDF5/h5py in create_dataset (chunking, filters), no I/O"),
-    ("writer.file_write", "GuardedFile.write: HDF5's writes to the OS (chunk + master)"),
-    ("writer.chunk_file", "rest of the writer: checks, file open/close, attrs, rename"),
-    ("writer.fsync_chunk", "fsync of each chunk file"),
-    ("writer.master", "master rebuild (h5py), no I/O"),
-    ("writer.fsync_master", "fsync of each master"),
-    ("writer.fsync_dir", "directory fsync after each rename"),
-)
-
-
-@dataclass
-class _Open:
-    """A stage being timed and the time its nested stages took so far."""
-
-    name: str
-    nested: float = 0.0
-
-
-@dataclass
-class StageTimer:
-    """Exclusive wall time per named stage: time spent in a nested stage counts only there."""
-
-    totals: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    _stack: list[_Open] = field(default_factory=list)
-
-    @property
-    def current(self) -> str | None:
-        """Name of the innermost open stage."""
-        return self._stack[-1].name if self._stack else None
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time the body under ``name``."""
-        entry = _Open(name)
-        self._stack.append(entry)
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - t0
-            self._stack.pop()
-            self.totals[name] += elapsed - entry.nested
-            if self._stack:
-                self._stack[-1].nested += elapsed
-
-    def wrap(self, name: str | Callable[..., str], fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` timed under ``name`` (or under ``name(*args)`` when it is callable)."""
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            with self.stage(name(*args) if callable(name) else name):
-                return fn(*args, **kwargs)
-        return timed
-
-
-@contextlib.contextmanager
-def instrument_writer(timer: StageTimer, out_dir: Path) -> Iterator[None]:
-    """Time the writer's internals by wrapping its functions (the library is untouched).
-    Wrapping ``GuardedFile.write`` costs ~1 us per HDF5 write call."""
-    def fsync_stage(target: GuardedFile | Path) -> str:
-        if Path(getattr(target, "path", target)) == out_dir:
-            return "writer.fsync_dir"
-        return "writer.fsync_master" if timer.current == "writer.master" else "writer.fsync_chunk"
-
-    patches = (
-        (writer_module, "write_chunk_group", "writer.datasets"),
-        (writer_module, "fsync_path", fsync_stage),
-        (GuardedFile, "fsync", fsync_stage),
-        (GuardedFile, "write", "writer.file_write"),
-        (PtydWriter, "_publish_master", "writer.master"),
-    )
-    with contextlib.ExitStack() as stack:
-        for owner, attr, name in patches:
-            wrapped = timer.wrap(name, getattr(owner, attr))
-            stack.enter_context(mock.patch.object(owner, attr, wrapped))
-        yield
-
-
 def make_pool(case: Case, size: int, seed: int = 0) -> np.ndarray:
     """``size`` distinct raw frames of the case: Poisson far-field speckle, ~8e6 photons
     each, bright centre with decaying tails; counts above the dtype's range saturate."""
@@ -176,54 +90,66 @@ class RunResult:
 
     seconds: float
     logical_bytes: int
-    disk_bytes: int
-    stages: dict[str, float]
+    chunk_files: tuple[bytes, ...]  # contents of the chunk files, in order
+    master: bytes  # contents of the final master
     reference: tuple[np.ndarray, np.ndarray]  # prepared first chunk (data, weights)
+
+
+def case_config(case: Case, chunk_frames: int) -> PrepareConfig:
+    """The configuration ``flyprep prepare --shape ROI --compression C`` would build."""
+    return parse_config({"prep": {"shape": case.roi},
+                         "output": {"chunk_frames": chunk_frames, "compression": case.compression},
+                         "geometry": {"energy": 6.2, "distance": 7.0, "psize": 75e-6},
+                         "scan": {"label": case.name}})
+
+
+def frames_from_pool(pool: np.ndarray, num_frames: int) -> Iterator[tuple[int, np.ndarray, str]]:
+    """Frames in index order, cycling through the pool, as a scan directory would give them."""
+    for i in range(num_frames):
+        yield i, pool[i % len(pool)], f"/data/scan_000001/frame_{i:06d}.h5"
 
 
 def run_flyprep(case: Case, pool: np.ndarray, *, num_frames: int, chunk_frames: int,
                 out_dir: Path) -> RunResult:
-    """Feed ``num_frames`` frames (cycling ``pool``) through book, preparer and writer."""
+    """Prepare and write ``num_frames`` frames (cycling ``pool``) with ``run_scan``."""
     output = out_dir / f"{case.name}.ptyd"
-    sources = [f"/data/scan_000001/frame_{i:06d}.h5" for i in range(num_frames)]
     positions = np.stack([np.arange(num_frames) * 50e-9, np.zeros(num_frames)], 1)
-    prep_config = PrepConfig(shape=case.roi)
-    params = {"prep": prep_config.model_dump(mode="json"), "compression": case.compression}
-    timer = StageTimer()
-    logical = 0
+    config = case_config(case, chunk_frames)
     os.sync()
-    with instrument_writer(timer, out_dir):
-        t0 = time.perf_counter()
-        book = FrameBook(num_frames=num_frames, chunk_frames=chunk_frames, buffer_chunks=1,
-                         positions=positions)
-        preparer = ChunkPreparer(prep_config, chunk_frames=chunk_frames)
-        scan = Scan(book, timer.wrap("prepare", preparer))
-        writer: PtydWriter | None = None
-        for key in range(book.n_chunks):
-            start = key * chunk_frames
-            stop = min(start + chunk_frames, num_frames)
-            with timer.stage("book.add"):
-                for i in range(start, stop):
-                    book.add(i, pool[i % len(pool)], source=sources[i])
-            with timer.stage("scan.release"):
-                chunk = scan.auto()
-            with timer.stage("writer.chunk_file"):
-                if writer is None:
-                    meta = scan_meta(preparer.preparation, num_frames=num_frames,
-                                     geometry=GeometryConfig(), label=case.name)
-                    writer = PtydWriter(output, meta=meta, chunk_frames=chunk_frames,
-                                        compression=case.compression, params=params)
-                writer.write_chunk(chunk)
-            logical += chunk.data.nbytes + chunk.weights.nbytes
-        with timer.stage("writer.chunk_file"):
-            writer.close("complete")
-        seconds = time.perf_counter() - t0
-
-    disk = sum(p.stat().st_size for p in out_dir.iterdir())
+    summary = run_scan(frames_from_pool(pool, num_frames), num_frames=num_frames,
+                       positions=positions, config=config, output=output)
+    chunk_files = sorted(out_dir.glob(f"{output.name}.chunk*"))
     first = np.stack([pool[i % len(pool)] for i in range(min(chunk_frames, num_frames))])
-    reference = preparer.preparation.apply(first)
+    reference = prepare_only(case, first, chunk_frames=chunk_frames)
     check_output(output, reference)
-    return RunResult(seconds, logical, disk, dict(timer.totals), reference)
+    return RunResult(summary.seconds, summary.bytes_written,
+                     tuple(p.read_bytes() for p in chunk_files), output.read_bytes(), reference)
+
+
+def prepare_only(case: Case, frames: np.ndarray, *, chunk_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Book and preparation of ``frames`` as one chunk, without writing: (data, weights)."""
+    config = case_config(case, chunk_frames)
+    book = FrameBook(num_frames=len(frames), chunk_frames=chunk_frames, buffer_chunks=1)
+    for i, frame in enumerate(frames):
+        book.add(i, frame)
+    chunk = Scan(book, ChunkPreparer(config.prep, chunk_frames=chunk_frames)).auto()
+    return chunk.data.copy(), chunk.weights.copy()
+
+
+def time_preparation(case: Case, pool: np.ndarray, *, num_frames: int, chunk_frames: int) -> float:
+    """Seconds that book + preparation alone take for the whole scan (no writing)."""
+    config = case_config(case, chunk_frames)
+    book = FrameBook(num_frames=num_frames, chunk_frames=chunk_frames, buffer_chunks=1)
+    scan = Scan(book, ChunkPreparer(config.prep, chunk_frames=chunk_frames))
+    t0 = time.perf_counter()
+    for i, frame, name in frames_from_pool(pool, num_frames):
+        if not book.accepts(i):
+            scan.auto()
+        book.add(i, frame, source=name)
+    book.end()
+    while book.next_key < book.n_chunks:
+        scan.auto()
+    return time.perf_counter() - t0
 
 
 def check_output(output: Path, reference: tuple[np.ndarray, np.ndarray]) -> None:
@@ -238,28 +164,32 @@ def check_output(output: Path, reference: tuple[np.ndarray, np.ndarray]) -> None
             sys.exit(f"{output}: chunk 0 differs from the preparation of its raw frames")
 
 
-def _write_all(fd: int, buffer: np.ndarray) -> None:
+def _write_all(fd: int, buffer: bytes) -> None:
     """``os.write`` until every byte of ``buffer`` is written."""
     view = memoryview(buffer).cast("B")
     while view:
         view = view[os.write(fd, view):]
 
 
-def run_raw(reference: tuple[np.ndarray, np.ndarray], *, num_frames: int, chunk_frames: int,
-            out_dir: Path) -> float:
-    """Seconds to write the same bytes as plain files, one per chunk, each fsynced."""
-    data, weights = reference
+def run_raw(files: tuple[bytes, ...], master: bytes, *, out_dir: Path) -> float:
+    """Seconds to write exactly flyprep's bytes (each chunk file, then a master per chunk
+    as flyprep publishes it) with plain ``os.write``, each fsynced, renamed into place
+    and the directory fsynced, as flyprep does."""
     os.sync()
     t0 = time.perf_counter()
-    for key, start in enumerate(range(0, num_frames, chunk_frames)):
-        n = min(chunk_frames, num_frames - start)
-        fd = os.open(out_dir / f"raw.{key:05d}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _write_all(fd, data[:n])
-            _write_all(fd, weights[:n])
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    for key, content in enumerate(files):
+        for name, payload in ((f"raw.{key:05d}", content), ("raw.master", master)):
+            tmp = out_dir / (name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _write_all(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, out_dir / name)
+        dfd = os.open(out_dir, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
     return time.perf_counter() - t0
 
 
@@ -278,12 +208,13 @@ class Row:
     logical_mbs: float
     disk_mbs: float
     disk_ratio: float
-    raw_mbs: float
+    raw_disk_mbs: float
+    prep_fps: float
 
     @property
     def vs_raw(self) -> float:
-        """flyprep's bandwidth (uncompressed bytes) over the raw write+fsync bandwidth."""
-        return self.logical_mbs / self.raw_mbs
+        """flyprep's on-disk bandwidth over the raw write+fsync bandwidth of the same bytes."""
+        return self.disk_mbs / self.raw_disk_mbs
 
     @property
     def met(self) -> str:
@@ -298,8 +229,7 @@ class Row:
 def bench_case(case: Case, *, num_frames: int, chunk_frames: int, pool_size: int,
                repeat: int, out_dir: Path) -> Row:
     """Generate the pool, then after an untimed warm-up run of each alternate ``repeat``
-    flyprep runs with ``repeat`` raw write+fsync runs; print the medians and the median
-    flyprep run's stage breakdown."""
+    flyprep runs with ``repeat`` raw write+fsync runs; print medians and every run."""
     t0 = time.perf_counter()
     pool = make_pool(case, pool_size)
     print(f"\n== {case.name}: {num_frames} frames {case.raw_side}x{case.raw_side} "
@@ -307,55 +237,51 @@ def bench_case(case: Case, *, num_frames: int, chunk_frames: int, pool_size: int
           f"{case.compression} (pool of {pool_size} frames, {pool.nbytes / MB:.0f} MB, "
           f"generated in {time.perf_counter() - t0:.1f} s, untimed); "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    kwargs: dict[str, Any] = {"num_frames": num_frames, "chunk_frames": chunk_frames,
-                              "out_dir": out_dir}
-    warm_up = run_flyprep(case, pool, **kwargs)  # page cache, HDF5 filter loading
+    kwargs: dict[str, Any] = {"num_frames": num_frames, "chunk_frames": chunk_frames}
+    warm_up = run_flyprep(case, pool, out_dir=out_dir, **kwargs)  # page cache, plugins
     clear(out_dir)
-    run_raw(warm_up.reference, **kwargs)  # the first raw pass is reliably the slowest
+    run_raw(warm_up.chunk_files, warm_up.master, out_dir=out_dir)
     clear(out_dir)
     runs: list[RunResult] = []
     raw_seconds: list[float] = []
     for _ in range(repeat):
-        runs.append(run_flyprep(case, pool, **kwargs))
+        runs.append(run_flyprep(case, pool, out_dir=out_dir, **kwargs))
         clear(out_dir)
-        raw_seconds.append(run_raw(runs[-1].reference, **kwargs))
+        raw_seconds.append(run_raw(runs[-1].chunk_files, runs[-1].master, out_dir=out_dir))
         clear(out_dir)
+    prep_s = float(np.median([time_preparation(case, pool, **kwargs) for _ in range(3)]))
 
     result = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
+    disk = sum(map(len, result.chunk_files)) + len(result.master) * len(result.chunk_files)
     raw_s = float(np.median(raw_seconds))
     row = Row(case=case, fps=num_frames / result.seconds,
               logical_mbs=result.logical_bytes / MB / result.seconds,
-              disk_mbs=result.disk_bytes / MB / result.seconds,
-              disk_ratio=result.disk_bytes / result.logical_bytes,
-              raw_mbs=result.logical_bytes / MB / raw_s)
+              disk_mbs=disk / MB / result.seconds,
+              disk_ratio=sum(map(len, result.chunk_files)) / result.logical_bytes,
+              raw_disk_mbs=disk / MB / raw_s, prep_fps=num_frames / prep_s)
     each_fps = " ".join(f"{num_frames / r.seconds:.0f}" for r in runs)
-    each_raw = " ".join(f"{result.logical_bytes / MB / s:.0f}" for s in raw_seconds)
+    each_raw = " ".join(f"{disk / MB / s:.0f}" for s in raw_seconds)
     print(f"flyprep   {result.seconds:7.2f} s  {row.fps:8.0f} frames/s  "
-          f"{row.logical_mbs:7.0f} MB/s uncompressed ({result.logical_bytes / MB:.0f} MB)  "
-          f"{row.disk_mbs:7.0f} MB/s on disk ({result.disk_bytes / MB:.0f} MB, "
-          f"{row.disk_ratio:.1%})   [runs: {each_fps} frames/s]")
+          f"{row.logical_mbs:7.0f} MB/s prepared ({result.logical_bytes / MB:.0f} MB)  "
+          f"{row.disk_mbs:7.0f} MB/s to disk ({disk / MB:.0f} MB incl. masters)   "
+          f"[runs: {each_fps} frames/s]")
     print(f"raw       {raw_s:7.2f} s  {num_frames / raw_s:8.0f} frames/s  "
-          f"{row.raw_mbs:7.0f} MB/s write+fsync of the same bytes   [runs: {each_raw} MB/s]")
+          f"{row.raw_disk_mbs:7.0f} MB/s write+fsync+rename of the same files   "
+          f"[runs: {each_raw} MB/s]")
+    print(f"prep only {prep_s:7.2f} s  {row.prep_fps:8.0f} frames/s  (book + preparation, no writing)")
     print(f"flyprep/raw {row.vs_raw:.3f}   goal: {case.goal} -> {row.met}")
-    print(f"  {'stage (median run)':<20}{'s':>8}{'%':>7}{'us/frame':>10}")
-    for name, what in STAGES:
-        s = result.stages.get(name, 0.0)
-        print(f"  {name:<20}{s:8.3f}{s / result.seconds:7.1%}"
-              f"{s / num_frames * 1e6:10.1f}  {what}")
-    rest = result.seconds - sum(result.stages.values())
-    print(f"  {'(untracked)':<20}{rest:8.3f}{rest / result.seconds:7.1%}"
-          f"{rest / num_frames * 1e6:10.1f}  loop overhead")
     return row
 
 
 def print_table(rows: list[Row]) -> None:
     """The compact summary of every case."""
-    head = (f"{'case':<17}{'frames/s':>9}{'MB/s unc':>10}{'MB/s disk':>10}{'disk/unc':>9}"
-            f"{'raw MB/s':>9}{'fp/raw':>7}  {'goal':<22}{'met':>4}")
+    head = (f"{'case':<17}{'frames/s':>9}{'prep f/s':>9}{'MB/s prep':>10}{'MB/s disk':>10}"
+            f"{'disk/prep':>10}{'raw MB/s':>9}{'fp/raw':>7}  {'goal':<22}{'met':>4}")
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
-        print(f"{r.case.name:<17}{r.fps:9.0f}{r.logical_mbs:10.0f}{r.disk_mbs:10.0f}"
-              f"{r.disk_ratio:9.1%}{r.raw_mbs:9.0f}{r.vs_raw:7.3f}  {r.case.goal:<22}{r.met:>4}")
+        print(f"{r.case.name:<17}{r.fps:9.0f}{r.prep_fps:9.0f}{r.logical_mbs:10.0f}"
+              f"{r.disk_mbs:10.0f}{r.disk_ratio:10.1%}{r.raw_disk_mbs:9.0f}{r.vs_raw:7.3f}  "
+              f"{r.case.goal:<22}{r.met:>4}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

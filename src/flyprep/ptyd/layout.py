@@ -7,7 +7,6 @@ import json
 import os.path
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -86,20 +85,23 @@ class ChunkProvenance:
         """The chunk file's ``flyprep`` attribute (one JSON attribute: HDF5 attributes are
         costly one by one). Source files are listed relative to their common directory."""
         common = _common_dir(self.sources)
-        names = [str(Path(p).relative_to(common)) if common else p for p in self.sources]
+        cut = len(common) + 1 if common else 0
         return json.dumps({
             "chunk": self.key, "frame_start": self.frame_start, "frame_stop": self.frame_stop,
             "frames_missing": self.frames_missing, "source_dir": common or "",
-            "sources": names, "params": json.loads(self.params_json),
+            "sources": [p[cut:] if p else p for p in self.sources],
+            "params": json.loads(self.params_json),
             "params_hash": self.params_hash, "flyprep_version": self.flyprep_version,
             "written_at": self.written_at}, separators=(",", ":"))
 
 
 def _common_dir(paths: Sequence[str]) -> str | None:
-    if not paths or any(not p for p in paths):
+    """The deepest directory holding every path (None if there is none or a path is empty)."""
+    if not paths or not all(paths):
         return None
+    dirs = {os.path.dirname(p) for p in paths}
     try:
-        common = os.path.commonpath([str(Path(p).parent) for p in paths])
+        common = dirs.pop() if len(dirs) == 1 else os.path.commonpath(list(dirs))
     except ValueError:
         return None
     return common or None

@@ -83,11 +83,17 @@ class GuardedFile(io.RawIOBase):
 
 
 @contextmanager
-def guarded_h5(path: Path, mode: str = "w") -> Iterator[h5py.File]:
+def guarded_h5(path: Path, mode: str = "w", *, image: bytes | None = None) -> Iterator[h5py.File]:
     """An HDF5 file at ``path`` (``'w'`` creates, ``'r+'`` updates), durable on exit.
+    With ``image``, the file is created holding those bytes (an HDF5 file image) and
+    opened for update.
 
     Raises the first OSError the writes met, after HDF5 has closed the file."""
-    guard = GuardedFile(path, "w+b" if mode == "w" else "r+b")
+    guard = GuardedFile(path, "w+b" if mode == "w" or image is not None else "r+b")
+    if image is not None:
+        guard.write(image)
+        guard.seek(0)
+        mode = "r+"
     try:
         with h5py.File(guard, mode) as f:
             yield f

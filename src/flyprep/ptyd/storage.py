@@ -50,46 +50,69 @@ class DataStorage:
                 bitshuffle = None
             self._bitshuffle = bitshuffle
 
-    def write(self, group: h5py.Group, name: str, frames: np.ndarray) -> h5py.Dataset:
-        """Create ``group[name]`` holding ``frames`` (n, H, W)."""
-        n, h, w = frames.shape
+    def encode(self, frames: np.ndarray) -> list[Any] | None:
+        """Each frame as a finished HDF5 chunk, or None when HDF5's own filter must run
+        (gzip, lzf, bitshuffle without the ``bitshuffle`` package). CPU only: safe to call
+        from another thread than the one writing the file."""
         if self.compression in ("gzip", "lzf") or (
                 self.compression == "bitshuffle-lz4" and self._bitshuffle is None):
+            return None
+        frames = np.ascontiguousarray(frames)
+        if self._bitshuffle is None:
+            return list(frames)
+        n, h, w = frames.shape
+        block = _BSHUF_BLOCK_BYTES // frames.itemsize
+        header = struct.pack(">QI", h * w * frames.itemsize, block * frames.itemsize)
+        compress = self._bitshuffle.compress_lz4
+        return [header + compress(frames[i], block).tobytes() for i in range(n)]
+
+    def write(self, group: h5py.Group, name: str, frames: np.ndarray,
+              encoded: list[Any] | None = None) -> h5py.Dataset:
+        """Create ``group[name]`` holding ``frames`` (n, H, W), from ``encoded`` when given
+        (the result of :meth:`encode`), else encoding here."""
+        n, h, w = frames.shape
+        if encoded is None:
+            encoded = self.encode(frames)
+        if encoded is None:
             return group.create_dataset(name, data=frames, chunks=(1, h, w), **self.filters)
         dset = group.create_dataset(name, shape=frames.shape, dtype=frames.dtype,
                                     chunks=(1, h, w), **self.filters)
-        frames = np.ascontiguousarray(frames)
         write = dset.id.write_direct_chunk
-        if self._bitshuffle is None:
-            for i in range(n):
-                write((i, 0, 0), frames[i])
-        else:
-            block = _BSHUF_BLOCK_BYTES // frames.itemsize
-            header = struct.pack(">QI", h * w * frames.itemsize, block * frames.itemsize)
-            compress = self._bitshuffle.compress_lz4
-            for i in range(n):
-                write((i, 0, 0), header + compress(frames[i], block).tobytes())
+        for i, payload in enumerate(encoded):
+            write((i, 0, 0), payload)
         return dset
 
 
-def write_weights(group: h5py.Group, weights: np.ndarray) -> h5py.Dataset:
-    """Create ``group['weights']`` (bool, deflate: every HDF5 reads it), compressing each
-    distinct mask of the chunk once."""
-    n, h, w = weights.shape
-    dset = group.create_dataset("weights", shape=weights.shape, dtype=bool, chunks=(1, h, w),
-                                compression="gzip", compression_opts=WEIGHTS_DEFLATE_LEVEL)
+def encode_weights(weights: np.ndarray) -> list[bytes]:
+    """Each frame's mask deflated (zlib, as HDF5's deflate filter stores it), compressing
+    each distinct mask of the chunk once: nearly every frame shares the same one."""
+    n = weights.shape[0]
     flat = np.ascontiguousarray(weights).reshape(n, -1)
     like_first = (flat == flat[0]).all(axis=1)
     first = zlib.compress(flat[0].tobytes(), WEIGHTS_DEFLATE_LEVEL)
     others: dict[bytes, bytes] = {}
-    write = dset.id.write_direct_chunk
+    out = []
     for i in range(n):
         if like_first[i]:
-            write((i, 0, 0), first)
-        else:
-            raw = flat[i].tobytes()
-            payload = others.get(raw)
-            if payload is None:
-                payload = others[raw] = zlib.compress(raw, WEIGHTS_DEFLATE_LEVEL)
-            write((i, 0, 0), payload)
+            out.append(first)
+            continue
+        raw = flat[i].tobytes()
+        payload = others.get(raw)
+        if payload is None:
+            payload = others[raw] = zlib.compress(raw, WEIGHTS_DEFLATE_LEVEL)
+        out.append(payload)
+    return out
+
+
+def write_weights(group: h5py.Group, weights: np.ndarray,
+                  encoded: list[bytes] | None = None) -> h5py.Dataset:
+    """Create ``group['weights']`` (bool, deflate: every HDF5 reads it) from the masks'
+    :func:`encode_weights` payloads."""
+    payloads = encode_weights(weights) if encoded is None else encoded
+    dset = group.create_dataset("weights", shape=weights.shape, dtype=bool,
+                                chunks=(1, *weights.shape[1:]),
+                                compression="gzip", compression_opts=WEIGHTS_DEFLATE_LEVEL)
+    write = dset.id.write_direct_chunk
+    for i, payload in enumerate(payloads):
+        write((i, 0, 0), payload)
     return dset

@@ -11,8 +11,10 @@ published once, when the scan ends.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +27,7 @@ from ..prep.chunk import PreparedChunk
 from .layout import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
                      now_iso, params_hash, tmp_name)
 from .safefile import guarded_h5
-from .storage import DataStorage, write_weights
+from .storage import DataStorage, encode_weights, write_weights
 from .tags import write_tagged
 
 SaveMode = Literal["link", "append"]
@@ -46,10 +48,20 @@ def publish(tmp: Path, final: Path) -> None:
     fsync_path(final.parent)
 
 
-def write_chunk_group(group: h5py.Group, chunk: PreparedChunk, *, storage: DataStorage) -> None:
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk with its frames and masks already encoded as finished HDF5 chunks."""
+
+    chunk: PreparedChunk
+    data: list[Any] | None  # None: HDF5's filter runs at write time
+    weights: list[bytes]
+
+
+def write_chunk_group(group: h5py.Group, encoded: EncodedChunk, *, storage: DataStorage) -> None:
     """Write a chunk's datasets at ``group``: one frame per HDF5 chunk for the stacks."""
-    storage.write(group, "data", chunk.data)
-    write_weights(group, chunk.weights)
+    chunk = encoded.chunk
+    storage.write(group, "data", chunk.data, encoded.data)
+    write_weights(group, chunk.weights, encoded.weights)
     group.create_dataset("positions", data=np.asarray(chunk.positions, np.float64))
     group.create_dataset("indices", data=chunk.indices)
 
@@ -97,19 +109,27 @@ class PtydWriter:
         if self.path.exists() and not overwrite:
             raise OutputError(f"{self.path}: exists already (pass overwrite to replace it)")
         self._append_tmp = self.path.with_name(tmp_name(self.path.name))
+        self._master_image = master_image(meta, self.created)
         if save == "append":
             self._create_append_file()
 
     # -- public -------------------------------------------------------------------
-    def write_chunk(self, chunk: PreparedChunk, *, publish: bool = True) -> Path:
+    def encode(self, chunk: PreparedChunk) -> EncodedChunk:
+        """Compress ``chunk`` for writing. CPU only, no file access: a writer thread's
+        producer calls it so that compression and writing run side by side."""
+        return EncodedChunk(chunk, self.storage.encode(chunk.data), encode_weights(chunk.weights))
+
+    def write_chunk(self, chunk: PreparedChunk | EncodedChunk, *, publish: bool = True) -> Path:
         """Store ``chunk`` durably, then publish a master that includes it. With
         ``publish=False`` the master waits for the next :meth:`publish` (a writer with
         more chunks queued publishes once for all of them)."""
+        encoded = chunk if isinstance(chunk, EncodedChunk) else self.encode(chunk)
+        chunk = encoded.chunk
         self._check_next(chunk)
         if self.save == "link":
-            target = self._write_chunk_file(chunk)
+            target = self._write_chunk_file(encoded)
         else:
-            target = self._append_chunk(chunk)
+            target = self._append_chunk(encoded)
         self.next_key += 1
         self.frames_written += chunk.n_frames
         self.missing.extend(int(i) for i in chunk.indices[chunk.missing])
@@ -187,7 +207,8 @@ class PtydWriter:
     def _short_chunk_seen(self) -> bool:
         return self.frames_written != self.next_key * self.chunk_frames
 
-    def _write_chunk_file(self, chunk: PreparedChunk) -> Path:
+    def _write_chunk_file(self, encoded: EncodedChunk) -> Path:
+        chunk = encoded.chunk
         name = chunk_file_name(self.path.name, self.chunk_format, chunk.key)
         final = self.path.with_name(name)
         tmp = self.path.with_name(tmp_name(name))
@@ -199,7 +220,7 @@ class PtydWriter:
             flyprep_version=__version__)
         try:
             with guarded_h5(tmp) as f:
-                write_chunk_group(f, chunk, storage=self.storage)
+                write_chunk_group(f, encoded, storage=self.storage)
                 f.attrs["flyprep"] = prov.as_json()
             publish(tmp, final)
         except OSError as exc:
@@ -221,8 +242,8 @@ class PtydWriter:
         self._unpublished = False
         tmp = self._append_tmp
         try:
-            with guarded_h5(tmp) as f:
-                write_master(f, self._plan())
+            with guarded_h5(tmp, image=self._master_image) as f:
+                write_master_state(f, self._plan())
             publish(tmp, self.path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -235,11 +256,12 @@ class PtydWriter:
         except OSError as exc:
             raise OutputError(f"{self._append_tmp}: cannot create: {exc}") from exc
 
-    def _append_chunk(self, chunk: PreparedChunk) -> Path:
+    def _append_chunk(self, encoded: EncodedChunk) -> Path:
+        chunk = encoded.chunk
         try:
             with guarded_h5(self._append_tmp, "r+") as f:
                 group = f["chunks"].create_group(str(chunk.key))
-                write_chunk_group(group, chunk, storage=self.storage)
+                write_chunk_group(group, encoded, storage=self.storage)
         except OSError as exc:
             raise OutputError(f"{self._append_tmp}: could not append chunk "
                               f"{chunk.key}: {exc}") from exc
@@ -249,24 +271,40 @@ class PtydWriter:
         self.generation += 1
         try:
             with guarded_h5(self._append_tmp, "r+") as f:
-                write_master(f, self._plan(), links=False)
+                write_master_base(f, self.meta, self.created)
+                write_master_state(f, self._plan(), links=False)
             publish(self._append_tmp, self.path)
         except OSError as exc:
             raise OutputError(f"{self.path}: could not publish: {exc}") from exc
 
 
-def write_master(f: h5py.File, plan: MasterPlan, *, links: bool = True) -> None:
-    """Write ``meta/``, ``chunks/`` links and the ``flyprep/`` provenance into ``f``."""
-    stamp = now_iso()
+def write_master_base(f: h5py.File, meta: ScanMeta, created: str) -> None:
+    """The part of a master that never changes during a scan: PtyPy's root attributes,
+    ``meta/``, and the empty ``chunks/`` and ``flyprep/`` groups."""
     f.attrs["h5rw_version"] = "0.1"
-    f.attrs.setdefault("ctime", plan.created)
-    f.attrs["mtime"] = stamp
-    write_tagged(f, "meta", plan.meta.to_tagged())
+    f.attrs["ctime"] = created
+    write_tagged(f, "meta", meta.to_tagged())
+    f.require_group("chunks").attrs["type"] = "dict"
+    f.require_group("flyprep")
+
+
+def master_image(meta: ScanMeta, created: str) -> bytes:
+    """:func:`write_master_base` as an HDF5 file image, built once per scan so that each
+    publication only adds links and status to a copy of it."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        write_master_base(f, meta, created)
+    return buffer.getvalue()
+
+
+def write_master_state(f: h5py.File, plan: MasterPlan, *, links: bool = True) -> None:
+    """What changes from one publication to the next: ``chunks/`` links (link mode),
+    ``flyprep/status`` and ``flyprep/missing_indices``, the modification time."""
+    f.attrs["mtime"] = now_iso()
     if links:
-        chunks = f.create_group("chunks")
-        chunks.attrs["type"] = "dict"
+        chunks = f["chunks"]
         for key, name in enumerate(plan.chunk_files):
             chunks[str(key)] = h5py.ExternalLink(name, "/")
-    prov = f.create_group("flyprep")
+    prov = f["flyprep"]
     prov.attrs["status"] = plan.status_json()
     prov.create_dataset("missing_indices", data=np.asarray(plan.missing_indices, np.int64))

@@ -11,7 +11,7 @@ from typing import Callable
 from ..errors import OutputError
 from ..prep.chunk import PreparedChunk
 from .layout import ScanState
-from .writer import PtydWriter
+from .writer import EncodedChunk, PtydWriter
 
 _STOP = object()
 
@@ -36,11 +36,19 @@ class WriterThread:
         self._thread.start()
 
     def submit(self, chunk: PreparedChunk) -> None:
-        """Queue ``chunk``; blocks while the queue is full (back-pressure)."""
+        """Compress ``chunk`` here, in the caller's thread, and queue it for writing;
+        blocks while the queue is full (back-pressure)."""
+        self._raise_if_failed()
+        try:
+            encoded = self.writer.encode(chunk)
+        except BaseException:
+            if chunk.release is not None:
+                chunk.release()
+            raise
         while True:
             self._raise_if_failed()
             try:
-                self._queue.put(chunk, timeout=0.1)
+                self._queue.put(encoded, timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -72,10 +80,11 @@ class WriterThread:
             item = self._queue.get()
             if item is _STOP:
                 return
-            chunk: PreparedChunk = item  # type: ignore[assignment]
+            encoded: EncodedChunk = item  # type: ignore[assignment]
+            chunk = encoded.chunk
             try:
                 if self._error is None:
-                    target = self.writer.write_chunk(chunk, publish=self._queue.empty())
+                    target = self.writer.write_chunk(encoded, publish=self._queue.empty())
                     if self.on_written is not None:
                         self.on_written(chunk, target)
             except BaseException as exc:  # reported to the producer, never lost
