@@ -146,6 +146,10 @@ def effective_config(config: PrepareConfig, source: ScanSource) -> PrepareConfig
                                      f"{source.root / 'geometry.txt'}")
 
 
+#: Chunks waiting for the writer thread: absorbs fsync stalls. Memory: (this + 2) chunk
+#: buffers of prepared data and weights.
+QUEUED_CHUNKS = 2
+
 #: One frame of a scan in index order: (index, frame or None if missing, source name).
 FrameInput = Tuple[int, Optional[np.ndarray], str]
 
@@ -174,7 +178,7 @@ def run_scan(
     book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames,
                      buffer_chunks=1, positions=positions)
     preparer = ChunkPreparer(config.prep, calibration=calibration,
-                             chunk_frames=out_cfg.chunk_frames, buffers=3)
+                             chunk_frames=out_cfg.chunk_frames, buffers=QUEUED_CHUNKS + 2)
     scan = Scan(book, preparer)
     writer: WriterThread | None = None
     bytes_written = 0
@@ -185,7 +189,7 @@ def run_scan(
             if writer is None:
                 writer = WriterThread(
                     _open_writer(output, config, preparer.preparation, num_frames, overwrite),
-                    on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
+                    max_queued=QUEUED_CHUNKS, on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
             bytes_written += chunk.data.nbytes + chunk.weights.nbytes
             writer.submit(chunk)
 

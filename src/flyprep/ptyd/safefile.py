@@ -19,13 +19,24 @@ import h5py
 
 
 class GuardedFile(io.RawIOBase):
-    """A raw file for h5py's ``fileobj`` driver that records instead of raising OS errors."""
+    """A raw file for h5py's ``fileobj`` driver that records instead of raising OS errors.
+
+    Small writes that follow each other are gathered and written in one system call (HDF5
+    seeks before every write, and most of its writes are small); large ones go straight
+    through, so frames are not copied twice.
+    """
+
+    GATHER_MAX_BYTES = 1 << 16
+    FLUSH_AT_BYTES = 1 << 22
 
     def __init__(self, path: Path, mode: str) -> None:
         super().__init__()
         self.path = path
         self._f = open(path, mode, buffering=0)  # noqa: SIM115 - closed in close()
         self.error: OSError | None = None
+        self._pos = 0  # the position HDF5 sees
+        self._pending = bytearray()
+        self._pending_at = 0  # file offset of the first pending byte
 
     def readable(self) -> bool:
         return True
@@ -36,40 +47,74 @@ class GuardedFile(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def _flush_pending(self) -> None:
+        if self._pending:
+            self._write_at(self._pending_at, self._pending)
+            self._pending = bytearray()
+
+    def _write_at(self, offset: int, data) -> None:
+        if self.error is not None:
+            return
+        try:
+            view = memoryview(data).cast("B")
+            done = 0
+            while done < view.nbytes:
+                done += os.pwrite(self._f.fileno(), view[done:], offset + done)
+        except OSError as exc:
+            self.error = exc
+
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        return self._f.readinto(buffer)
+        self._flush_pending()
+        n = os.preadv(self._f.fileno(), [buffer], self._pos)
+        self._pos += n
+        return n
 
     def write(self, buffer) -> int:  # type: ignore[override]
-        size = memoryview(buffer).nbytes
-        if self.error is None:
-            try:
-                done = 0
-                view = memoryview(buffer).cast("B")
-                while done < size:
-                    done += self._f.write(view[done:])
-            except OSError as exc:
-                self.error = exc
+        view = memoryview(buffer)
+        size = view.nbytes
+        contiguous = self._pending and self._pos == self._pending_at + len(self._pending)
+        if size <= self.GATHER_MAX_BYTES:
+            if not contiguous:
+                self._flush_pending()
+                self._pending_at = self._pos
+            self._pending += view.cast("B")
+            if len(self._pending) >= self.FLUSH_AT_BYTES:
+                self._flush_pending()
+        else:
+            self._flush_pending()
+            self._write_at(self._pos, view)
+        self._pos += size
         return size
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self._f.seek(offset, whence)
+        if whence == io.SEEK_SET:
+            self._pos = offset
+        elif whence == io.SEEK_CUR:
+            self._pos += offset
+        else:
+            self._flush_pending()
+            self._pos = os.fstat(self._f.fileno()).st_size + offset
+        return self._pos
 
     def tell(self) -> int:
-        return self._f.tell()
+        return self._pos
 
     def truncate(self, size: int | None = None) -> int:
+        self._flush_pending()
+        size = self._pos if size is None else size
         if self.error is None:
             try:
-                return self._f.truncate(size)
+                os.ftruncate(self._f.fileno(), size)
             except OSError as exc:
                 self.error = exc
-        return self.tell() if size is None else size
+        return size
 
     def flush(self) -> None:
         return None
 
     def fsync(self) -> None:
         """Flush the file's data to the disk (errors are recorded)."""
+        self._flush_pending()
         if self.error is None:
             try:
                 os.fsync(self._f.fileno())
@@ -78,6 +123,7 @@ class GuardedFile(io.RawIOBase):
 
     def close(self) -> None:
         if not self._f.closed:
+            self._flush_pending()
             self._f.close()
         super().close()
 

@@ -54,7 +54,7 @@ class EncodedChunk:
 
     chunk: PreparedChunk
     data: list[Any] | None  # None: HDF5's filter runs at write time
-    weights: list[bytes]
+    weights: list[bytes] | None  # None: deflated at write time
 
 
 def write_chunk_group(group: h5py.Group, encoded: EncodedChunk, *, storage: DataStorage) -> None:
@@ -114,10 +114,12 @@ class PtydWriter:
             self._create_append_file()
 
     # -- public -------------------------------------------------------------------
-    def encode(self, chunk: PreparedChunk) -> EncodedChunk:
-        """Compress ``chunk`` for writing. CPU only, no file access: a writer thread's
-        producer calls it so that compression and writing run side by side."""
-        return EncodedChunk(chunk, self.storage.encode(chunk.data), encode_weights(chunk.weights))
+    def encode(self, chunk: PreparedChunk, *, weights: bool = True) -> EncodedChunk:
+        """Compress ``chunk`` (its masks too, unless ``weights`` is False) for writing. CPU
+        only, no file access: a writer thread's producer calls it so that compression and
+        writing run side by side."""
+        return EncodedChunk(chunk, self.storage.encode(chunk.data),
+                            encode_weights(chunk.weights) if weights else None)
 
     def write_chunk(self, chunk: PreparedChunk | EncodedChunk, *, publish: bool = True) -> Path:
         """Store ``chunk`` durably, then publish a master that includes it. With
@@ -222,7 +224,8 @@ class PtydWriter:
             with guarded_h5(tmp) as f:
                 write_chunk_group(f, encoded, storage=self.storage)
                 f.attrs["flyprep"] = prov.as_json()
-            publish(tmp, final)
+            # The directory fsync after the master's rename makes this rename durable too.
+            os.replace(tmp, final)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise OutputError(f"{final}: could not write chunk {chunk.key}: {exc}") from exc

@@ -36,11 +36,13 @@ class WriterThread:
         self._thread.start()
 
     def submit(self, chunk: PreparedChunk) -> None:
-        """Compress ``chunk`` here, in the caller's thread, and queue it for writing;
+        """Compress ``chunk``'s frames here, in the caller's thread, and queue it for writing;
         blocks while the queue is full (back-pressure)."""
         self._raise_if_failed()
         try:
-            encoded = self.writer.encode(chunk)
+            # Frames are compressed here; the writer thread, which has time to spare
+            # while it waits for the disk, deflates the masks.
+            encoded = self.writer.encode(chunk, weights=False)
         except BaseException:
             if chunk.release is not None:
                 chunk.release()
