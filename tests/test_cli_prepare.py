@@ -332,7 +332,8 @@ def test_compression_round_trips(hdf5_scan, tmp_path, cli, compression, filter_i
 
     out = tmp_path / "out.ptyd"
     res = cli("prepare", hdf5_scan, "-o", out, "--shape", 32, "--chunk-frames", 50,
-              "--compression", compression, "--no-progress")
+              "--compression", compression, "--energy", 8.5, "--distance", 2.5,
+              "--psize", "75e-6", "--no-progress")
     assert res.code == 0, res.err
     with h5py.File(tmp_path / "out.ptyd.chunk00000", "r") as f:
         assert filter_id in f["data"]._filters
@@ -444,3 +445,40 @@ def test_demo_as_a_process(flyprep_process, tmp_path):
     assert [c.n_frames for c in ptyd.chunks] == [100, 20]
     assert ptyd.state == "complete"
     assert len(list((root / "scan" / "ccd").glob("*.npy"))) == 120
+
+
+def test_prepare_refuses_to_start_without_geometry(hdf5_scan, tmp_path, cli):
+    """An HDF5 scan has no geometry.txt: energy, distance and psize must be given."""
+    out = tmp_path / "out.ptyd"
+    res = cli("prepare", hdf5_scan, "-o", out, "--shape", 32, "--energy", 8.5, "--no-progress")
+    assert res.code == 2
+    assert "distance, psize not given" in res.err and "energy" not in res.err.split("given")[0]
+    assert not out.exists()
+
+
+def test_a_whole_first_chunk_missing_is_filled(scan_copy, tmp_path, cli):
+    for i in range(10):
+        (scan_copy / f"ccd/diffraction_{i:04d}.npy").unlink()
+    out = tmp_path / "out.ptyd"
+    res = cli("prepare", scan_copy, "-o", out, "--shape", 32, "--chunk-frames", 10,
+              "--allow-missing", "--no-progress")
+    assert res.code == 0, res.err
+    got = read_back(out)
+    assert got["ptyd"].provenance["missing_indices"] == list(range(10))
+    assert not got["weights"][:10].any() and got["weights"][10:].all()
+    assert not got["data"][:10].any()
+
+
+def test_a_failed_run_leaves_a_complete_aborted_file(scan_copy, tmp_path, cli):
+    """A bad frame stops the run, but what arrived is written, the rest is filled, and
+    the master says aborted with every planned frame: a live reader reaches the end."""
+    np.save(scan_copy / "ccd/diffraction_0017.npy", np.zeros((3, 3, 3)))
+    out = tmp_path / "out.ptyd"
+    res = cli("prepare", scan_copy, "-o", out, "--shape", 32, "--chunk-frames", 5, "--no-progress")
+    assert res.code == 2 and "diffraction_0017.npy" in res.err
+    got = read_back(out)
+    prov = got["ptyd"].provenance
+    assert prov["state"] == "aborted"
+    assert got["ptyd"].n_frames == PTYPY_FRAMES
+    assert prov["missing_indices"] == list(range(17, PTYPY_FRAMES))
+    assert got["weights"][:17].all() and not got["weights"][17:].any()

@@ -12,6 +12,14 @@ from flyprep.scan import EOS, WAIT, FrameBook, RawChunk, Scan
 SHAPE = (6, 5)
 
 
+
+def make_book(**kwargs) -> FrameBook:
+    """A FrameBook whose frames have positions (frame i at (i, -i) um) unless the test
+    brings its own table or per-frame positions."""
+    kwargs.setdefault("positions", np.stack([np.arange(kwargs["num_frames"]) * 1e-6,
+                                             -np.arange(kwargs["num_frames"]) * 1e-6], 1))
+    return FrameBook(**kwargs)
+
 def frame(i: int, dtype: str = "int32") -> np.ndarray:
     """A frame whose every pixel tells its index (plus a pattern so frames differ)."""
     return (np.full(SHAPE, 1000 * (i + 1)) + np.arange(SHAPE[0] * SHAPE[1]).reshape(SHAPE)
@@ -57,7 +65,7 @@ def assert_chunk(raw: RawChunk, key: int, indices: list[int], present: list[bool
 # -- ordering, WAIT, EOS --------------------------------------------------------------
 
 def test_out_of_order_frames_come_out_in_index_order():
-    book = FrameBook(num_frames=10, chunk_frames=4, buffer_chunks=2)
+    book = make_book(num_frames=10, chunk_frames=4, buffer_chunks=2)
     for i in [5, 3, 7, 0, 2, 6, 1, 4]:
         assert book.add(i, frame(i), source=f"f{i}")
     first = drain(book)
@@ -74,7 +82,7 @@ def test_out_of_order_frames_come_out_in_index_order():
 
 
 def test_wait_until_every_frame_of_the_chunk_is_resolved():
-    book = FrameBook(num_frames=8, chunk_frames=4, buffer_chunks=2)
+    book = make_book(num_frames=8, chunk_frames=4, buffer_chunks=2)
     for i in [0, 1, 3, 4, 5, 6, 7]:  # frame 2 is late; the whole next chunk is there
         book.add(i, frame(i))
     for _ in range(3):
@@ -87,7 +95,7 @@ def test_wait_until_every_frame_of_the_chunk_is_resolved():
 
 
 def test_last_chunk_is_shorter_then_eos_forever():
-    book = FrameBook(num_frames=7, chunk_frames=3, buffer_chunks=3)
+    book = make_book(num_frames=7, chunk_frames=3, buffer_chunks=3)
     assert book.n_chunks == 3
     for i in reversed(range(7)):
         book.add(i, frame(i))
@@ -99,7 +107,7 @@ def test_last_chunk_is_shorter_then_eos_forever():
 
 
 def test_scan_auto_releases_prepared_chunks_and_signals():
-    book = FrameBook(num_frames=5, chunk_frames=3, buffer_chunks=2)
+    book = make_book(num_frames=5, chunk_frames=3, buffer_chunks=2)
     scan = Scan(book, ChunkPreparer(PrepConfig(), chunk_frames=3))
     assert scan.auto(3) is WAIT
     for i in range(5):
@@ -114,7 +122,7 @@ def test_scan_auto_releases_prepared_chunks_and_signals():
 
 @pytest.mark.parametrize("wrong", [1, 2, 4, 100])
 def test_scan_auto_refuses_another_chunk_size(wrong):
-    book = FrameBook(num_frames=6, chunk_frames=3)
+    book = make_book(num_frames=6, chunk_frames=3)
     scan = Scan(book, lambda raw: raw)
     for i in range(3):
         book.add(i, frame(i))
@@ -127,7 +135,7 @@ def test_scan_auto_refuses_another_chunk_size(wrong):
 # -- back-pressure ------------------------------------------------------------------
 
 def test_add_beyond_the_window_is_refused_until_a_chunk_is_released():
-    book = FrameBook(num_frames=100, chunk_frames=5, buffer_chunks=2)
+    book = make_book(num_frames=100, chunk_frames=5, buffer_chunks=2)
     assert list(book.window) == list(range(10))
     assert not book.accepts(10)
     assert book.add(10, frame(10)) is False
@@ -148,7 +156,7 @@ def test_memory_is_bounded_by_the_ring_of_slots():
     import weakref
 
     n, chunk, ring = 60, 5, 3
-    book = FrameBook(num_frames=n, chunk_frames=chunk, buffer_chunks=ring)
+    book = make_book(num_frames=n, chunk_frames=chunk, buffer_chunks=ring)
     pending = list(range(n))[::-1]
     held = []
     while True:
@@ -171,14 +179,14 @@ def test_memory_is_bounded_by_the_ring_of_slots():
 # -- refusals -------------------------------------------------------------------------
 
 def test_duplicate_frame_raises():
-    book = FrameBook(num_frames=4, chunk_frames=2)
+    book = make_book(num_frames=4, chunk_frames=2)
     book.add(1, frame(1))
     with pytest.raises(ValueError, match="already stored"):
         book.add(1, frame(1))
 
 
 def test_wrong_shape_raises():
-    book = FrameBook(num_frames=4, chunk_frames=2)
+    book = make_book(num_frames=4, chunk_frames=2)
     book.add(0, frame(0))
     with pytest.raises(ValueError, match="shape"):
         book.add(1, np.zeros((5, 6), "int32"))
@@ -188,7 +196,7 @@ def test_wrong_shape_raises():
 
 
 def test_other_dtype_raises():
-    book = FrameBook(num_frames=4, chunk_frames=2)
+    book = make_book(num_frames=4, chunk_frames=2)
     book.add(0, frame(0))
     with pytest.raises(ValueError, match="dtype"):
         book.add(1, frame(1).astype(np.float64) + 0.5)
@@ -196,13 +204,13 @@ def test_other_dtype_raises():
 
 @pytest.mark.parametrize("index", [-1, 4, 1000])
 def test_index_outside_the_scan_raises(index):
-    book = FrameBook(num_frames=4, chunk_frames=2)
+    book = make_book(num_frames=4, chunk_frames=2)
     with pytest.raises(ValueError, match="outside the scan"):
         book.add(index, frame(0))
 
 
 def test_frame_of_a_released_chunk_raises():
-    book = FrameBook(num_frames=4, chunk_frames=2)
+    book = make_book(num_frames=4, chunk_frames=2)
     book.add(0, frame(0))
     book.add(1, frame(1))
     assert isinstance(book.release(), RawChunk)
@@ -212,13 +220,13 @@ def test_frame_of_a_released_chunk_raises():
 
 def test_fewer_table_positions_than_frames_raises():
     with pytest.raises(ValueError, match="positions"):
-        FrameBook(num_frames=5, chunk_frames=2, positions=np.zeros((4, 2)))
+        make_book(num_frames=5, chunk_frames=2, positions=np.zeros((4, 2)))
 
 
 # -- missing frames -------------------------------------------------------------------
 
 def test_end_fills_every_frame_not_arrived_and_readers_reach_num_frames():
-    book = FrameBook(num_frames=10, chunk_frames=4, buffer_chunks=2)
+    book = make_book(num_frames=10, chunk_frames=4, buffer_chunks=2)
     for i in [0, 1, 5]:
         book.add(i, frame(i))
     assert book.release() is WAIT
@@ -233,7 +241,7 @@ def test_end_fills_every_frame_not_arrived_and_readers_reach_num_frames():
 
 
 def test_missing_frames_become_zero_data_and_zero_weights_after_preparation():
-    book = FrameBook(num_frames=12, chunk_frames=4, buffer_chunks=2)
+    book = make_book(num_frames=12, chunk_frames=4, buffer_chunks=2)
     scan = Scan(book, ChunkPreparer(PrepConfig(), chunk_frames=4))
     for i in [0, 1, 2, 3, 4, 5, 6, 7]:
         book.add(i, frame(i))
@@ -256,7 +264,7 @@ def test_missing_frames_become_zero_data_and_zero_weights_after_preparation():
 
 
 def test_mark_missing_resolves_frames_and_counts_them():
-    book = FrameBook(num_frames=6, chunk_frames=3, buffer_chunks=1)
+    book = make_book(num_frames=6, chunk_frames=3, buffer_chunks=1)
     book.add(0, frame(0))
     book.mark_missing([1, 2, 3, 4])  # 3 and 4 lie beyond the window: ignored
     raw = book.release()
@@ -273,7 +281,7 @@ def test_mark_missing_resolves_frames_and_counts_them():
 
 def test_frame_timeout_fills_only_frames_overtaken_by_old_enough_later_frames():
     clock = FakeClock()
-    book = FrameBook(num_frames=8, chunk_frames=4, buffer_chunks=2, frame_timeout_s=1.0,
+    book = make_book(num_frames=8, chunk_frames=4, buffer_chunks=2, frame_timeout_s=1.0,
                      clock=clock)
     book.add(0, frame(0))
     book.add(2, frame(2))  # overtakes frame 1
@@ -301,7 +309,7 @@ def test_frame_timeout_fills_only_frames_overtaken_by_old_enough_later_frames():
 
 def test_frame_timeout_overtaken_from_the_next_chunk_in_the_ring():
     clock = FakeClock()
-    book = FrameBook(num_frames=8, chunk_frames=4, buffer_chunks=2, frame_timeout_s=2.0,
+    book = make_book(num_frames=8, chunk_frames=4, buffer_chunks=2, frame_timeout_s=2.0,
                      clock=clock)
     for i in (0, 1, 2):
         book.add(i, frame(i))
@@ -316,7 +324,7 @@ def test_frame_timeout_overtaken_from_the_next_chunk_in_the_ring():
 
 def test_frame_timeout_overtaken_across_the_ring_wrap():
     clock = FakeClock()
-    book = FrameBook(num_frames=12, chunk_frames=4, buffer_chunks=2, frame_timeout_s=1.0,
+    book = make_book(num_frames=12, chunk_frames=4, buffer_chunks=2, frame_timeout_s=1.0,
                      clock=clock)
     for i in range(8):
         if i != 7:
@@ -334,7 +342,7 @@ def test_frame_timeout_overtaken_across_the_ring_wrap():
 
 def test_frame_timeout_never_fills_the_last_frame_of_the_window():
     clock = FakeClock()
-    book = FrameBook(num_frames=8, chunk_frames=4, buffer_chunks=1, frame_timeout_s=1.0,
+    book = make_book(num_frames=8, chunk_frames=4, buffer_chunks=1, frame_timeout_s=1.0,
                      clock=clock)
     for i in range(3):
         book.add(i, frame(i))
@@ -347,7 +355,7 @@ def test_frame_timeout_never_fills_the_last_frame_of_the_window():
 
 def test_no_timeout_means_waiting_forever():
     clock = FakeClock()
-    book = FrameBook(num_frames=4, chunk_frames=4, clock=clock)
+    book = make_book(num_frames=4, chunk_frames=4, clock=clock)
     book.add(0, frame(0))
     book.add(3, frame(3))
     clock.t = 1e9
@@ -358,7 +366,7 @@ def test_no_timeout_means_waiting_forever():
 
 def test_positions_from_the_table():
     table = np.arange(20, dtype=float).reshape(10, 2) * 1e-6
-    book = FrameBook(num_frames=10, chunk_frames=4, buffer_chunks=3, positions=table)
+    book = make_book(num_frames=10, chunk_frames=4, buffer_chunks=3, positions=table)
     for i in range(10):
         if i != 6:
             book.add(i, frame(i))
@@ -368,7 +376,7 @@ def test_positions_from_the_table():
 
 
 def test_positions_from_each_frame_and_missing_frames_repeat_the_previous():
-    book = FrameBook(num_frames=8, chunk_frames=4, buffer_chunks=2)
+    book = FrameBook(num_frames=8, chunk_frames=4, buffer_chunks=2)  # no table
     given = {i: (0.5 * i, -0.25 * i) for i in range(8)}
     for i in (0, 2, 3, 5, 6):
         book.add(i, frame(i), position=given[i])
@@ -381,7 +389,23 @@ def test_positions_from_each_frame_and_missing_frames_repeat_the_previous():
 
 
 def test_no_frame_at_all_cannot_be_released():
-    book = FrameBook(num_frames=3, chunk_frames=3)
+    book = make_book(num_frames=3, chunk_frames=3)
     book.end()
     with pytest.raises(ValueError, match="no frame"):
         book.release()
+
+
+def test_a_present_frame_without_position_is_refused():
+    book = FrameBook(num_frames=4, chunk_frames=2)
+    book.add(0, frame(0), position=(0.0, 0.0))
+    book.add(1, frame(1))
+    with pytest.raises(ValueError, match="frame 1 arrived without a position"):
+        book.release()
+
+
+def test_an_all_missing_chunk_is_released_when_the_frame_shape_is_known():
+    book = make_book(num_frames=4, chunk_frames=2, frame_shape=SHAPE, dtype="int32")
+    book.mark_missing([0, 1])
+    raw = book.release()
+    assert isinstance(raw, RawChunk) and not raw.present.any()
+    assert raw.frame_shape == SHAPE and raw.dtype == np.int32

@@ -118,10 +118,9 @@ def test_hdf5_layout_with_stacks_and_single_frames(tmp_path, layout):
     assert got[3][2] == str(root / "scan_001.h5")
 
 
-def test_stacked_frames_read_with_one_slice_per_file(tmp_path, monkeypatch):
-    root, frames, _ = write_hdf5_scan(tmp_path / "scan", sizes=(4, 4, None, 3))
-    src = discover(root)
-    calls = []
+def spy_on_slices(monkeypatch) -> list[tuple[str, int, int]]:
+    """Record ``(file name, lo, hi)`` of every stack slice read_frames asks for."""
+    calls: list[tuple[str, int, int]] = []
     real = layouts._read_stack
 
     def spy(ref, dataset, lo, hi):
@@ -129,14 +128,119 @@ def test_stacked_frames_read_with_one_slice_per_file(tmp_path, monkeypatch):
         return real(ref, dataset, lo, hi)
 
     monkeypatch.setattr(layouts, "_read_stack", spy)
-    got = list(read_frames(src, 1, 11))  # starts and ends inside stacks
+    return calls
+
+
+@pytest.mark.parametrize("max_block, slices", [
+    (None, [("scan_000.h5", 1, 4), ("scan_001.h5", 0, 4), ("scan_003.h5", 0, 2)]),
+    (3, [("scan_000.h5", 1, 4), ("scan_001.h5", 0, 3), ("scan_001.h5", 3, 4),
+         ("scan_003.h5", 0, 2)]),
+])
+def test_stacked_frames_read_in_slices_of_at_most_max_block(tmp_path, monkeypatch,
+                                                             max_block, slices):
+    root, frames, _ = write_hdf5_scan(tmp_path / "scan", sizes=(4, 4, None, 3))
+    src = discover(root)
+    calls = spy_on_slices(monkeypatch)
+    kw = {} if max_block is None else {"max_block": max_block}
+    got = list(read_frames(src, 1, 11, **kw))  # starts and ends inside stacks
     assert [i for i, _, _ in got] == list(range(1, 11))
     np.testing.assert_array_equal(np.stack([f for _, f, _ in got]), frames[1:11])
-    assert calls == [("scan_000.h5", 1, 4), ("scan_001.h5", 0, 4), ("scan_003.h5", 0, 2)]
+    assert calls == slices
     names = [name for _, _, name in got]
     assert names[:2] == [f"{root / 'scan_000.h5'}[1]", f"{root / 'scan_000.h5'}[2]"]
     assert names[-3:] == [str(root / "scan_002.h5"), f"{root / 'scan_003.h5'}[0]",
                           f"{root / 'scan_003.h5'}[1]"]
+
+
+@pytest.mark.parametrize("max_block", [1, 4, 64, 1000])
+def test_big_stack_is_never_read_whole(tmp_path, monkeypatch, max_block):
+    """An Eiger-like file of many frames is read max_block frames at a time, not at once."""
+    root, frames, _ = write_hdf5_scan(tmp_path / "scan", sizes=(150,))
+    src = discover(root)
+    calls = spy_on_slices(monkeypatch)
+    got = list(read_frames(src, 3, 150, max_block=max_block))
+    np.testing.assert_array_equal(np.stack([f for _, f, _ in got]), frames[3:150])
+    assert [i for i, _, _ in got] == list(range(3, 150))
+    assert all(0 < hi - lo <= max_block for _, lo, hi in calls)
+    assert [lo for _, lo, _ in calls] == list(range(3, 150, max_block))
+    assert calls[-1][2] == 150
+    assert len(calls) == -(-147 // max_block)  # several frames per slice, not one by one
+
+
+@pytest.mark.parametrize("max_block", [0, -5])
+def test_max_block_must_be_positive(tmp_path, max_block):
+    root, _, _ = write_hdf5_scan(tmp_path / "scan")
+    with pytest.raises(ValueError, match="max_block"):
+        list(read_frames(discover(root), 0, 6, max_block=max_block))
+
+
+def test_hdf5_frame_files_sorted_naturally(tmp_path):
+    """frame_2.h5 comes before frame_10.h5: digit runs compare as numbers."""
+    root = tmp_path / "scan"
+    root.mkdir()
+    numbers = [10, 2, 1, 9, 100, 11]
+    for k in numbers:
+        with h5py.File(root / f"frame_{k}.h5", "w") as f:
+            f[DSET] = np.full((H, W), k, np.uint16)
+    np.savetxt(root / "positions.txt", np.zeros((len(numbers), 2)))
+    src = discover(root)
+    assert [r.path.name for r in src.frames] == [f"frame_{k}.h5" for k in sorted(numbers)]
+    got = [int(frame[0, 0]) for _, frame, _ in read_frames(src, 0, len(numbers))]
+    assert got == sorted(numbers)
+
+
+def test_natural_order_mixes_text_and_numbers(tmp_path):
+    root = tmp_path / "scan"
+    root.mkdir()
+    names = ["b_1.h5", "a_10_x2.h5", "a_10_x10.h5", "a_9.h5", "a_09.h5", "A_1.h5", "a.h5"]
+    for name in names:
+        with h5py.File(root / name, "w") as f:
+            f[DSET] = np.zeros((H, W))
+    np.savetxt(root / "positions.txt", np.zeros((len(names), 2)))
+    got = [r.path.name for r in discover(root).frames]
+    assert got == ["A_1.h5", "a.h5", "a_09.h5", "a_9.h5", "a_10_x2.h5", "a_10_x10.h5", "b_1.h5"]
+
+
+def write_eiger_master(root: Path, data_files: list[str], name: str = "series_1_master.h5") -> Path:
+    """A DECTRIS-style master file: no /entry/data/data, external links to the data files."""
+    master = root / name
+    with h5py.File(master, "w") as f:
+        f["/entry/instrument/detector/x_pixel_size"] = 75e-6
+        for k, data in enumerate(data_files, 1):
+            f[f"/entry/data/data_{k:06d}"] = h5py.ExternalLink(data, DSET)
+    return master
+
+
+def test_eiger_master_file_is_not_a_frame_file(tmp_path):
+    root, frames, pos = write_hdf5_scan(tmp_path / "scan", positions="h5")
+    master = write_eiger_master(root, ["scan_000.h5", "scan_001.h5", "scan_002.h5"])
+    src = discover(root)
+    assert master not in [r.path for r in src.frames]
+    assert root / "positions.h5" not in [r.path for r in src.frames]
+    assert len(src.frames) == 6
+    got = np.stack([f for _, f, _ in read_frames(src, 0, 6)])
+    np.testing.assert_array_equal(got, frames)
+
+
+def test_master_exclusion_can_be_changed(tmp_path):
+    root, _, _ = write_hdf5_scan(tmp_path / "scan")
+    master = write_eiger_master(root, ["scan_000.h5"])
+    with pytest.raises(InputError) as exc:  # without the exclusion it is taken as frames
+        discover(root, exclude=())
+    assert_names(exc, master, DSET)
+    (root / "scan_001.h5").rename(root / "scan_001_skip.h5")
+    src = discover(root, exclude=("*_master.h5", "*_skip.h5"))
+    assert [r.path.name for r in src.frames] == ["scan_000.h5"] * 3 + ["scan_002.h5"] * 2
+
+
+def test_only_master_files_match(tmp_path):
+    root = tmp_path / "scan"
+    root.mkdir()
+    np.savetxt(root / "positions.txt", np.zeros((3, 2)))
+    write_eiger_master(root, ["series_1_data_000001.h5"])
+    with pytest.raises(InputError) as exc:
+        discover(root)
+    assert_names(exc, root, "*.h5", "*_master.h5")
 
 
 def test_hdf5_positions_dataset_and_units(tmp_path):
@@ -167,6 +271,34 @@ def test_read_map_from_npy_and_hdf5(tmp_path):
     np.testing.assert_array_equal(read_map(tmp_path / "dark.npy"), dark)
     np.testing.assert_array_equal(read_map(f"{tmp_path / 'maps.h5'}::/cal/dark"), dark)
     np.testing.assert_array_equal(read_map(tmp_path / "maps.h5"), dark * 2)
+
+
+def test_read_map_errors_do_not_call_the_map_a_frame(tmp_path):
+    with pytest.raises(InputError) as exc:
+        read_map(tmp_path / "dark.npy")
+    assert_names(exc, tmp_path / "dark.npy", "file not found")
+    assert "frame" not in str(exc.value)
+    garbage = tmp_path / "flat.h5"
+    garbage.write_bytes(b"garbage" * 10)
+    with pytest.raises(InputError) as exc:
+        read_map(f"{garbage}::/flat")
+    assert_names(exc, garbage, "unreadable")
+    assert "frame" not in str(exc.value)
+    np.save(tmp_path / "cube.npy", np.zeros((2, H, W)))
+    with pytest.raises(InputError) as exc:
+        read_map(tmp_path / "cube.npy")
+    assert_names(exc, tmp_path / "cube.npy", "(2, 8, 6)", "2-D")
+    assert "frame" not in str(exc.value)
+
+
+def test_frame_errors_still_name_a_frame_file(tmp_path):
+    with pytest.raises(InputError) as exc:
+        read_frame(FrameRef(0, tmp_path / "gone.npy"))
+    assert_names(exc, tmp_path / "gone.npy", "frame file not found")
+    np.save(tmp_path / "cube.npy", np.zeros((2, H, W)))
+    with pytest.raises(InputError) as exc:
+        read_frame(FrameRef(0, tmp_path / "cube.npy"))
+    assert_names(exc, tmp_path / "cube.npy", "frame has shape")
 
 
 # -- bad input: InputError naming the file (and the line) ------------------------------
@@ -371,3 +503,95 @@ def test_no_frame_files_or_no_directory(tmp_path):
     with pytest.raises(InputError) as exc:
         discover(tmp_path / "absent")
     assert_names(exc, tmp_path / "absent", "does not exist")
+
+
+NON_FINITE = ["nan", "NaN", "inf", "-inf", "1e400"]
+
+
+@pytest.mark.parametrize("layout", ["auto", "ptypy"])
+@pytest.mark.parametrize("value", NON_FINITE)
+def test_non_finite_named_positions_refused(tmp_path, layout, value):
+    root, _, _ = write_ptypy_scan(tmp_path / "scan")
+    lines = (root / "positions.txt").read_text().splitlines()
+    lines[4] = f"ccd/diffraction_0002.npy 1e-7 {value}"  # line 5
+    (root / "positions.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as exc:
+        discover(root, layout=layout)
+    assert_names(exc, root / "positions.txt", "line 5", "finite")
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("named", [False, True])
+def test_non_finite_text_positions_refused(tmp_path, value, named):
+    root, _, pos = write_hdf5_scan(tmp_path / "scan")
+    lines = [f"{'f%d ' % i if named else ''}{y} {x}" for i, (y, x) in enumerate(pos)]
+    lines[2] = f"{'f2 ' if named else ''}{value} 0.0"  # line 3
+    (root / "positions.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError) as exc:
+        discover(root, layout="hdf5")
+    assert_names(exc, root / "positions.txt", "line 3", "finite")
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_hdf5_positions_refused(tmp_path, value):
+    root, _, pos = write_hdf5_scan(tmp_path / "scan", positions="h5")
+    pos = pos.copy()
+    pos[4, 1] = value
+    with h5py.File(root / "positions.h5", "w") as f:
+        f["positions"] = pos
+    with pytest.raises(InputError) as exc:
+        discover(root)
+    assert_names(exc, root / "positions.h5", "finite", "row 4")
+
+
+@pytest.mark.parametrize("line", ["distance nan", "energy inf", "shape inf", "psize -inf"])
+def test_non_finite_geometry_refused(tmp_path, line):
+    root, _, _ = write_ptypy_scan(tmp_path / "scan", geometry=f"distance 1.5e-01\n{line}\n")
+    with pytest.raises(InputError) as exc:
+        discover(root)
+    assert_names(exc, root / "geometry.txt", "line 2", "finite")
+
+
+def shorten_stack(path: Path, keep: int) -> None:
+    """Rewrite a stack file with only its first ``keep`` frames (changed since discovery)."""
+    with h5py.File(path, "a") as f:
+        data = f[DSET][:keep]
+        del f[DSET]
+        f[DSET] = data
+
+
+@pytest.mark.parametrize("max_block", [64, 3])
+def test_stack_shorter_at_read_time_is_refused(tmp_path, max_block):
+    root, frames, _ = write_hdf5_scan(tmp_path / "scan", sizes=(5, None, 2))
+    src = discover(root)
+    shorten_stack(root / "scan_000.h5", 2)
+    got = []
+    with pytest.raises(InputError) as exc:
+        for index, frame, _name in read_frames(src, 0, 8, max_block=max_block):
+            got.append(index)
+    expected = min(5, max_block)
+    assert_names(exc, root / "scan_000.h5", f"expected {expected} frames", "found 2")
+    assert got == [0, 1]  # the frames that are there still come, in order
+
+
+def test_stack_read_past_its_new_end_is_refused(tmp_path):
+    root, _, _ = write_hdf5_scan(tmp_path / "scan", sizes=(5, None, 2))
+    src = discover(root)
+    shorten_stack(root / "scan_000.h5", 2)
+    with pytest.raises(InputError) as exc:
+        list(read_frames(src, 3, 5))
+    assert_names(exc, root / "scan_000.h5", "expected 2 frames", "found 0")
+    with pytest.raises(InputError) as exc:
+        read_frame(src.frames[4], dataset=DSET)
+    assert_names(exc, root / "scan_000.h5", "unreadable")
+
+
+def test_stack_that_became_a_single_frame_is_refused(tmp_path):
+    root, _, _ = write_hdf5_scan(tmp_path / "scan", sizes=(5, None, 2))
+    src = discover(root)
+    with h5py.File(root / "scan_000.h5", "a") as f:
+        del f[DSET]
+        f[DSET] = np.zeros((H, W))
+    with pytest.raises(InputError) as exc:
+        list(read_frames(src, 0, 3))
+    assert_names(exc, root / "scan_000.h5", "(8, 6)")

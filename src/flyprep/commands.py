@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from .config import PrepareConfig
+from .errors import FlyprepError, PtydError
 from .pipeline import PrepareSummary, prepare_scan
 from .prep import PreparedChunk
 from .ptyd import open_ptyd, verify
@@ -59,10 +60,27 @@ def run_prepare(scan_dir: Path, output: Path, config: PrepareConfig, *, overwrit
         def on_chunk(chunk: PreparedChunk) -> None:
             advance(chunk.n_frames)
 
-        summary = prepare_scan(source, config, output, overwrite=overwrite,
-                               allow_missing=allow_missing, on_chunk=on_chunk)
+        try:
+            summary = prepare_scan(source, config, output, overwrite=overwrite,
+                                   allow_missing=allow_missing, on_chunk=on_chunk)
+        except FlyprepError:
+            _say_what_was_left(output)
+            raise
     print_summary(summary)
     return 0
+
+
+def _say_what_was_left(output: Path) -> None:
+    """After a failed run: tell the user about the partial output, if one was published."""
+    try:
+        ptyd = open_ptyd(output)
+    except PtydError:
+        return
+    if ptyd.state == "aborted":
+        kept = ptyd.meta.num_frames - len(ptyd.provenance.get("missing_indices", []))
+        console.print(f"flyprep: note: {output} keeps the {kept} frames prepared before the "
+                      f"error; it is marked aborted with the rest filled as missing (zero "
+                      f"weights). Rerun with --overwrite to replace it.", markup=False)
 
 
 def print_summary(summary: PrepareSummary) -> None:
@@ -70,7 +88,7 @@ def print_summary(summary: PrepareSummary) -> None:
     mb = summary.bytes_written / 1e6
     out.print(f"wrote {summary.output}: {summary.frames} frames in {summary.chunks} chunks, "
               f"{summary.frames_missing} missing, {summary.seconds:.2f} s "
-              f"({summary.frames_per_s:.0f} frames/s, {mb / summary.seconds:.0f} MB/s)")
+              f"({summary.frames_per_s:.0f} frames/s, {mb / summary.seconds:.0f} MB/s prepared)")
 
 
 def run_inspect(path: Path) -> int:

@@ -51,7 +51,8 @@ class PrepConfig(Section):
 
     shape: Optional[int] = Field(None, ge=1, description="square ROI side in raw pixels; None: full frame")
     center: Optional[Union[Literal["fftshift", "geometric", "fft"], Tuple[float, float]]] = "fftshift"
-    auto_center: bool = Field(False, description="use the centre of mass of the first chunk")
+    auto_center: bool = Field(False, description="centre of mass of the first chunk, when no "
+                                                 "center is given (as in PtyPy)")
     orientation: Optional[Union[int, Tuple[bool, bool, bool]]] = None
     rebin: int = Field(1, ge=1, le=32)
     rebin_mode: Literal["mean", "sum"] = "mean"
@@ -70,8 +71,12 @@ class PrepConfig(Section):
 
     @model_validator(mode="after")
     def _centre_given(self) -> "PrepConfig":
-        if self.center is None and not self.auto_center:
-            # PtyPy: center None with auto_center unset means 'use the centre of mass'.
+        # PtyPy uses the centre of mass only when no centre is given; asking for
+        # auto_center without a centre therefore means "no centre", and an unset
+        # centre means auto_center.
+        if self.auto_center and "center" not in self.model_fields_set:
+            object.__setattr__(self, "center", None)
+        if self.center is None:
             object.__setattr__(self, "auto_center", True)
         if self.shape is not None and self.shape % self.rebin:
             raise ValueError(f"rebin {self.rebin} does not divide shape {self.shape}")

@@ -23,7 +23,7 @@ from .ptyd.layout import ScanMeta
 from .ptyd.writer import PtydWriter
 from .ptyd.writer_thread import WriterThread
 from .scan import FrameBook, RawChunk, Scan
-from .sources.layouts import ScanSource, read_frames, read_map
+from .sources.layouts import ScanSource, read_frame, read_frames, read_map
 
 
 def load_calibration(prep: PrepConfig) -> Calibration:
@@ -59,7 +59,7 @@ class ChunkPreparer:
         cfg = self.config
         shape = raw.frame_shape
         side = cfg.shape if cfg.shape is not None else min(shape)
-        if cfg.auto_center:
+        if cfg.center is None:
             if not raw.present.any():
                 raise ConfigError("auto_center: no frame of the first chunk arrived")
             valid = None if self.calibration.bad_pixels is None else ~self.calibration.bad_pixels.astype(bool)
@@ -162,6 +162,8 @@ def run_scan(
     config: PrepareConfig,
     output: Path,
     calibration: Calibration | None = None,
+    frame_shape: tuple[int, int] | None = None,
+    dtype: np.dtype | str | None = None,
     allow_missing: bool = False,
     overwrite: bool = False,
     on_chunk: Callable[[PreparedChunk], Any] | None = None,
@@ -171,12 +173,20 @@ def run_scan(
     of the wrong shape or dtype raises :class:`InputError`, or with ``allow_missing`` is
     filled as missing.
 
+    If the run fails after the output was started, every chunk whose frames are all in is
+    still written, the rest of the scan is filled with missing frames (zero weights, no
+    disk space) and the master says ``aborted``: a reader that already started still
+    reaches ``num_frames``, and nothing read so far is thrown away.
+
     Preparation runs in the calling thread while a writer thread stores the previous
     chunk; ``on_chunk`` is called from that thread once a chunk is on disk."""
     t0 = time.perf_counter()
+    require_geometry(config.geometry)
+    if Path(output).exists() and not overwrite:
+        raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
     out_cfg = config.output
-    book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames,
-                     buffer_chunks=1, positions=positions)
+    book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames, buffer_chunks=1,
+                     positions=positions, frame_shape=frame_shape, dtype=dtype)
     preparer = ChunkPreparer(config.prep, calibration=calibration,
                              chunk_frames=out_cfg.chunk_frames, buffers=QUEUED_CHUNKS + 2)
     scan = Scan(book, preparer)
@@ -189,7 +199,8 @@ def run_scan(
             if writer is None:
                 writer = WriterThread(
                     _open_writer(output, config, preparer.preparation, num_frames, overwrite),
-                    max_queued=QUEUED_CHUNKS, on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
+                    max_queued=QUEUED_CHUNKS,
+                    on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
             bytes_written += chunk.data.nbytes + chunk.weights.nbytes
             writer.submit(chunk)
 
@@ -214,12 +225,34 @@ def run_scan(
         writer.close("complete")
     except BaseException:
         if writer is not None:
-            with contextlib.suppress(OutputError):  # the first error is the one to report
-                writer.abort()
+            _finish_aborted(book, flush_ready, writer)
         raise
     return PrepareSummary(output=Path(output), frames=num_frames, chunks=book.n_chunks,
                           frames_missing=book.missing_total,
                           seconds=time.perf_counter() - t0, bytes_written=bytes_written)
+
+
+def _finish_aborted(book: FrameBook, flush_ready: Callable[[], None], writer: WriterThread) -> None:
+    """After a failure: write what arrived, fill the rest as missing, publish ``aborted``.
+    If that fails too (the writer itself broke), publish what is there as ``aborted``;
+    the first error is the one reported."""
+    try:
+        book.end()
+        flush_ready()
+        writer.close("aborted")
+    except Exception:
+        with contextlib.suppress(Exception):
+            writer.abort()
+
+
+def require_geometry(geometry: GeometryConfig) -> None:
+    """PtyPy builds its geometry from energy, distance and psize in ``meta/``: refuse to
+    start without them (they come from the config, options or ``geometry.txt``)."""
+    missing = [k for k in ("energy", "distance", "psize") if getattr(geometry, k) is None]
+    if missing:
+        raise ConfigError(f"geometry: {', '.join(missing)} not given; PtyPy needs them in "
+                          f"meta/ (set them in [geometry], with --{' --'.join(missing)}, "
+                          f"or in the scan's geometry.txt)")
 
 
 def prepare_scan(
@@ -238,10 +271,30 @@ def prepare_scan(
     if num_frames > len(source.frames) and not allow_missing:
         raise InputError(source.root, f"num_frames is {num_frames} but the scan has only "
                                       f"{len(source.frames)} frames")
-    return run_scan(_frames_from(source, min(num_frames, len(source.frames)), allow_missing),
+    if Path(output).exists() and not overwrite:
+        raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
+    calibration = load_calibration(config.prep)
+    shape, dtype = _probe(source, allow_missing)
+    frames = _frames_from(source, min(num_frames, len(source.frames)), allow_missing,
+                          block=config.output.chunk_frames)
+    return run_scan(frames,
                     num_frames=num_frames, positions=_positions_for(source, num_frames),
-                    config=config, output=output, calibration=load_calibration(config.prep),
-                    allow_missing=allow_missing, overwrite=overwrite, on_chunk=on_chunk)
+                    config=config, output=output, calibration=calibration,
+                    frame_shape=shape, dtype=dtype, allow_missing=allow_missing,
+                    overwrite=overwrite, on_chunk=on_chunk)
+
+
+def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:
+    """Shape and dtype of the scan's frames, from its first readable frame."""
+    for ref in source.frames:
+        try:
+            frame = read_frame(ref, dataset=source.dataset)
+        except InputError:
+            if not allow_missing:
+                raise
+            continue
+        return frame.shape, frame.dtype
+    raise InputError(source.root, "no frame of the scan could be read")
 
 
 def _open_writer(output: Path, config: PrepareConfig, preparation: Preparation,
@@ -263,13 +316,15 @@ def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:
     return np.concatenate([pos, pad])
 
 
-def _frames_from(source: ScanSource, stop: int, allow_missing: bool) -> Iterator[FrameInput]:
-    """Frames ``[0, stop)`` of a scan directory; with ``allow_missing`` a frame that cannot
-    be read comes as None (missing) instead of ending the run."""
+def _frames_from(source: ScanSource, stop: int, allow_missing: bool, *,
+                 block: int) -> Iterator[FrameInput]:
+    """Frames ``[0, stop)`` of a scan directory, stacks read ``block`` frames at a time;
+    with ``allow_missing`` a frame that cannot be read comes as None (missing) instead of
+    ending the run."""
     i = 0
     while i < stop:
         try:
-            for index, frame, name in read_frames(source, i, stop):
+            for index, frame, name in read_frames(source, i, stop, max_block=block):
                 yield index, frame, name
                 i = index + 1
         except InputError:

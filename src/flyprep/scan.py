@@ -61,8 +61,12 @@ class FrameBook:
         buffer_chunks: int = 2,
         frame_timeout_s: float | None = None,
         positions: np.ndarray | None = None,
+        frame_shape: tuple[int, int] | None = None,
+        dtype: np.dtype | str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``frame_shape`` and ``dtype`` may be given up front (so that a chunk whose frames
+        all went missing can still be released); otherwise the first frame sets them."""
         if num_frames < 1 or chunk_frames < 1 or buffer_chunks < 1:
             raise ValueError("num_frames, chunk_frames and buffer_chunks must be positive")
         self.num_frames = num_frames
@@ -78,8 +82,8 @@ class FrameBook:
             raise ValueError(f"{self._table.shape[0]} positions for {num_frames} frames")
         slots = buffer_chunks * chunk_frames
         self._frames: list[np.ndarray | None] = [None] * slots
-        self._shape: tuple[int, ...] | None = None  # the first frame's shape and dtype
-        self._dtype: np.dtype | None = None
+        self._shape: tuple[int, ...] | None = None if frame_shape is None else tuple(frame_shape)
+        self._dtype: np.dtype | None = None if dtype is None else np.dtype(dtype)
         self._present = np.zeros(slots, bool)
         self._missing = np.zeros(slots, bool)
         self._arrived_at = np.full(slots, np.inf)
@@ -186,7 +190,7 @@ class FrameBook:
         if not resolved.all():
             return WAIT
         present = self._present[slots].copy()
-        positions = self._fill_positions(start, stop, slots)
+        positions = self._fill_positions(start, stop, slots, present)
         if self._shape is None:  # no frame ever arrived: nothing to take a shape from
             raise ValueError("no frame of the scan arrived; the frame shape is unknown")
         frames = tuple(self._frames[slots])
@@ -201,15 +205,19 @@ class FrameBook:
         self.next_key += 1
         return RawChunk(key, start, frames, present, positions, sources, self._shape, self._dtype)
 
-    def _fill_positions(self, start: int, stop: int, slots: slice) -> np.ndarray:
+    def _fill_positions(self, start: int, stop: int, slots: slice,
+                        present: np.ndarray) -> np.ndarray:
         pos = self._positions[slots].copy()
         if self._table is not None:
             unknown = np.isnan(pos).any(axis=1)
             pos[unknown] = self._table[start:stop][unknown]
         unknown = np.isnan(pos).any(axis=1)
+        if (unknown & present).any():
+            first = start + int(np.flatnonzero(unknown & present)[0])
+            raise ValueError(f"frame {first} arrived without a position")
         if unknown.any():
-            # A frame without position (missing frames only): repeat the last known one;
-            # its weights are zero, so a reconstruction ignores it.
+            # A missing frame without position repeats the previous one: its weights are
+            # zero, so a reconstruction ignores it.
             for i in np.flatnonzero(unknown):
                 pos[i] = self._last_position if i == 0 else pos[i - 1]
         self._last_position = pos[-1].copy()

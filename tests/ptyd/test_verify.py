@@ -1,10 +1,13 @@
 """`verify` reports each broken rule of the format; `flyprep verify` exits non-zero."""
 
+import os
+
 import h5py
 import numpy as np
 
 from flyprep.cli import main
 from flyprep.ptyd import PtydWriter, verify
+from flyprep.ptyd.tags import write_tagged
 
 from ptyd_helpers import make_chunk
 
@@ -88,3 +91,81 @@ def test_non_bare_links_and_leftovers_warn(tmp_path, meta):
 def test_unfinished_scan_is_fine_until_it_claims_completion(tmp_path, meta):
     path = scan(tmp_path, meta, chunks=((0, 0, 20),))
     assert rules(path) == set()
+
+
+def test_missing_geometry_is_an_error(tmp_path, meta):
+    path = scan(tmp_path, meta)
+    with h5py.File(path, "r+") as f:
+        del f["meta/energy"]
+        del f["meta/psize"]
+        write_tagged(f["meta"], "psize", None)
+    findings = [f for f in verify(path) if f.level == "error"]
+    assert [f.rule for f in findings] == ["meta-geometry"]
+    assert findings[0].h5path == "/meta"
+    assert findings[0].message.startswith("energy, psize missing or None")
+    assert main(["verify", str(path)]) == 1
+
+
+def test_unusable_geometry_value_is_a_geometry_error(tmp_path, meta):
+    path = scan(tmp_path, meta)
+    with h5py.File(path, "r+") as f:
+        f["meta/distance"][()] = -7.0
+    findings = verify(path)
+    assert [(f.level, f.rule, f.h5path) for f in findings] == [
+        ("error", "meta-geometry", "/meta/distance")]
+
+
+def test_corrupt_chunk_file_is_an_error_naming_the_file(tmp_path, meta):
+    path = scan(tmp_path, meta)
+    last = tmp_path / "scan.ptyd.chunk00002"
+    last.write_bytes(last.read_bytes()[:1000])
+    findings = verify(path)
+    assert [(f.level, f.rule, f.h5path) for f in findings] == [("error", "4-order", "/")]
+    assert str(last) in findings[0].message and "not readable HDF5" in findings[0].message
+
+
+def test_stale_chunk_files_beyond_the_last_link_warn(tmp_path, meta):
+    path = scan(tmp_path, meta)
+    chunk = (tmp_path / "scan.ptyd.chunk00002").read_bytes()
+    for name in ("scan.ptyd.chunk00004", "scan.ptyd.chunk00003", "scan.ptyd.chunk00003.flyprep-tmp",
+                 "scan.ptyd.chunkXYZ", "other.ptyd.chunk00005"):
+        (tmp_path / name).write_bytes(chunk)
+    findings = [f for f in verify(path) if f.rule == "stale-chunks"]
+    assert [(f.level, f.h5path) for f in findings] == [("warning", "/chunks")]
+    assert "['scan.ptyd.chunk00003', 'scan.ptyd.chunk00004']" in findings[0].message
+    assert not [f for f in verify(path) if f.level == "error"]
+
+
+def test_stale_chunks_use_the_first_links_name_pattern(fixture_ptyd, tmp_path):
+    import shutil
+
+    for src in fixture_ptyd.parent.iterdir():
+        shutil.copy(src, tmp_path / src.name)
+    master = tmp_path / fixture_ptyd.name
+    assert "stale-chunks" not in {f.rule for f in verify(master)}
+    shutil.copy(tmp_path / "sample.ptyd.part004", tmp_path / "sample.ptyd.part007")
+    stale = [f for f in verify(master) if f.rule == "stale-chunks"]
+    assert len(stale) == 1 and "sample.ptyd.part007" in stale[0].message
+
+
+def test_links_declared_up_front_are_not_stale(tmp_path, meta):
+    path = scan(tmp_path, meta)
+    with h5py.File(path, "r+") as f:
+        f["chunks"]["3"] = h5py.ExternalLink("scan.ptyd.chunk00003", "/")
+    (tmp_path / "scan.ptyd.chunk00004").write_bytes(b"")
+    findings = [f for f in verify(path) if f.rule == "stale-chunks"]
+    assert len(findings) == 1 and "['scan.ptyd.chunk00004']" in findings[0].message
+
+
+def test_while_acquiring_only_chunks_older_than_the_scan_are_stale(tmp_path, meta):
+    path = scan(tmp_path, meta, chunks=((0, 0, 20),))
+    first = tmp_path / "scan.ptyd.chunk00000"
+    pending = tmp_path / "scan.ptyd.chunk00001"  # written, waiting for the next publication
+    old = tmp_path / "scan.ptyd.chunk00002"  # from an earlier run
+    pending.write_bytes(first.read_bytes())
+    old.write_bytes(first.read_bytes())
+    t = first.stat().st_mtime
+    os.utime(pending, (t + 5, t + 5))
+    os.utime(old, (t - 3600, t - 3600))
+    findings = [f for f in verify(path) if f.rule == "stale-chunks"]
+    assert len(findings) == 1 and "['scan.ptyd.chunk00002']" in findings[0].message

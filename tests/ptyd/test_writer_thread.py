@@ -33,7 +33,39 @@ def test_chunks_written_in_order_and_buffers_returned(tmp_path, meta):
     assert threads == {"writer:s.ptyd"}
     ptyd = open_ptyd(tmp_path / "s.ptyd")
     assert ptyd.state == "complete" and ptyd.n_frames == 50
-    assert ptyd.provenance["generation"] <= 6
+
+
+def test_a_writer_that_falls_behind_still_publishes_at_the_interval(tmp_path, meta):
+    """With chunks always queued, the master is still republished every interval."""
+    import time
+
+    published = []
+    writer = PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10)
+    slow_write = writer.write_chunk
+
+    def write_chunk(chunk, *, publish=True):
+        time.sleep(0.05)  # a slow disk: the producer always has the next chunk queued
+        published.append(publish)
+        return slow_write(chunk, publish=publish)
+
+    writer.write_chunk = write_chunk
+    w = WriterThread(writer, max_queued=3, publish_interval_s=0.0)
+    for key in range(5):
+        w.submit(make_chunk(key, key * 10, 10))
+    w.close()
+    assert published == [True] * 5, "an interval of 0 publishes after every chunk"
+
+    published.clear()
+    writer2 = PtydWriter(tmp_path / "t.ptyd", meta=meta, chunk_frames=10)
+    slow2 = writer2.write_chunk
+    writer2.write_chunk = lambda chunk, *, publish=True: (time.sleep(0.05), published.append(publish),
+                                                           slow2(chunk, publish=publish))[2]
+    w2 = WriterThread(writer2, max_queued=5, publish_interval_s=3600)
+    for key in range(5):
+        w2.submit(make_chunk(key, key * 10, 10))
+    w2.close()
+    assert published.count(True) < 5, "a long interval coalesces while chunks are queued"
+    assert open_ptyd(tmp_path / "t.ptyd").n_frames == 50
 
 
 def test_failure_reaches_the_producer_and_buffers_still_return(tmp_path, meta):

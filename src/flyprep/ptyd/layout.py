@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os.path
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
@@ -19,6 +20,16 @@ ScanState = Literal["acquiring", "complete", "aborted"]
 def chunk_file_name(master_name: str, chunk_format: str, key: int) -> str:
     """Bare file name of chunk ``key``: the master's name plus ``chunk_format % key``."""
     return master_name + (chunk_format % key)
+
+
+def chunk_name_regex(master_name: str, chunk_format: str) -> re.Pattern[str]:
+    """Matches the names of every chunk file (and its temporary) of a master."""
+    field = re.search(r"%0?\d*d", chunk_format)
+    if field is None:
+        raise ValueError(f"chunk_format {chunk_format!r} has no integer field")
+    prefix, suffix = chunk_format[:field.start()], chunk_format[field.end():]
+    return re.compile(re.escape(master_name + prefix) + r"\d+" + re.escape(suffix)
+                      + f"(?:{re.escape(TMP_SUFFIX)})?$")
 
 
 def tmp_name(final_name: str) -> str:

@@ -4,6 +4,19 @@
 pydantic models. Chunks are found exactly as PtyPy finds them: ``chunks/`` keys as
 integers, dangling links skipped, read in integer key order; the global index of a frame
 is its position in that order.
+
+What is refused, always with one :class:`~flyprep.errors.PtydError` naming the file, the
+HDF5 path and the reason:
+
+- when opening: a ``meta/`` PtyPy cannot use (missing tags, no integer ``num_frames``,
+  non-square ``shape``, non-positive or non-finite ``energy``/``distance``/``psize``,
+  non-finite ``center``); a chunk whose ``data`` is not ``(n, H, W)`` with meta's shape; a
+  linked chunk file that exists but HDF5 cannot read (PtyPy would skip it like a dangling
+  link and shift every later frame). A link whose file does not exist is legal (dangling).
+- when numbering frames (:attr:`PtydFile.n_frames`, :meth:`PtydFile.iter_chunks`,
+  :meth:`PtydFile.iter_frames`): a gap, i.e. a key before the last resolved chunk that does
+  not resolve. The file still opens, so that ``inspect`` and ``verify`` can report it
+  (:attr:`PtydFile.gaps`).
 """
 
 from __future__ import annotations
@@ -12,7 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple
+from typing import Annotated, Any, Iterator, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -27,17 +40,28 @@ except ImportError:  # pragma: no cover - plain gzip/lzf files still read
     pass
 
 
+#: A finite number greater than zero (pixel size entries, energy, distance).
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: A finite number (centre entries).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class PtydMeta(BaseModel):
-    """``meta/`` as PtyPy needs it; unknown keys are kept."""
+    """``meta/`` as PtyPy needs it; unknown keys are kept.
+
+    Geometry values may be absent (None: ``verify`` reports that PtyPy cannot start without
+    energy, distance and psize), but when present they must be usable: energy, distance
+    and psize entries finite and > 0, centre entries finite, shape square.
+    """
 
     model_config = ConfigDict(frozen=True, extra="allow", arbitrary_types_allowed=True)
 
     num_frames: StrictInt = Field(ge=0)
     shape: Tuple[int, int]
-    center: Optional[Tuple[float, float]] = None
-    psize: Optional[Tuple[float, float]] = None
-    energy: Optional[float] = None
-    distance: Optional[float] = None
+    center: Optional[Tuple[Finite, Finite]] = None
+    psize: Optional[Tuple[PositiveFinite, PositiveFinite]] = None
+    energy: Optional[PositiveFinite] = None
+    distance: Optional[PositiveFinite] = None
     propagation: Optional[str] = None
     label: Optional[str] = None
     version: Optional[float] = None
@@ -45,14 +69,26 @@ class PtydMeta(BaseModel):
     @field_validator("shape", "center", "psize", mode="before")
     @classmethod
     def _pair(cls, v: Any) -> Any:
+        """A scalar or two numbers as a pair; strings and booleans are not numbers."""
         if v is None:
             return None
         arr = np.asarray(v).reshape(-1)
+        if arr.dtype.kind not in "iuf":
+            raise ValueError(f"expected numbers, got dtype {arr.dtype}")
         if arr.size == 1:
             arr = np.repeat(arr, 2)
         if arr.size != 2:
             raise ValueError(f"expected 2 values, got {arr.size}")
         return tuple(arr.tolist())
+
+    @field_validator("energy", "distance", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        """A real number, not a string or boolean pydantic would coerce."""
+        if v is None or (isinstance(v, (int, float, np.integer, np.floating))
+                         and not isinstance(v, (bool, np.bool_))):
+            return v
+        raise ValueError(f"expected a number, got {type(v).__name__}")
 
     @field_validator("shape")
     @classmethod
@@ -95,12 +131,46 @@ def _load_meta(f: h5py.File, path: str) -> PtydMeta:
         return PtydMeta.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        raise PtydError(path, f"/meta/{key}", f"{first['msg']} (value {first.get('input')!r})") from exc
+        key, *where = first["loc"]
+        entry = f"entry {where[0]}: " if where else ""
+        raise PtydError(path, f"/meta/{key}",
+                        f"{entry}{first['msg']} (value {first.get('input')!r})") from exc
 
 
-def _list_chunks(f: h5py.File, path: str) -> tuple[list[ChunkEntry], list[int]]:
-    """Resolved chunks in integer key order, and the keys of dangling links."""
+def link_target_path(master: str | os.PathLike[str], filename: str) -> Path:
+    """Where the file of an external link stored in ``master`` lives: ``filename`` itself
+    when absolute, else relative to the master's directory (as HDF5 resolves it)."""
+    target = Path(filename)
+    return target if target.is_absolute() else Path(master).parent / target
+
+
+def _check_unresolved_link(path: str, link: h5py.ExternalLink) -> None:
+    """Refuse an external link that does not resolve although its file exists.
+
+    A missing file is a legal dangling link (declared before its file is written). A file
+    that exists but HDF5 cannot open (corrupt, truncated, locked by a writer), or that lacks
+    the link's target node, would be skipped by PtyPy like a dangling link, shifting every
+    later chunk onto the wrong frames: a :class:`PtydError` naming that chunk file.
+    """
+    target = link_target_path(path, link.filename)
+    if not target.exists():
+        return
+    try:
+        with h5py.File(target, "r") as chunk:
+            if link.path in chunk:
+                return  # the file appeared after the link was looked up: still dangling then
+    except OSError as exc:
+        raise PtydError(target, "/", f"chunk file is not readable HDF5 ({exc}); PtyPy would "
+                                     "skip it and shift every later frame") from exc
+    raise PtydError(target, link.path, "missing: the master's external link points at it")
+
+
+def _list_chunks(f: h5py.File, path: str, shape: Tuple[int, int]) -> tuple[list[ChunkEntry], list[int]]:
+    """Resolved chunks in integer key order, and the keys of dangling links.
+
+    Every resolved chunk must hold ``data`` of frames with meta's ``shape``; an external
+    link that does not resolve must not have a file (see :func:`_check_unresolved_link`).
+    """
     if "chunks" not in f:
         raise PtydError(path, "/chunks", "missing")
     group = f["chunks"]
@@ -113,12 +183,19 @@ def _list_chunks(f: h5py.File, path: str) -> tuple[list[ChunkEntry], list[int]]:
         link = group.get(name, getlink=True)
         target = group.get(name)
         if target is None:
+            if isinstance(link, h5py.ExternalLink):
+                _check_unresolved_link(path, link)
             dangling.append(key)
             continue
-        if not isinstance(target, h5py.Group) or "data" not in target:
+        if not isinstance(target, h5py.Group) or not isinstance(target.get("data"), h5py.Dataset):
             raise PtydError(path, f"/chunks/{name}", "chunk has no 'data' dataset")
+        data_shape = tuple(target["data"].shape)
+        if len(data_shape) != 3 or data_shape[1:] != tuple(shape):
+            raise PtydError(path, f"/chunks/{name}/data",
+                            f"shape {data_shape}, expected (n, {shape[0]}, {shape[1]}) "
+                            f"from meta/shape {tuple(shape)}")
         file = link.filename if isinstance(link, h5py.ExternalLink) else None
-        entries.append(ChunkEntry(key=key, file=file, n_frames=int(target["data"].shape[0]),
+        entries.append(ChunkEntry(key=key, file=file, n_frames=data_shape[0],
                                   datasets=tuple(sorted(target.keys()))))
     entries.sort(key=lambda e: e.key)
     return entries, sorted(dangling)
@@ -143,6 +220,11 @@ class PtydFile:
 
     The master is opened and closed for each call, as PtyPy's poller does, so a writer
     can publish new versions between calls.
+
+    A file with a gap (see :attr:`gaps`) opens, so that its meta and chunk list can be
+    inspected and verified, but everything that numbers frames globally (:attr:`n_frames`,
+    :meth:`iter_chunks`, :meth:`iter_frames`) refuses it with a :class:`PtydError` on
+    ``/chunks``: PtyPy would give every frame after the gap a wrong index.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -161,13 +243,40 @@ class PtydFile:
         """Re-read meta, the chunk list and flyprep's provenance from the master."""
         p = str(self.path)
         with self._open() as f:
-            self.meta = _load_meta(f, p)
-            self.chunks, self.dangling = _list_chunks(f, p)
+            self.meta = _load_meta(f, p)  # first: the chunk checks need meta's shape
+            self.chunks, self.dangling = _list_chunks(f, p, self.meta.shape)
             self.provenance = _load_provenance(f, p)
 
     @property
+    def gaps(self) -> list[int]:
+        """Keys before the last resolved chunk that do not resolve (dangling or absent).
+
+        PtyPy numbers frames by their position in key order, so a gap shifts every later
+        frame onto a wrong index; keys after the last resolved chunk are no gap.
+        """
+        resolved = {c.key for c in self.chunks}
+        if not resolved:
+            return []
+        return [k for k in range(0, max(resolved)) if k not in resolved]
+
+    def _refuse_gaps(self) -> None:
+        """Raise :class:`PtydError` on ``/chunks`` when frames cannot be numbered correctly."""
+        gaps = self.gaps
+        if not gaps:
+            return
+        dangling = [k for k in gaps if k in self.dangling]
+        absent = [k for k in gaps if k not in self.dangling]
+        later = [c.key for c in self.chunks if c.key > gaps[0]]
+        parts = ([f"dangling links {dangling}"] if dangling else []) + \
+                ([f"missing keys {absent}"] if absent else [])
+        raise PtydError(self.path, "/chunks",
+                        f"{' and '.join(parts)} lie before resolved chunks {later}: PtyPy "
+                        "would shift every later frame onto a wrong index")
+
+    @property
     def n_frames(self) -> int:
-        """Frames readable now (resolved chunks only)."""
+        """Frames readable now (resolved chunks only); refuses a file with :attr:`gaps`."""
+        self._refuse_gaps()
         return sum(c.n_frames for c in self.chunks)
 
     @property
@@ -176,7 +285,7 @@ class PtydFile:
         return self.provenance.get("state")
 
     def read_chunk(self, entry: ChunkEntry, *, frame_start: int = 0) -> ChunkArrays:
-        """The arrays of one chunk."""
+        """The arrays of one chunk, numbered from ``frame_start`` as the caller says."""
         with self._open() as f:
             where = f"/chunks/{entry.key}"
             group = f.get(where)
@@ -197,20 +306,40 @@ class PtydFile:
         return ChunkArrays(entry.key, frame_start, data, positions, weights, indices)
 
     def iter_chunks(self) -> Iterator[ChunkArrays]:
-        """Every resolved chunk in PtyPy's order, with its global first frame index."""
+        """Every resolved chunk in PtyPy's order, with its global first frame index.
+
+        Refuses a file with :attr:`gaps` at the call, before anything is read.
+        """
+        self._refuse_gaps()
+        return self._chunks_in_order(list(self.chunks))
+
+    def _chunks_in_order(self, entries: list[ChunkEntry]) -> Iterator[ChunkArrays]:
+        """Read ``entries`` one by one, numbering frames consecutively from 0."""
         start = 0
-        for entry in self.chunks:
+        for entry in entries:
             yield self.read_chunk(entry, frame_start=start)
             start += entry.n_frames
 
     def iter_frames(self) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """``(global_index, frame, position, weights_or_None)`` for every frame."""
-        for chunk in self.iter_chunks():
+        """``(global_index, frame, position, weights_or_None)`` for every frame.
+
+        Refuses a file with :attr:`gaps` at the call, before anything is read.
+        """
+        return self._frames_of(self.iter_chunks())
+
+    @staticmethod
+    def _frames_of(chunks: Iterator[ChunkArrays]
+                   ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """The frames of ``chunks`` one by one, with their global indices."""
+        for chunk in chunks:
             for i in range(chunk.data.shape[0]):
                 w = None if chunk.weights is None else chunk.weights[i]
                 yield chunk.frame_start + i, chunk.data[i], chunk.positions[i], w
 
 
 def open_ptyd(path: str | os.PathLike[str]) -> PtydFile:
-    """Open and validate a ``.ptyd``; raises :class:`PtydError` naming file, node and reason."""
+    """Open and validate a ``.ptyd``; raises :class:`PtydError` naming file, node and reason.
+
+    A file with a gap in its chunks opens (see :class:`PtydFile`); reading its frames raises.
+    """
     return PtydFile(path)

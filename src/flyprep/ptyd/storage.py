@@ -50,21 +50,24 @@ class DataStorage:
                 bitshuffle = None
             self._bitshuffle = bitshuffle
 
-    def encode(self, frames: np.ndarray) -> list[Any] | None:
-        """Each frame as a finished HDF5 chunk, or None when HDF5's own filter must run
-        (gzip, lzf, bitshuffle without the ``bitshuffle`` package). CPU only: safe to call
-        from another thread than the one writing the file."""
+    def encode(self, frames: np.ndarray, skip: np.ndarray | None = None) -> list[Any] | None:
+        """Each frame as a finished HDF5 chunk (None for frames in ``skip``, which are left
+        unwritten and read back as zeros), or None when HDF5's own filter must run (gzip,
+        lzf, bitshuffle without the ``bitshuffle`` package). CPU only: safe to call from
+        another thread than the one writing the file."""
         if self.compression in ("gzip", "lzf") or (
                 self.compression == "bitshuffle-lz4" and self._bitshuffle is None):
             return None
         frames = np.ascontiguousarray(frames)
-        if self._bitshuffle is None:
-            return list(frames)
         n, h, w = frames.shape
+        keep = np.ones(n, bool) if skip is None else ~np.asarray(skip, bool)
+        if self._bitshuffle is None:
+            return [frames[i] if keep[i] else None for i in range(n)]
         block = _BSHUF_BLOCK_BYTES // frames.itemsize
         header = struct.pack(">QI", h * w * frames.itemsize, block * frames.itemsize)
         compress = self._bitshuffle.compress_lz4
-        return [header + compress(frames[i], block).tobytes() for i in range(n)]
+        return [header + compress(frames[i], block).tobytes() if keep[i] else None
+                for i in range(n)]
 
     def write(self, group: h5py.Group, name: str, frames: np.ndarray,
               encoded: list[Any] | None = None) -> h5py.Dataset:
@@ -79,21 +82,28 @@ class DataStorage:
                                     chunks=(1, h, w), **self.filters)
         write = dset.id.write_direct_chunk
         for i, payload in enumerate(encoded):
-            write((i, 0, 0), payload)
+            if payload is not None:
+                write((i, 0, 0), payload)
         return dset
 
 
-def encode_weights(weights: np.ndarray) -> list[bytes]:
+def encode_weights(weights: np.ndarray, skip: np.ndarray | None = None) -> list[bytes | None]:
     """Each frame's mask deflated (zlib, as HDF5's deflate filter stores it), compressing
-    each distinct mask of the chunk once: nearly every frame shares the same one."""
+    each distinct mask of the chunk once: nearly every frame shares the same one. Frames
+    in ``skip`` (all False) get None: left unwritten, they read back as False."""
     n = weights.shape[0]
     flat = np.ascontiguousarray(weights).reshape(n, -1)
-    like_first = (flat == flat[0]).all(axis=1)
-    first = zlib.compress(flat[0].tobytes(), WEIGHTS_DEFLATE_LEVEL)
+    keep = np.ones(n, bool) if skip is None else ~np.asarray(skip, bool)
+    ref = int(np.argmax(keep)) if keep.any() else 0
+    like_ref = (flat == flat[ref]).all(axis=1)
+    first = zlib.compress(flat[ref].tobytes(), WEIGHTS_DEFLATE_LEVEL)
     others: dict[bytes, bytes] = {}
-    out = []
+    out: list[bytes | None] = []
     for i in range(n):
-        if like_first[i]:
+        if not keep[i]:
+            out.append(None)
+            continue
+        if like_ref[i]:
             out.append(first)
             continue
         raw = flat[i].tobytes()
@@ -105,7 +115,7 @@ def encode_weights(weights: np.ndarray) -> list[bytes]:
 
 
 def write_weights(group: h5py.Group, weights: np.ndarray,
-                  encoded: list[bytes] | None = None) -> h5py.Dataset:
+                  encoded: list[bytes | None] | None = None) -> h5py.Dataset:
     """Create ``group['weights']`` (bool, deflate: every HDF5 reads it) from the masks'
     :func:`encode_weights` payloads."""
     payloads = encode_weights(weights) if encoded is None else encoded
@@ -114,5 +124,6 @@ def write_weights(group: h5py.Group, weights: np.ndarray,
                                 compression="gzip", compression_opts=WEIGHTS_DEFLATE_LEVEL)
     write = dset.id.write_direct_chunk
     for i, payload in enumerate(payloads):
-        write((i, 0, 0), payload)
+        if payload is not None:
+            write((i, 0, 0), payload)
     return dset

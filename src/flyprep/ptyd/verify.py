@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,11 +14,14 @@ import numpy as np
 
 from ..errors import PtydError
 from .layout import TMP_SUFFIX
-from .reader import PtydFile
+from .reader import PtydFile, link_target_path
 
 Level = Literal["error", "warning"]
 # Filters every HDF5 build has; anything else needs a plugin on every reader.
 BUILTIN_FILTERS = {"gzip", "lzf", "shuffle", "fletcher32", "scaleoffset", "szip", None}
+#: meta/ keys PtyPy builds its geometry from: without any of them a reconstruction fails
+#: at start.
+GEOMETRY_KEYS = ("energy", "distance", "psize")
 
 
 @dataclass(frozen=True)
@@ -38,11 +43,19 @@ def verify(path: str | os.PathLike[str]) -> list[Finding]:
     try:
         ptyd = PtydFile(path)
     except PtydError as exc:
-        rule = "1-type-tags" if "type" in exc.reason else "2-num-frames" if "num_frames" in exc.h5path else "layout"
-        return [Finding("error", rule, exc.h5path, exc.reason)]
+        # The reader refuses the file: one finding, in the file it names (a chunk file
+        # the master links to is named in the message).
+        where = "" if exc.path == str(path) else f"{exc.path}: "
+        return [Finding("error", _rule_of(exc, path), exc.h5path, where + exc.reason)]
     findings: list[Finding] = []
     add = findings.append
     meta = ptyd.meta
+
+    missing = [k for k in GEOMETRY_KEYS if getattr(meta, k) is None]
+    if missing:
+        add(Finding("error", "meta-geometry", "/meta",
+                    f"{', '.join(missing)} missing or None: PtyPy builds its geometry from "
+                    "energy, distance and psize and fails at start without them"))
 
     if not ptyd.chunks or ptyd.chunks[0].key != 0:
         add(Finding("error", "3-first-chunk", "/chunks/0",
@@ -71,7 +84,7 @@ def verify(path: str | os.PathLike[str]) -> list[Finding]:
                             f"link target {entry.file!r} is not a bare file name"))
             start += entry.n_frames
 
-    total = ptyd.n_frames
+    total = sum(c.n_frames for c in ptyd.chunks)  # ptyd.n_frames refuses gaps
     if total > meta.num_frames:
         add(Finding("error", "2-num-frames", "/meta/num_frames",
                     f"{total} frames stored but num_frames is {meta.num_frames}"))
@@ -90,7 +103,63 @@ def verify(path: str | os.PathLike[str]) -> list[Finding]:
     if leftovers:
         add(Finding("warning", "7-atomic-writes", "/",
                     f"temporary files left beside the master: {leftovers}"))
+    stale = _stale_chunk_files(path, ptyd.state)
+    if stale:
+        add(Finding("warning", "stale-chunks", "/chunks",
+                    f"files named like chunks after the last linked one lie beside the "
+                    f"master: {stale} (left from an earlier run?); a writer that links them "
+                    "before rewriting them would serve their old frames"))
     return findings
+
+
+def _rule_of(exc: PtydError, path: Path) -> str:
+    """The rule a reader's refusal concerns."""
+    if exc.path != str(path):
+        return "4-order"  # a linked chunk file is unreadable: PtyPy skips it, frames shift
+    if exc.h5path.startswith("/meta"):
+        if "tag" in exc.reason or "'type' attribute" in exc.reason:
+            return "1-type-tags"
+        if exc.h5path.startswith("/meta/num_frames"):
+            return "2-num-frames"
+        key = exc.h5path.split("/")[2] if exc.h5path.count("/") >= 2 else ""
+        if key in GEOMETRY_KEYS + ("center", "shape"):
+            return "meta-geometry"
+    return "layout"
+
+
+def _stale_chunk_files(path: Path, state: str | None) -> list[str]:
+    """Files beside the chunks named like chunks after the last linked key.
+
+    The pattern comes from the first external link's file name: if it ends in digits,
+    siblings with the same prefix and a larger number than every linked file (resolved or
+    dangling) are stale. While flyprep is still acquiring, such a file may be a finished
+    chunk waiting for the next publication of the master, so then only files older than
+    the first linked chunk count. Append mode or other names give no pattern: no findings.
+    """
+    with h5py.File(path, "r") as f:
+        group = f["chunks"]
+        links = {int(name): group.get(name, getlink=True) for name in group}
+    files = [links[k].filename for k in sorted(links) if isinstance(links[k], h5py.ExternalLink)]
+    if not files:
+        return []
+    first = link_target_path(path, files[0])
+    match = re.fullmatch(r"(.*?)(\d+)", first.name)
+    if match is None:
+        return []
+    pattern = re.compile(re.escape(match.group(1)) + r"(\d+)")
+    linked = {link_target_path(path, name).name for name in files}
+    last = max(int(m.group(1)) for m in map(pattern.fullmatch, linked) if m is not None)
+    try:
+        newest_allowed = first.stat().st_mtime if state == "acquiring" else float("inf")
+    except OSError:  # first chunk dangling: nothing to compare with
+        newest_allowed = float("inf")
+    stale = []
+    for sibling in first.parent.glob(glob.escape(match.group(1)) + "*"):
+        m = pattern.fullmatch(sibling.name)
+        if (m is not None and int(m.group(1)) > last and sibling.name not in linked
+                and sibling.stat().st_mtime < newest_allowed):
+            stale.append((int(m.group(1)), sibling.name))
+    return [name for _, name in sorted(stale)]
 
 
 def _check_chunk(group: h5py.Group, where: str, n: int, start: int,

@@ -25,7 +25,7 @@ from .. import __version__
 from ..errors import OutputError
 from ..prep.chunk import PreparedChunk
 from .layout import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
-                     now_iso, params_hash, tmp_name)
+                     chunk_name_regex, now_iso, params_hash, tmp_name)
 from .safefile import guarded_h5
 from .storage import DataStorage, encode_weights, write_weights
 from .tags import write_tagged
@@ -54,14 +54,17 @@ class EncodedChunk:
 
     chunk: PreparedChunk
     data: list[Any] | None  # None: HDF5's filter runs at write time
-    weights: list[bytes] | None  # None: deflated at write time
+    weights: list[bytes | None] | None  # None: deflated at write time
 
 
 def write_chunk_group(group: h5py.Group, encoded: EncodedChunk, *, storage: DataStorage) -> None:
     """Write a chunk's datasets at ``group``: one frame per HDF5 chunk for the stacks."""
     chunk = encoded.chunk
+    missing = chunk.missing if chunk.missing.any() else None
     storage.write(group, "data", chunk.data, encoded.data)
-    write_weights(group, chunk.weights, encoded.weights)
+    write_weights(group, chunk.weights,
+                  encoded.weights if encoded.weights is not None
+                  else encode_weights(chunk.weights, missing))
     group.create_dataset("positions", data=np.asarray(chunk.positions, np.float64))
     group.create_dataset("indices", data=chunk.indices)
 
@@ -108,6 +111,8 @@ class PtydWriter:
             raise OutputError(f"{self.path.parent}: output directory does not exist")
         if self.path.exists() and not overwrite:
             raise OutputError(f"{self.path}: exists already (pass overwrite to replace it)")
+        if overwrite:
+            self._remove_previous()
         self._append_tmp = self.path.with_name(tmp_name(self.path.name))
         self._master_image = master_image(meta, self.created)
         if save == "append":
@@ -118,8 +123,9 @@ class PtydWriter:
         """Compress ``chunk`` (its masks too, unless ``weights`` is False) for writing. CPU
         only, no file access: a writer thread's producer calls it so that compression and
         writing run side by side."""
-        return EncodedChunk(chunk, self.storage.encode(chunk.data),
-                            encode_weights(chunk.weights) if weights else None)
+        missing = chunk.missing if chunk.missing.any() else None
+        return EncodedChunk(chunk, self.storage.encode(chunk.data, missing),
+                            encode_weights(chunk.weights, missing) if weights else None)
 
     def write_chunk(self, chunk: PreparedChunk | EncodedChunk, *, publish: bool = True) -> Path:
         """Store ``chunk`` durably, then publish a master that includes it. With
@@ -178,7 +184,7 @@ class PtydWriter:
         self.state = "aborted"
         if self.save == "link" and self.next_key > 0:
             self._publish_master()
-        self._append_tmp.unlink(missing_ok=True)
+        # An unpublished append file is left as it is: its chunks are not thrown away.
 
     def status(self) -> dict[str, Any]:
         """Progress as plain data."""
@@ -187,6 +193,20 @@ class PtydWriter:
                 "num_frames": self.meta.num_frames, "generation": self.generation}
 
     # -- internals ------------------------------------------------------------------
+    def _remove_previous(self) -> None:
+        """Delete an earlier scan at this path (master first, so no reader can pair its
+        meta with new chunks), its chunk files and temporary files."""
+        pattern = chunk_name_regex(self.path.name, self.chunk_format)
+        try:
+            self.path.unlink(missing_ok=True)
+            self.path.with_name(tmp_name(self.path.name)).unlink(missing_ok=True)
+            for old in self.path.parent.iterdir():
+                if pattern.match(old.name):
+                    old.unlink()
+            fsync_path(self.path.parent)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: cannot remove the previous output: {exc}") from exc
+
     def _check_next(self, chunk: PreparedChunk) -> None:
         if self.state != "acquiring":
             raise OutputError(f"{self.path}: scan is {self.state}, no more chunks accepted")

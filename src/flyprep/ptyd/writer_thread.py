@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -19,15 +20,19 @@ _STOP = object()
 class WriterThread:
     """Owns a writer while it runs: chunks wait in a queue of ``max_queued``.
 
-    The master is published whenever the queue runs dry, so a writer that falls behind
-    publishes once for several chunks. Each chunk's buffers go back to their pool once
+    The master is published whenever the queue runs dry, and at least every
+    ``publish_interval_s`` while chunks keep coming, so a writer that falls behind
+    publishes once for several chunks without keeping readers waiting. Each chunk's buffers go back to their pool once
     written (or dropped after a failure). A failure stops the thread and is raised by the
     next :meth:`submit` or by :meth:`close`.
     """
 
     def __init__(self, writer: PtydWriter, *, max_queued: int = 1,
+                 publish_interval_s: float = 0.5,
                  on_written: Callable[[PreparedChunk, Path], None] | None = None) -> None:
         self.writer = writer
+        self.publish_interval_s = publish_interval_s
+        self._published_at = time.monotonic()
         self.on_written = on_written
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
         self._error: BaseException | None = None
@@ -86,7 +91,11 @@ class WriterThread:
             chunk = encoded.chunk
             try:
                 if self._error is None:
-                    target = self.writer.write_chunk(encoded, publish=self._queue.empty())
+                    due = time.monotonic() - self._published_at >= self.publish_interval_s
+                    publish = due or self._queue.empty()
+                    target = self.writer.write_chunk(encoded, publish=publish)
+                    if publish:
+                        self._published_at = time.monotonic()
                     if self.on_written is not None:
                         self.on_written(chunk, target)
             except BaseException as exc:  # reported to the producer, never lost

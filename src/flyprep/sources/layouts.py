@@ -7,7 +7,9 @@ geometry it declares; readers turn a source into a raw frame. Every problem rais
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,6 +20,9 @@ import numpy as np
 from ..errors import InputError
 
 GEOMETRY_KEYS = {"distance": float, "energy": float, "psize": float, "shape": int}
+# DECTRIS Eiger master files link to the data files and hold no frames themselves.
+DEFAULT_EXCLUDE = ("*_master.h5",)
+DEFAULT_MAX_BLOCK = 64  # frames per HDF5 slice in read_frames
 
 
 @dataclass(frozen=True)
@@ -53,11 +58,20 @@ def parse_geometry(path: Path) -> dict[str, Any]:
         if len(parts) != 2 or parts[0] not in GEOMETRY_KEYS:
             raise InputError(path, f"line {lineno}: expected '<key> <value>' with key one of "
                                    f"{sorted(GEOMETRY_KEYS)}, got {line!r}")
-        try:
-            out[parts[0]] = GEOMETRY_KEYS[parts[0]](float(parts[1]))
-        except ValueError:
-            raise InputError(path, f"line {lineno}: {parts[1]!r} is not a number") from None
+        value = _finite_number(path, lineno, parts[1])
+        out[parts[0]] = GEOMETRY_KEYS[parts[0]](value)
     return out
+
+
+def _finite_number(path: Path, lineno: int, text: str) -> float:
+    """``text`` as a finite float; :class:`InputError` naming the line otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(path, f"line {lineno}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise InputError(path, f"line {lineno}: {text!r} is not a finite number")
+    return value
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -80,14 +94,22 @@ def parse_named_positions(path: Path) -> tuple[list[str], np.ndarray]:
         parts = line.split()
         if len(parts) != 3:
             raise InputError(path, f"line {lineno}: expected '<frame file> <y> <x>', got {line!r}")
-        try:
-            pos.append((float(parts[1]), float(parts[2])))
-        except ValueError:
-            raise InputError(path, f"line {lineno}: positions must be numbers, got {line!r}") from None
+        pos.append(_position(path, lineno, line, parts[1], parts[2]))
         names.append(parts[0])
     if not names:
         raise InputError(path, "no positions in file")
     return names, np.asarray(pos, np.float64)
+
+
+def _position(path: Path, lineno: int, line: str, y: str, x: str) -> tuple[float, float]:
+    """One ``(y, x)`` text position; both must be finite numbers."""
+    try:
+        yx = (float(y), float(x))
+    except ValueError:
+        raise InputError(path, f"line {lineno}: positions must be numbers, got {line!r}") from None
+    if not all(math.isfinite(v) for v in yx):
+        raise InputError(path, f"line {lineno}: positions must be finite numbers, got {line!r}")
+    return yx
 
 
 def load_positions(path: Path, *, dataset: str | None = None, units: float = 1.0) -> np.ndarray:
@@ -102,19 +124,26 @@ def load_positions(path: Path, *, dataset: str | None = None, units: float = 1.0
             raise InputError(path, f"no dataset {name!r}") from None
         if arr.ndim != 2 or arr.shape[1] != 2:
             raise InputError(path, f"dataset {name!r} has shape {arr.shape}, expected (n, 2)")
+        _check_finite_rows(path, name, arr)
         return arr * units
     pos = []
     for lineno, line in _lines(path):
         parts = line.split()
         if len(parts) not in (2, 3):
             raise InputError(path, f"line {lineno}: expected '[name] <y> <x>', got {line!r}")
-        try:
-            pos.append((float(parts[-2]), float(parts[-1])))
-        except ValueError:
-            raise InputError(path, f"line {lineno}: positions must be numbers, got {line!r}") from None
+        pos.append(_position(path, lineno, line, parts[-2], parts[-1]))
     if not pos:
         raise InputError(path, "no positions in file")
     return np.asarray(pos, np.float64) * units
+
+
+def _check_finite_rows(path: Path, name: str, arr: np.ndarray) -> None:
+    """Refuse a positions dataset with nan or inf, naming the first bad rows."""
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if bad.size:
+        rows = ", ".join(str(r) for r in bad[:5]) + (", ..." if bad.size > 5 else "")
+        raise InputError(path, f"dataset {name!r} has positions that are not finite numbers "
+                               f"({bad.size} rows: row {rows})")
 
 
 def discover_ptypy(root: Path, *, units: float = 1.0) -> ScanSource:
@@ -126,14 +155,12 @@ def discover_ptypy(root: Path, *, units: float = 1.0) -> ScanSource:
 
 
 def discover_hdf5(root: Path, *, dataset: str, pattern: str, positions: Path | None,
-                  positions_dataset: str | None = None, units: float = 1.0) -> ScanSource:
-    """A scan of HDF5 frame files (sorted by name), each holding one frame or a stack."""
+                  positions_dataset: str | None = None, units: float = 1.0,
+                  exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> ScanSource:
+    """A scan of HDF5 frame files (in natural name order), each holding one frame or a stack;
+    files matching an ``exclude`` pattern (Eiger master files by default) are left out."""
     pos_path = positions or _default_positions(root)
-    # The positions file (positions.h5 by default) is no frame file even if the glob matches.
-    files = sorted(p for p in root.glob(pattern)
-                   if p.is_file() and p.resolve() != Path(pos_path).resolve())
-    if not files:
-        raise InputError(root, f"no frame files match {pattern!r}")
+    files = _frame_files(root, pattern, Path(pos_path), exclude)
     refs: list[FrameRef] = []
     for path in files:
         n = _stack_length(path, dataset)
@@ -142,6 +169,27 @@ def discover_hdf5(root: Path, *, dataset: str, pattern: str, positions: Path | N
     if pos.shape[0] < len(refs):
         raise InputError(pos_path, f"{pos.shape[0]} positions for {len(refs)} frames")
     return ScanSource(root, "hdf5", tuple(refs), pos[: len(refs)], {}, dataset)
+
+
+def _frame_files(root: Path, pattern: str, pos_path: Path,
+                 exclude: tuple[str, ...]) -> list[Path]:
+    """Files matching ``pattern`` in natural order, without the positions file (even if the
+    glob matches it) and without files matching an ``exclude`` pattern."""
+    pos_path = pos_path.resolve()
+    files = [p for p in root.glob(pattern)
+             if p.is_file() and p.resolve() != pos_path
+             and not any(p.match(x) for x in exclude)]
+    if not files:
+        skipped = f" (excluding {', '.join(repr(x) for x in exclude)})" if exclude else ""
+        raise InputError(root, f"no frame files match {pattern!r}{skipped}")
+    return sorted(files, key=lambda p: _natural_key(p.relative_to(root)))
+
+
+def _natural_key(path: Path) -> list[tuple[tuple[str | int, ...], str]]:
+    """Sort key comparing digit runs as numbers, so ``frame_2`` comes before ``frame_10``;
+    ties (``frame_02`` and ``frame_2``) are broken by the name itself."""
+    return [(tuple(int(run) if k % 2 else run for k, run in enumerate(re.split(r"(\d+)", part))),
+             part) for part in path.parts]
 
 
 def _default_positions(root: Path) -> Path:
@@ -169,8 +217,10 @@ def _stack_length(path: Path, dataset: str) -> int | None:
 
 def discover(root: str | os.PathLike[str], *, layout: str = "auto", dataset: str = "/entry/data/data",
              pattern: str = "*.h5", positions: Path | None = None,
-             positions_dataset: str | None = None, units: float = 1.0) -> ScanSource:
-    """Find a finished scan in ``root`` in the given (or detected) layout."""
+             positions_dataset: str | None = None, units: float = 1.0,
+             exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> ScanSource:
+    """Find a finished scan in ``root`` in the given (or detected) layout; ``exclude`` holds
+    name patterns of HDF5 files that match ``pattern`` but are no frame files."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "scan directory does not exist")
@@ -182,7 +232,7 @@ def discover(root: str | os.PathLike[str], *, layout: str = "auto", dataset: str
     if layout == "ptypy":
         return discover_ptypy(root, units=units)
     return discover_hdf5(root, dataset=dataset, pattern=pattern, positions=positions,
-                         positions_dataset=positions_dataset, units=units)
+                         positions_dataset=positions_dataset, units=units, exclude=exclude)
 
 
 def _names_frames(path: Path) -> bool:
@@ -200,37 +250,57 @@ def _names_frames(path: Path) -> bool:
 
 def read_frame(ref: FrameRef, *, dataset: str | None = None) -> np.ndarray:
     """Read one raw frame; :class:`InputError` names the file for anything wrong."""
-    path = ref.path
-    dataset = dataset or "/entry/data/data"
-    try:
-        if path.suffix == ".npy":
-            frame = np.load(path, allow_pickle=False)
-        else:
-            with h5py.File(path, "r") as f:
-                dset = f[dataset]
-                frame = dset[ref.slot] if ref.slot is not None else dset[()]
-    except FileNotFoundError:
-        raise InputError(path, "frame file not found") from None
-    except KeyError:
-        raise InputError(path, f"no dataset {dataset!r}") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(ref.describe(), f"unreadable frame: {exc}") from None
-    frame = np.asarray(frame)
-    if frame.ndim != 2:
-        raise InputError(ref.describe(), f"frame has shape {frame.shape}; expected 2-D")
-    return frame
+    return _read_2d(ref.path, dataset or "/entry/data/data", ref.slot, ref.describe(), _FRAME)
 
 
 def read_map(spec: str | os.PathLike[str]) -> np.ndarray:
     """A calibration map (dark, flat, bad pixels): ``map.npy`` or ``file.h5::/dataset``."""
     text = os.fspath(spec)
     path, _, dataset = text.partition("::")
-    return read_frame(FrameRef(0, Path(path)), dataset=dataset or "/data")
+    return _read_2d(Path(path), dataset or "/data", None, path, _MAP)
 
 
-def read_frames(source: ScanSource, start: int, stop: int) -> Iterator[tuple[int, np.ndarray, str]]:
+@dataclass(frozen=True)
+class _Wording:
+    """How read errors name what was read: a frame, or any 2-D array such as a map."""
+
+    not_found: str
+    unreadable: str
+    array: str
+
+
+_FRAME = _Wording("frame file not found", "unreadable frame", "frame")
+_MAP = _Wording("file not found", "unreadable", "array")
+
+
+def _read_2d(path: Path, dataset: str, slot: int | None, label: str, words: _Wording) -> np.ndarray:
+    """A 2-D array from ``.npy`` or an HDF5 dataset (frame ``slot`` of a stack); errors
+    name ``label`` (the file, or the frame inside it) in the given wording."""
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with h5py.File(path, "r") as f:
+                dset = f[dataset]
+                arr = dset[slot] if slot is not None else dset[()]
+    except FileNotFoundError:
+        raise InputError(path, words.not_found) from None
+    except KeyError:
+        raise InputError(path, f"no dataset {dataset!r}") from None
+    except (OSError, ValueError, EOFError, IndexError) as exc:
+        raise InputError(label, f"{words.unreadable}: {exc}") from None
+    arr = np.asarray(arr)
+    if arr.ndim != 2:
+        raise InputError(label, f"{words.array} has shape {arr.shape}; expected 2-D")
+    return arr
+
+
+def read_frames(source: ScanSource, start: int, stop: int, *, max_block: int = DEFAULT_MAX_BLOCK
+                ) -> Iterator[tuple[int, np.ndarray, str]]:
     """``(index, frame, source name)`` for frames ``[start, stop)``; consecutive frames of
-    one HDF5 stack are read with a single slice."""
+    one HDF5 stack are read in slices of at most ``max_block`` frames."""
+    if max_block < 1:
+        raise ValueError(f"max_block must be at least 1, got {max_block}")
     i = start
     while i < stop:
         ref = source.frames[i]
@@ -238,20 +308,43 @@ def read_frames(source: ScanSource, start: int, stop: int) -> Iterator[tuple[int
             yield i, read_frame(ref, dataset=source.dataset), str(ref.path)
             i += 1
             continue
-        j = i
-        while j + 1 < stop and source.frames[j + 1].path == ref.path:
-            j += 1
-        block = _read_stack(ref, source.dataset or "/entry/data/data", ref.slot,
-                            source.frames[j].slot + 1)
-        for k in range(block.shape[0]):
-            yield i + k, block[k], f"{ref.path}[{ref.slot + k}]"
-        i = j + 1
+        n = _run_length(source, i, min(stop, i + max_block))
+        yield from _stack_frames(i, ref, source.dataset or "/entry/data/data", n)
+        i += n
+
+
+def _run_length(source: ScanSource, i: int, stop: int) -> int:
+    """How many frames from ``i`` (before ``stop``) are consecutive frames of one stack."""
+    ref = source.frames[i]
+    n = 1
+    while i + n < stop and source.frames[i + n].path == ref.path:
+        n += 1
+    return n
+
+
+def _stack_frames(i: int, ref: FrameRef, dataset: str, n: int
+                  ) -> Iterator[tuple[int, np.ndarray, str]]:
+    """Frames ``i .. i + n`` (``ref.slot ..`` in the stack), read in one slice; the frames
+    present come first, then :class:`InputError` if the file holds fewer than at discovery."""
+    lo, hi = ref.slot, ref.slot + n
+    block = _read_stack(ref, dataset, lo, hi)
+    for k in range(min(n, block.shape[0])):
+        yield i + k, block[k], f"{ref.path}[{lo + k}]"
+    if block.shape[0] < n:
+        raise InputError(f"{ref.path}[{lo}:{hi}]",
+                         f"expected {n} frames in dataset {dataset!r}, found {block.shape[0]}: "
+                         "the file is shorter than when the scan was discovered")
 
 
 def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int) -> np.ndarray:
+    """Frames ``[lo, hi)`` of a stack, as many as the file holds; the dataset must be 3-D."""
     try:
         with h5py.File(ref.path, "r") as f:
-            return f[dataset][lo:hi]
+            dset = f[dataset]
+            if dset.ndim != 3:
+                raise InputError(ref.path, f"dataset {dataset!r} has shape {dset.shape}; "
+                                           "expected a stack (n, H, W) as at discovery")
+            return dset[lo:hi]
     except FileNotFoundError:
         raise InputError(ref.path, "frame file not found") from None
     except KeyError:
