@@ -123,9 +123,11 @@ def run_inspect(path: Path) -> int:
                        str(start), ", ".join(entry.datasets))
         start += entry.n_frames
     out.print(chunks)
-    line = f"{ptyd.n_frames} of {ptyd.meta.num_frames} frames readable"
+    line = f"{sum(c.n_frames for c in ptyd.chunks)} of {ptyd.meta.num_frames} frames stored"
     if ptyd.dangling:
         line += f"; dangling links: {ptyd.dangling}"
+    if ptyd.gaps:
+        line += f"; GAP before resolved chunks at keys {ptyd.gaps}: frames after it are misplaced"
     if ptyd.provenance:
         p = ptyd.provenance
         line += (f"; flyprep scan {p.get('state')}, generation {p.get('generation')}, "

@@ -109,8 +109,6 @@ class ScanConfig(Section):
 
     num_frames: Optional[int] = Field(None, ge=1, description="planned frames; None: from positions")
     label: Optional[str] = None
-    frame_timeout_s: Optional[float] = Field(
-        None, gt=0, description="fill a frame as missing once later frames waited this long")
 
 
 class InputConfig(Section):

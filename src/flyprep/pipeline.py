@@ -59,11 +59,16 @@ class ChunkPreparer:
         cfg = self.config
         shape = raw.frame_shape
         side = cfg.shape if cfg.shape is not None else min(shape)
+        for name in ("dark", "flat", "bad_pixels"):
+            arr = getattr(self.calibration, name)
+            if arr is not None and tuple(arr.shape) != tuple(shape):
+                raise InputError(getattr(cfg, name) or name,
+                                 f"{name} map has shape {tuple(arr.shape)}, raw frames have {shape}")
         if cfg.center is None:
             if not raw.present.any():
                 raise ConfigError("auto_center: no frame of the first chunk arrived")
             valid = None if self.calibration.bad_pixels is None else ~self.calibration.bad_pixels.astype(bool)
-            center = mass_center(raw.stack(), valid)
+            center = mass_center([f for f in raw.frames if f is not None], valid)
         else:
             center = center_from_spec(cfg.center, shape)
         if not ((center > 0).all() and (np.asarray(shape) - center > 0).all()):

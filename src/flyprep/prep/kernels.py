@@ -36,26 +36,30 @@ def center_from_spec(spec: str | Sequence[float], frame_shape: Sequence[int]) ->
     return cen
 
 
-def mass_center(frames: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def mass_center(frames: np.ndarray | Sequence[np.ndarray],
+                valid: np.ndarray | None = None) -> np.ndarray:
     """Mean over frames of each frame's centre of mass (y, x), ignoring invalid pixels.
 
-    ``valid`` is a 2-D or per-frame boolean mask. Frames with no signal are skipped.
+    ``frames`` is an (n, H, W) array or a sequence of 2-D frames; ``valid`` a 2-D or
+    per-frame boolean mask. Frames with no signal are skipped. Works frame by frame, so a
+    chunk of large frames is never copied whole.
     """
-    frames = np.asarray(frames)
-    if frames.ndim == 2:
+    if isinstance(frames, np.ndarray) and frames.ndim == 2:
         frames = frames[None]
-    work = frames.astype(np.float64, copy=valid is not None)
-    if valid is not None:
-        work *= np.broadcast_to(valid, work.shape)
-    rows = work.sum(axis=2)  # (n, H)
-    cols = work.sum(axis=1)  # (n, W)
-    total = rows.sum(axis=1)
-    used = total > 0
-    if not used.any():
+    centres = []
+    for i, frame in enumerate(frames):
+        if valid is not None:
+            mask = valid if valid.ndim == 2 else valid[i]
+            frame = np.where(mask, frame, 0)
+        rows = frame.sum(axis=1, dtype=np.float64)
+        total = rows.sum()
+        if total > 0:
+            cols = frame.sum(axis=0, dtype=np.float64)
+            centres.append((rows @ np.arange(rows.size) / total,
+                            cols @ np.arange(cols.size) / total))
+    if not centres:
         raise ValueError("cannot find a centre of mass: every frame is empty or masked")
-    cy = rows[used] @ np.arange(work.shape[1]) / total[used]
-    cx = cols[used] @ np.arange(work.shape[2]) / total[used]
-    return np.array([cy.mean(), cx.mean()])
+    return np.asarray(centres).mean(axis=0)
 
 
 @dataclass(frozen=True)

@@ -164,6 +164,8 @@ def _stale_chunk_files(path: Path, state: str | None) -> list[str]:
 
 def _check_chunk(group: h5py.Group, where: str, n: int, start: int,
                  shape: tuple[int, int], add) -> None:
+    """Layout, order and storage findings for one resolved chunk holding frames
+    ``start .. start + n - 1``."""
     data = group["data"]
     if data.ndim != 3 or tuple(data.shape[1:]) != tuple(shape):
         add(Finding("error", "layout", f"{where}/data",

@@ -186,12 +186,6 @@ class PtydWriter:
             self._publish_master()
         # An unpublished append file is left as it is: its chunks are not thrown away.
 
-    def status(self) -> dict[str, Any]:
-        """Progress as plain data."""
-        return {"path": str(self.path), "state": self.state, "chunks": self.next_key,
-                "frames_written": self.frames_written, "frames_missing": len(self.missing),
-                "num_frames": self.meta.num_frames, "generation": self.generation}
-
     # -- internals ------------------------------------------------------------------
     def _remove_previous(self) -> None:
         """Delete an earlier scan at this path (master first, so no reader can pair its
