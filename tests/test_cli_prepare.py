@@ -482,3 +482,10 @@ def test_a_failed_run_leaves_a_complete_aborted_file(scan_copy, tmp_path, cli):
     assert got["ptyd"].n_frames == PTYPY_FRAMES
     assert prov["missing_indices"] == list(range(17, PTYPY_FRAMES))
     assert got["weights"][:17].all() and not got["weights"][17:].any()
+
+
+def test_inspect_shows_a_gap_instead_of_failing(link_output, tmp_path, cli):
+    (tmp_path / "out.ptyd.chunk00001").unlink()
+    res = cli("inspect", link_output)
+    assert res.code == 0, res.err
+    assert "GAP before resolved chunks at keys [1]" in res.out
