@@ -411,7 +411,7 @@ def test_inspect_prints_meta_and_chunks(link_output, cli):
     assert res.code == 0, res.err
     for text in ["meta/", "num_frames", "(32, 32)", "(16.0, 16.0)", "farfield",
                  "chunks", "out.ptyd.chunk00000", "out.ptyd.chunk00003",
-                 f"{PTYPY_FRAMES} of {PTYPY_FRAMES} frames readable", "complete"]:
+                 f"{PTYPY_FRAMES} of {PTYPY_FRAMES} frames stored", "complete"]:
         assert text in res.out, text
     rows = re.findall(r"│ (\d+) +│ out\.ptyd\.chunk(\d{5}) +│ (\d+) +│ (\d+) +│", res.out)
     assert rows == [("0", "00000", "8", "0"), ("1", "00001", "8", "8"),

@@ -80,7 +80,8 @@ def _say_what_was_left(output: Path) -> None:
         kept = ptyd.meta.num_frames - len(ptyd.provenance.get("missing_indices", []))
         console.print(f"flyprep: note: {output} keeps the {kept} frames prepared before the "
                       f"error; it is marked aborted with the rest filled as missing (zero "
-                      f"weights). Rerun with --overwrite to replace it.", markup=False)
+                      f"weights). Rerun with --overwrite to replace it.", markup=False,
+                      soft_wrap=True)
 
 
 def print_summary(summary: PrepareSummary) -> None:
@@ -88,7 +89,8 @@ def print_summary(summary: PrepareSummary) -> None:
     mb = summary.bytes_written / 1e6
     out.print(f"wrote {summary.output}: {summary.frames} frames in {summary.chunks} chunks, "
               f"{summary.frames_missing} missing, {summary.seconds:.2f} s "
-              f"({summary.frames_per_s:.0f} frames/s, {mb / summary.seconds:.0f} MB/s prepared)")
+              f"({summary.frames_per_s:.0f} frames/s, {mb / summary.seconds:.0f} MB/s prepared)",
+              soft_wrap=True)
 
 
 def run_inspect(path: Path) -> int:
@@ -132,7 +134,7 @@ def run_inspect(path: Path) -> int:
         p = ptyd.provenance
         line += (f"; flyprep scan {p.get('state')}, generation {p.get('generation')}, "
                  f"{p.get('frames_missing')} frames missing")
-    out.print(line)
+    out.print(line, soft_wrap=True)
     return 0
 
 
@@ -140,7 +142,8 @@ def run_verify(path: Path) -> int:
     """``flyprep verify``: exit 1 with the reasons when a rule is broken."""
     findings = verify(path)
     for finding in findings:
-        (console if finding.level == "error" else out).print(str(finding), markup=False)
+        (console if finding.level == "error" else out).print(str(finding), markup=False,
+                                                             soft_wrap=True)
     errors = [f for f in findings if f.level == "error"]
     if errors:
         console.print(f"{path}: {len(errors)} error(s): PtyPy would not read it correctly",
