@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).parent
 
 
@@ -15,14 +17,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_live_reader_sees_every_frame_once_in_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode, missing_every", [("writer", None), ("run_scan", 97)])
+def test_live_reader_sees_every_frame_once_in_place(tmp_path: Path, mode, missing_every) -> None:
     master = tmp_path / "live.ptyd"
     num_frames, chunk_frames = 1500, 15
     reader = subprocess.Popen(
         [sys.executable, str(HERE / "ptypy_poller.py"), str(master), "120"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     writer = subprocess.run(
-        [sys.executable, str(HERE / "live_writer.py"), str(master), str(num_frames),
+        [sys.executable, str(HERE / "live_writer.py"), mode, str(master), str(num_frames),
          str(chunk_frames), "48"],
         capture_output=True, text=True, env=_env(), timeout=120)
     assert writer.returncode == 0, writer.stderr
@@ -32,10 +35,14 @@ def test_live_reader_sees_every_frame_once_in_place(tmp_path: Path) -> None:
 
     assert report["n_errors"] == 0, report["errors"]
     assert report["num_frames"] == num_frames
-    assert report["polls"] > 5, "the reader must really have polled while the writer wrote"
+    # One generation would mean the reader only met the finished file.
+    assert len(report["generations"]) >= 2, "the reader must have seen the scan grow"
     seen = report["seen"]
     assert [s[0] for s in seen] == list(range(num_frames)), "every frame exactly once, in order"
-    assert all(value == gi for gi, value, _, _ in seen), "each frame at its own global index"
-    assert all(uniform for _, _, uniform, _ in seen), "no torn frame"
-    assert all(abs(y - gi * 1e-6) < 1e-12 for gi, _, _, y in seen), "positions follow frames"
+    for gi, value, uniform, y, weighted in seen:
+        missing = missing_every is not None and gi % missing_every == 5
+        assert value == (0 if missing else gi + 1), f"frame {gi} at its own global index"
+        assert weighted != missing, f"frame {gi}: zero weights exactly for missing frames"
+        assert uniform, f"frame {gi} is not torn"
+        assert abs(y - gi * 1e-6) < 1e-12, f"frame {gi} keeps its position"
     assert not list(tmp_path.glob("*flyprep-tmp")), "no temporary file left behind"
