@@ -1,16 +1,16 @@
 """Throughput of flyprep's prepare-and-write path against the disk's raw write+fsync speed.
 
-Runs :func:`flyprep.pipeline.run_scan`, the code path of ``flyprep prepare`` (FrameBook ->
-Scan/ChunkPreparer -> a writer thread with PtydWriter, link mode), on raw frames held in
-memory: a pool of distinct synthetic far-field patterns (:class:`flyprep.example.ExampleScan`,
+Runs :func:`flyprep.pipeline.run_scan`, the code path of ``flyprep prepare`` after input
+reading (FrameBook -> Scan/ChunkPreparer -> a writer thread with PtydWriter, link mode), on
+raw frames held in memory: a pool of distinct synthetic far-field patterns (:class:`flyprep.example.ExampleScan`,
 Poisson noise) is generated once, untimed, and cycled through so that thousands of frames
 need no more RAM than the pool.
 
 For each case it prints frames/s, the output bandwidth (data + weights bytes as prepared,
 and bytes on disk), the time preparation alone takes (no writing), and the machine's raw
-sequential write+fsync bandwidth for exactly the bytes flyprep put on disk, in the same
-per-chunk file sizes (``os.write`` of a buffer, one ``fsync`` per file), measured in the
-same run. Each case starts with an untimed warm-up of both, then alternates ``--repeat``
+sequential write+fsync bandwidth for exactly the bytes flyprep put on disk: the same chunk
+files and as many master publications as flyprep made (``os.write``, ``fsync``, rename,
+directory ``fsync`` per publication), measured in the same run. Each case starts with an untimed warm-up of both, then alternates ``--repeat``
 flyprep runs with as many raw runs and reports medians (every run is printed too): on a VM
 the first pass through fresh page cache or freshly freed blocks is several times slower
 than later ones. Other processes skew the numbers; the load average is printed.
@@ -37,6 +37,7 @@ import numpy as np
 from flyprep.config import PrepareConfig, parse_config
 from flyprep.example import ExampleScan
 from flyprep.pipeline import ChunkPreparer, run_scan
+from flyprep.ptyd import open_ptyd
 from flyprep.ptyd.verify import verify
 from flyprep.scan import FrameBook, Scan
 
@@ -92,6 +93,7 @@ class RunResult:
     logical_bytes: int
     chunk_files: tuple[bytes, ...]  # contents of the chunk files, in order
     master: bytes  # contents of the final master
+    publications: int  # masters flyprep published (its generation counter)
     reference: tuple[np.ndarray, np.ndarray]  # prepared first chunk (data, weights)
 
 
@@ -101,6 +103,11 @@ def case_config(case: Case, chunk_frames: int) -> PrepareConfig:
                          "output": {"chunk_frames": chunk_frames, "compression": case.compression},
                          "geometry": {"energy": 6.2, "distance": 7.0, "psize": 75e-6},
                          "scan": {"label": case.name}})
+
+
+def scan_positions(num_frames: int) -> np.ndarray:
+    """A line scan with 50 nm steps, (y, x) in metres."""
+    return np.stack([np.arange(num_frames) * 50e-9, np.zeros(num_frames)], 1)
 
 
 def frames_from_pool(pool: np.ndarray, num_frames: int) -> Iterator[tuple[int, np.ndarray, str]]:
@@ -113,7 +120,7 @@ def run_flyprep(case: Case, pool: np.ndarray, *, num_frames: int, chunk_frames: 
                 out_dir: Path) -> RunResult:
     """Prepare and write ``num_frames`` frames (cycling ``pool``) with ``run_scan``."""
     output = out_dir / f"{case.name}.ptyd"
-    positions = np.stack([np.arange(num_frames) * 50e-9, np.zeros(num_frames)], 1)
+    positions = scan_positions(num_frames)
     config = case_config(case, chunk_frames)
     os.sync()
     summary = run_scan(frames_from_pool(pool, num_frames), num_frames=num_frames,
@@ -122,24 +129,55 @@ def run_flyprep(case: Case, pool: np.ndarray, *, num_frames: int, chunk_frames: 
     first = np.stack([pool[i % len(pool)] for i in range(min(chunk_frames, num_frames))])
     reference = prepare_only(case, first, chunk_frames=chunk_frames)
     check_output(output, reference)
+    generation = open_ptyd(output).provenance["generation"]
     return RunResult(summary.seconds, summary.bytes_written,
-                     tuple(p.read_bytes() for p in chunk_files), output.read_bytes(), reference)
+                     tuple(p.read_bytes() for p in chunk_files), output.read_bytes(),
+                     generation, reference)
 
 
 def prepare_only(case: Case, frames: np.ndarray, *, chunk_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Book and preparation of ``frames`` as one chunk, without writing: (data, weights)."""
     config = case_config(case, chunk_frames)
-    book = FrameBook(num_frames=len(frames), chunk_frames=chunk_frames, buffer_chunks=1)
+    book = FrameBook(num_frames=len(frames), chunk_frames=chunk_frames, buffer_chunks=1,
+                     positions=scan_positions(len(frames)))
     for i, frame in enumerate(frames):
         book.add(i, frame)
     chunk = Scan(book, ChunkPreparer(config.prep, chunk_frames=chunk_frames)).auto()
     return chunk.data.copy(), chunk.weights.copy()
 
 
+def time_writer_alone(case: Case, reference: tuple[np.ndarray, np.ndarray], *, num_frames: int,
+                      chunk_frames: int, out_dir: Path) -> float:
+    """Seconds the writer alone takes (no preparation running beside it) to store the
+    scan: chunks prepared and compressed beforehand, written one after another."""
+    from flyprep.prep.chunk import PreparedChunk
+    from flyprep.ptyd import PtydWriter, ScanMeta
+
+    data, weights = reference
+    side = data.shape[-1]
+    meta = ScanMeta(num_frames=num_frames, shape=(side, side), center=(side / 2, side / 2),
+                    psize=(75e-6, 75e-6), energy=6.2, distance=7.0)
+    writer = PtydWriter(out_dir / "alone.ptyd", meta=meta, chunk_frames=chunk_frames,
+                        compression=case.compression)
+    encoded = []
+    for key, start in enumerate(range(0, num_frames, chunk_frames)):
+        n = min(chunk_frames, num_frames - start)
+        encoded.append(writer.encode(PreparedChunk(
+            key=key, frame_start=start, data=data[:n], weights=weights[:n],
+            positions=scan_positions(num_frames)[start:start + n], missing=np.zeros(n, bool))))
+    os.sync()
+    t0 = time.perf_counter()
+    for chunk in encoded:
+        writer.write_chunk(chunk)
+    writer.close()
+    return time.perf_counter() - t0
+
+
 def time_preparation(case: Case, pool: np.ndarray, *, num_frames: int, chunk_frames: int) -> float:
     """Seconds that book + preparation alone take for the whole scan (no writing)."""
     config = case_config(case, chunk_frames)
-    book = FrameBook(num_frames=num_frames, chunk_frames=chunk_frames, buffer_chunks=1)
+    book = FrameBook(num_frames=num_frames, chunk_frames=chunk_frames, buffer_chunks=1,
+                     positions=scan_positions(num_frames))
     scan = Scan(book, ChunkPreparer(config.prep, chunk_frames=chunk_frames))
     t0 = time.perf_counter()
     for i, frame, name in frames_from_pool(pool, num_frames):
@@ -171,26 +209,35 @@ def _write_all(fd: int, buffer: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def run_raw(files: tuple[bytes, ...], master: bytes, *, out_dir: Path) -> float:
-    """Seconds to write exactly flyprep's bytes (each chunk file, then a master per chunk
-    as flyprep publishes it) with plain ``os.write``, each fsynced, renamed into place
-    and the directory fsynced, as flyprep does."""
+def run_raw(result: RunResult, *, out_dir: Path) -> float:
+    """Seconds to write exactly flyprep's bytes with plain ``os.write``: every chunk file
+    fsynced and renamed into place, and the master as many times as flyprep published it
+    (spread over the chunks), each fsynced, renamed and followed by a directory fsync."""
+    n = len(result.chunk_files)
+    publish_after = {round((k + 1) * n / result.publications) - 1
+                     for k in range(result.publications)}
     os.sync()
     t0 = time.perf_counter()
-    for key, content in enumerate(files):
-        for name, payload in ((f"raw.{key:05d}", content), ("raw.master", master)):
-            tmp = out_dir / (name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                _write_all(fd, payload)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, out_dir / name)
-        dfd = os.open(out_dir, os.O_RDONLY)
-        os.fsync(dfd)
-        os.close(dfd)
+    for key, content in enumerate(result.chunk_files):
+        _write_durably(out_dir / f"raw.{key:05d}", content)
+        if key in publish_after:
+            _write_durably(out_dir / "raw.master", result.master)
+            dfd = os.open(out_dir, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
     return time.perf_counter() - t0
+
+
+def _write_durably(path: Path, payload: bytes) -> None:
+    """Write to a temporary name, fsync, rename into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, payload)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def clear(directory: Path) -> None:
@@ -240,19 +287,24 @@ def bench_case(case: Case, *, num_frames: int, chunk_frames: int, pool_size: int
     kwargs: dict[str, Any] = {"num_frames": num_frames, "chunk_frames": chunk_frames}
     warm_up = run_flyprep(case, pool, out_dir=out_dir, **kwargs)  # page cache, plugins
     clear(out_dir)
-    run_raw(warm_up.chunk_files, warm_up.master, out_dir=out_dir)
+    run_raw(warm_up, out_dir=out_dir)
     clear(out_dir)
     runs: list[RunResult] = []
     raw_seconds: list[float] = []
     for _ in range(repeat):
         runs.append(run_flyprep(case, pool, out_dir=out_dir, **kwargs))
         clear(out_dir)
-        raw_seconds.append(run_raw(runs[-1].chunk_files, runs[-1].master, out_dir=out_dir))
+        raw_seconds.append(run_raw(runs[-1], out_dir=out_dir))
         clear(out_dir)
     prep_s = float(np.median([time_preparation(case, pool, **kwargs) for _ in range(3)]))
+    alone = []
+    for _ in range(3):
+        alone.append(time_writer_alone(case, runs[0].reference, out_dir=out_dir, **kwargs))
+        clear(out_dir)
+    alone_s = float(np.median(alone))
 
     result = sorted(runs, key=lambda r: r.seconds)[len(runs) // 2]
-    disk = sum(map(len, result.chunk_files)) + len(result.master) * len(result.chunk_files)
+    disk = sum(map(len, result.chunk_files)) + len(result.master) * result.publications
     raw_s = float(np.median(raw_seconds))
     row = Row(case=case, fps=num_frames / result.seconds,
               logical_mbs=result.logical_bytes / MB / result.seconds,
@@ -263,12 +315,15 @@ def bench_case(case: Case, *, num_frames: int, chunk_frames: int, pool_size: int
     each_raw = " ".join(f"{disk / MB / s:.0f}" for s in raw_seconds)
     print(f"flyprep   {result.seconds:7.2f} s  {row.fps:8.0f} frames/s  "
           f"{row.logical_mbs:7.0f} MB/s prepared ({result.logical_bytes / MB:.0f} MB)  "
-          f"{row.disk_mbs:7.0f} MB/s to disk ({disk / MB:.0f} MB incl. masters)   "
+          f"{row.disk_mbs:7.0f} MB/s to disk ({disk / MB:.0f} MB incl. {result.publications} "
+          f"masters)   "
           f"[runs: {each_fps} frames/s]")
     print(f"raw       {raw_s:7.2f} s  {num_frames / raw_s:8.0f} frames/s  "
           f"{row.raw_disk_mbs:7.0f} MB/s write+fsync+rename of the same files   "
           f"[runs: {each_raw} MB/s]")
     print(f"prep only {prep_s:7.2f} s  {row.prep_fps:8.0f} frames/s  (book + preparation, no writing)")
+    print(f"writer    {alone_s:7.2f} s  {num_frames / alone_s:8.0f} frames/s  "
+          f"(writer alone, chunks prepared and compressed beforehand; publishes every chunk)")
     print(f"flyprep/raw {row.vs_raw:.3f}   goal: {case.goal} -> {row.met}")
     return row
 
