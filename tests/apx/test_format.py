@@ -1,0 +1,301 @@
+"""Reading and writing ``.apx`` files against the reference-written fixture."""
+
+from __future__ import annotations
+
+import json
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flyprep.apx.format import (
+    PREFIX_SIZE,
+    RECORD_DTYPE,
+    ApxFormatError,
+    ApxHeader,
+    ApxReader,
+    ApxStreamParser,
+    ApxTruncatedError,
+    ApxWriter,
+    Readout,
+    ReadoutBatch,
+    open_apx,
+)
+from flyprep.errors import InputError
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "apx"
+FIXTURE = DATA / "fixture.apx"
+N_RECORDS = 2010
+
+
+@pytest.fixture(scope="module")
+def raw() -> bytes:
+    """The fixture file's bytes."""
+    return FIXTURE.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def expected() -> tuple[dict, list[Readout]]:
+    """The reference's header and records, from fixture.jsonl."""
+    lines = (DATA / "fixture.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])["header"]
+    recs = []
+    for line in lines[1:]:
+        d = json.loads(line)
+        recs.append(Readout(d["readout_id"], d["timestamp"], bytes.fromhex(d["data"])))
+    return header, recs
+
+
+def data_offset(raw: bytes) -> int:
+    """Offset of the first record."""
+    return 10 + struct.unpack_from("<I", raw, 6)[0]
+
+
+def record_starts(raw: bytes) -> list[int]:
+    """Offsets of every record (walked independently of the code under test)."""
+    pos, out = data_offset(raw), []
+    while pos < len(raw):
+        out.append(pos)
+        pos += PREFIX_SIZE + struct.unpack_from("<I", raw, pos + 15)[0]
+    return out
+
+
+# --------------------------------------------------------------------------- good files
+
+
+def test_records_equal_reference(expected: tuple[dict, list[Readout]]) -> None:
+    header, recs = expected
+    with open_apx(FIXTURE) as r:
+        assert isinstance(r, ApxReader)
+        assert r.header.readout_uid == 4000
+        assert {"readout_uid": 4000, **r.header.content} == header
+        got = list(r)
+    assert len(got) == N_RECORDS
+    assert got == recs
+    rid, ts, payload = got[5]  # iterates like the reference: a 3-tuple
+    assert (rid, ts, payload) == tuple(recs[5])
+
+
+def test_byte_for_byte_round_trip(tmp_path: Path, raw: bytes) -> None:
+    out_batch, out_single = tmp_path / "batch.apx", tmp_path / "single.apx"
+    with open_apx(FIXTURE) as r:
+        with open_apx(out_batch, "w", header=r.header) as w:
+            assert isinstance(w, ApxWriter)
+            for batch in r.batches(max_records=333):
+                w.write_batch(batch)
+        with open_apx(out_single, "w", header=r.header) as w:
+            for rid, ts, payload in r:
+                w.write(rid, ts, payload)
+    assert out_batch.read_bytes() == raw
+    assert out_single.read_bytes() == raw
+
+
+def test_header_bytes_identical(raw: bytes) -> None:
+    text = raw[10 : data_offset(raw)]
+    h = ApxHeader.from_bytes(text)
+    assert h.to_bytes() == text
+    assert list(h.content) == ["creator", "seed", "n_random", "args"]
+    assert h.preamble_bytes() == raw[: data_offset(raw)]
+    assert ApxHeader(4000, {"a": "\u2713"}).to_bytes() == b'{"readout_uid": 4000, "a": "\\u2713"}'
+
+
+def test_batch_arrays(raw: bytes, expected: tuple[dict, list[Readout]]) -> None:
+    _, recs = expected
+    with open_apx(FIXTURE) as r:
+        batch = r.read_all()
+    assert batch.records.dtype == RECORD_DTYPE
+    assert RECORD_DTYPE.itemsize == 28  # packed
+    assert len(batch) == N_RECORDS
+    lengths = np.array([len(x.payload) for x in recs])
+    np.testing.assert_array_equal(batch.records["readout_id"], [x.readout_id for x in recs])
+    np.testing.assert_array_equal(batch.records["timestamp"], [x.timestamp for x in recs])
+    np.testing.assert_array_equal(batch.records["length"], lengths)
+    np.testing.assert_array_equal(batch.records["offset"], np.cumsum(lengths) - lengths)
+    assert batch.payload.dtype == np.uint8
+    assert batch.payload.tobytes() == b"".join(x.payload for x in recs)
+    assert batch.payload_of(0) == recs[0].payload
+    assert batch.payload_of(N_RECORDS - 1) == recs[-1].payload
+    assert batch[17] == recs[17]
+    assert list(batch) == recs
+    assert batch.to_bytes() == raw[data_offset(raw) :]
+
+
+def test_batches_respect_max_records(expected: tuple[dict, list[Readout]]) -> None:
+    _, recs = expected
+    with open_apx(FIXTURE) as r:
+        parts = list(r.batches(max_records=100))
+    assert all(0 < len(b) <= 100 for b in parts)
+    assert sum(len(b) for b in parts) == N_RECORDS
+    assert list(ReadoutBatch.concat(parts)) == recs
+
+
+def test_small_read_size_and_big_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records longer than one read, and reads ending anywhere, still parse."""
+    rng = random.Random(1)
+    recs = [Readout(i, 10**18 + i, rng.randbytes(rng.choice([0, 1, 50, 3000]))) for i in range(200)]
+    path = tmp_path / "big.apx"
+    with open_apx(path, "w", header=ApxHeader(4000, {"x": 1})) as w:
+        for rec in recs:
+            w.write(*rec)
+    monkeypatch.setattr(ApxReader, "read_size", 777)
+    with open_apx(path) as r:
+        assert list(r) == recs
+        assert sum(len(b) for b in r.batches(max_records=3)) == 200
+
+
+def test_stream_parser_in_random_pieces(raw: bytes, expected: tuple[dict, list[Readout]]) -> None:
+    _, recs = expected
+    rng = random.Random(7)
+    parser = ApxStreamParser("mem.apx", max_header_length=1 << 20, max_record_length=1 << 24)
+    got: list[Readout] = []
+    pos = 0
+    while pos < len(raw):
+        n = rng.randint(1, 300)
+        parser.feed(raw[pos : pos + n])
+        pos += n
+        got.extend(parser.take())
+        assert parser.buffered < PREFIX_SIZE + 64 + 300
+    assert got == recs
+    assert parser.truncation() is None
+    assert parser.offset == len(raw)
+
+
+def test_non_contiguous_batch_writes_in_record_order(
+    tmp_path: Path, expected: tuple[dict, list[Readout]]
+) -> None:
+    _, recs = expected
+    with open_apx(FIXTURE) as r:
+        batch = r.read_all()
+    picked = ReadoutBatch(batch.records[::-3].copy(), batch.payload)  # offsets out of order
+    assert not picked.is_contiguous()
+    path = tmp_path / "picked.apx"
+    with open_apx(path, "w", header=ApxHeader(4000)) as w:
+        w.write_batch(picked)
+        w.write_batch(ReadoutBatch.empty())
+    with open_apx(path) as r:
+        assert list(r) == recs[::-3]
+
+
+def test_empty_payload_and_no_records(tmp_path: Path) -> None:
+    path = tmp_path / "e.apx"
+    with open_apx(path, "w", header=ApxHeader(4000)) as w:
+        pass
+    with open_apx(path) as r:
+        assert list(r) == []
+    batch = ReadoutBatch.from_readouts([(1, 2, b""), (3, 4, b"ab")])
+    with open_apx(path, "w", header=ApxHeader(4000)) as w:
+        w.write_batch(batch)
+    with open_apx(path) as r:
+        assert list(r) == [(1, 2, b""), (3, 4, b"ab")]
+
+
+def test_writer_rejects_out_of_range(tmp_path: Path) -> None:
+    with open_apx(tmp_path / "w.apx", "w", header=ApxHeader(4000)) as w:
+        with pytest.raises(ValueError):
+            w.write(2**32, 0, b"")
+        with pytest.raises(ValueError):
+            w.write(0, -1, b"")
+    with pytest.raises(ValueError):
+        open_apx(tmp_path / "w.apx", "w")
+    with pytest.raises(ValueError):
+        open_apx(tmp_path / "w.apx", "a")
+
+
+# --------------------------------------------------------------------------- bad files
+
+
+def write(tmp_path: Path, data: bytes) -> Path:
+    """``data`` as a file ``bad.apx`` in ``tmp_path``."""
+    path = tmp_path / "bad.apx"
+    path.write_bytes(data)
+    return path
+
+
+def read_error(path: Path) -> ApxFormatError:
+    """The error raised opening ``path`` and reading every record."""
+    with pytest.raises(ApxFormatError) as info:
+        with open_apx(path) as r:
+            list(r)
+    err = info.value
+    assert isinstance(err, InputError)
+    assert err.path == str(path)
+    assert str(path) in str(err)
+    assert f"offset {err.offset}" in str(err)
+    return err
+
+
+def test_wrong_magic(tmp_path: Path, raw: bytes) -> None:
+    err = read_error(write(tmp_path, b"%APXDX" + raw[6:]))
+    assert err.offset == 0 and "magic" in err.reason
+
+
+def test_absurd_header_length_is_not_allocated(tmp_path: Path, raw: bytes) -> None:
+    err = read_error(write(tmp_path, raw[:6] + struct.pack("<I", 0xFFFFFFFF) + raw[10:]))
+    assert err.offset == 6 and "4294967295" in err.reason
+
+
+def test_header_length_larger_than_file(tmp_path: Path, raw: bytes) -> None:
+    err = read_error(write(tmp_path, raw[:6] + struct.pack("<I", len(raw)) + raw[10:]))
+    assert err.offset == 6 and "larger than the rest of the file" in err.reason
+
+
+@pytest.mark.parametrize("text", [b'{"readout_uid": 4000, ', b"\xff\xfe", b"[1, 2]", b'{"x": 1}'])
+def test_header_not_usable_json(tmp_path: Path, raw: bytes, text: bytes) -> None:
+    data = b"%APXDF" + struct.pack("<I", len(text)) + text + raw[data_offset(raw) :]
+    err = read_error(write(tmp_path, data))
+    assert err.offset == 10
+
+
+def test_garbage_between_records(tmp_path: Path, raw: bytes) -> None:
+    starts = record_starts(raw)
+    cut = starts[1000]
+    err = read_error(write(tmp_path, raw[:cut] + b"\x00garbage" + raw[cut:]))
+    assert err.offset == cut and "record magic" in err.reason
+    # records before the garbage are still delivered
+    with open_apx(tmp_path / "bad.apx") as r:
+        got = []
+        with pytest.raises(ApxFormatError):
+            for batch in r.batches(max_records=10):
+                got.extend(batch)
+    assert len(got) == 1000
+
+
+def test_garbage_after_last_record(tmp_path: Path, raw: bytes) -> None:
+    err = read_error(write(tmp_path, raw + b"\x00\x01"))
+    assert err.offset == len(raw)
+
+
+def test_record_length_larger_than_file(tmp_path: Path, raw: bytes) -> None:
+    starts = record_starts(raw)
+    pos = starts[500]
+    data = bytearray(raw)
+    data[pos + 15 : pos + 19] = struct.pack("<I", 0xFFFFFFF0)
+    err = read_error(write(tmp_path, bytes(data)))
+    assert isinstance(err, ApxTruncatedError)
+    assert err.offset == pos
+    assert err.missing == 0xFFFFFFF0 - (len(raw) - pos - PREFIX_SIZE)
+
+
+def test_truncated_last_record_payload(tmp_path: Path, raw: bytes) -> None:
+    last = record_starts(raw)[-1]
+    err = read_error(write(tmp_path, raw[:-5]))
+    assert isinstance(err, ApxTruncatedError)
+    assert err.offset == last and err.missing == 5
+    assert "5 bytes missing" in err.reason
+
+
+def test_truncated_last_record_prefix(tmp_path: Path, raw: bytes) -> None:
+    last = record_starts(raw)[-1]
+    err = read_error(write(tmp_path, raw[: last + 7]))
+    assert isinstance(err, ApxTruncatedError)
+    assert err.offset == last and err.missing == PREFIX_SIZE - 7
+    assert "prefix" in err.reason
+
+
+@pytest.mark.parametrize("size,offset", [(0, 0), (4, 0), (9, 0), (20, 6)])
+def test_truncated_preamble_or_header(tmp_path: Path, raw: bytes, size: int, offset: int) -> None:
+    err = read_error(write(tmp_path, raw[:size]))
+    assert isinstance(err, ApxTruncatedError)
+    assert err.offset == offset
