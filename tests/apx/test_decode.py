@@ -296,3 +296,59 @@ def test_long_readout_and_empty_batch():
     assert batch.status[1] & STATUS_REFERENCE_RAISES
     empty = decode_batch(*_batch_inputs([], [], []))
     assert len(empty.hits) == 0 and len(empty.status) == 0 and empty.extra == []
+
+
+# --------------------------------------------------------------------------- fast walk internals
+
+from flyprep.apx import decode as apx_decode  # noqa: E402  (module internals)
+
+
+def _idle_run_by_bytes(words: np.ndarray) -> list[int]:
+    """Leading 0xbc bytes of each little-endian word, counted byte by byte."""
+    out = []
+    for w in words.tolist():
+        b = int(w).to_bytes(8, "little")
+        out.append(next((k for k in range(8) if b[k] != 0xBC), 8))
+    return out
+
+
+def _words_with_idle_runs(seed: int) -> np.ndarray:
+    """Random little-endian words with 0..8 leading idle bytes (all 8: all idle)."""
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (3000, 8), dtype=np.uint8)
+    for k in range(9):
+        raw[k * 300 : (k + 1) * 300, :k] = 0xBC
+    raw[2700:, :7] = 0xBC  # only the top byte may differ (lowest set bit up to 2**63)
+    raw[2700:, 7] = np.arange(300) % 256
+    return raw.view("<u8").ravel()
+
+
+@pytest.mark.parametrize("variant", ["_idle_run_popcount", "_idle_run_frexp"])
+def test_idle_run_counts_leading_idle_bytes(variant: str):
+    if variant == "_idle_run_popcount" and not hasattr(np, "bitwise_count"):
+        pytest.skip("numpy < 2.0")
+    words = _words_with_idle_runs(3)
+    got = getattr(apx_decode, variant)(words ^ apx_decode._IDLE_WORD)
+    assert got.tolist() == _idle_run_by_bytes(words)
+
+
+def test_fast_path_long_idle_runs_and_buffer_end():
+    """Idle runs of 0-40 bytes (several all-idle words in a row) and readouts ending at
+    the very end of the buffer give the per-readout walk's hits."""
+    hit = bytes.fromhex("e05042030620d701")
+    payloads = []
+    for lead in (0, 1, 7, 8, 9, 16, 23, 40):
+        for gap in (0, 5, 8, 17, 33):
+            for tail in (1, 7, 8, 15, 24):
+                payloads.append(b"\xbc" * lead + hit + b"\xbc" * gap + hit + b"\xbc" * tail)
+    payloads.append(b"\xbc" * 30)  # all idle: slow path
+    payloads.append(hit + b"\xbc" * 9)  # the last readout ends at the buffer's end
+    args = _batch_inputs(payloads, np.arange(len(payloads)), np.arange(len(payloads)))
+    batch = decode_batch(*args)
+    assert batch.n_slow == 1
+    seq = []
+    for i, p in enumerate(payloads):
+        h, s, e = decode_readout(p, i, i)
+        assert batch.status[i] == s and batch.extra[i] == e
+        seq.append(h)
+    assert np.array_equal(batch.hits, np.concatenate(seq))

@@ -299,3 +299,98 @@ def test_truncated_preamble_or_header(tmp_path: Path, raw: bytes, size: int, off
     err = read_error(write(tmp_path, raw[:size]))
     assert isinstance(err, ApxTruncatedError)
     assert err.offset == offset
+
+
+# --------------------------------------------------------------------------- record search
+
+from flyprep.apx import format as apx_format  # noqa: E402  (module internals: the walk)
+
+
+def slow_walk(buf: bytes, pos: int, max_records: int, max_length: int | None) -> tuple[list, list, int]:
+    """The record walk spelled out one record at a time (the specification of _walk)."""
+    cap = 2**32 - 1 if max_length is None else max_length
+    starts: list[int] = []
+    lengths: list[int] = []
+    while pos + PREFIX_SIZE <= len(buf) and len(starts) < max_records:
+        length = struct.unpack_from("<I", buf, pos + 15)[0]
+        if length > cap or pos + PREFIX_SIZE + length > len(buf):
+            break
+        if buf[pos : pos + 3] != b"\xfe\xdc\xba":
+            break
+        starts.append(pos)
+        lengths.append(length)
+        pos += PREFIX_SIZE + length
+    return starts, lengths, pos
+
+
+def record(readout_id: int, payload: bytes, timestamp: int = 7) -> bytes:
+    """One record's bytes."""
+    return b"\xfe\xdc\xba" + struct.pack("<IQI", readout_id, timestamp, len(payload)) + payload
+
+
+def test_walk_repairs_false_magic_in_payload(monkeypatch: pytest.MonkeyPatch) -> None:
+    magic = b"\xfe\xdc\xba"
+    payloads = [b"ab" + magic + b"cd", magic * 3, b"x" * 40, magic, b"", b"\xfe\xdc" + magic]
+    buf = b"".join(record(i, p) for i, p in enumerate(payloads * 2))
+    # a false magic in a prefix too (readout id 0xbadcfe -> bytes fe dc ba 00)
+    buf += record(0xBADCFE, b"tail" + magic)
+    calls = []
+    monkeypatch.setattr(apx_format, "_walk_python", lambda *a: calls.append(a) or ([], [], 0))
+    starts, lengths, stop = apx_format._walk(buf, 0, 1 << 40, None)
+    assert not calls  # the numpy search found every record, no fallback
+    assert (starts.tolist(), lengths.tolist(), stop) == slow_walk(buf, 0, 1 << 40, None)
+    assert len(starts) == 13 and stop == len(buf)
+
+
+def test_walk_falls_back_after_many_false_magics(monkeypatch: pytest.MonkeyPatch) -> None:
+    magic = b"\xfe\xdc\xba"
+    buf = b"".join(record(i, b"." + magic * (i % 3) + b".") for i in range(300))
+    fallback = apx_format._walk_python
+    calls = []
+    monkeypatch.setattr(apx_format, "_walk_python", lambda *a: calls.append(a[1]) or fallback(*a))
+    monkeypatch.setattr(apx_format, "_MAX_REPAIRS", 2)
+    got = apx_format._walk(buf, 0, 1 << 40, None)
+    assert calls and calls[0] > 0  # records before the third repair came from numpy
+    assert (got[0].tolist(), got[1].tolist(), got[2]) == slow_walk(buf, 0, 1 << 40, None)
+    assert len(got[0]) == 300
+
+
+def test_walk_matches_record_by_record_walk_on_random_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(4)
+    magic = b"\xfe\xdc\xba"
+    for it in range(600):
+        parts = []
+        for _ in range(rng.randint(0, 40)):
+            payload = bytearray(rng.getrandbits(8) for _ in range(rng.choice([0, 3, 19, rng.randint(0, 120)])))
+            for _ in range(rng.choice([0, 1, 4])):  # false magics
+                if len(payload) >= 3:
+                    k = rng.randint(0, len(payload) - 3)
+                    payload[k : k + 3] = magic
+            parts.append(record(rng.choice([1, 0xBADCFE]), bytes(payload), rng.getrandbits(64)))
+        buf = bytearray(b"".join(parts))
+        damage = rng.random()
+        if damage < 0.2 and buf:  # truncated
+            buf = buf[: rng.randint(0, len(buf))]
+        elif damage < 0.4 and buf:  # one byte changed (magic, length or payload)
+            buf[rng.randrange(len(buf))] = rng.getrandbits(8)
+        elif damage < 0.5:  # garbage at the end
+            buf += bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 30)))
+        buf = bytes(buf)
+        max_records = rng.choice([1 << 40, 1, 16, 23])
+        max_length = rng.choice([None, 60])
+        monkeypatch.setattr(apx_format, "_SCAN_WINDOW", rng.choice([1 << 20, 25, 200]))
+        monkeypatch.setattr(apx_format, "_MAX_REPAIRS", rng.choice([16, 0, 1]))
+        starts, lengths, stop = apx_format._walk(buf, 0, max_records, max_length)
+        assert (starts.tolist(), lengths.tolist(), stop) == slow_walk(buf, 0, max_records, max_length), it
+
+
+def test_false_magic_in_payload_file_round_trip(tmp_path: Path) -> None:
+    magic = b"\xfe\xdc\xba"
+    readouts = [Readout(i, 10 * i, bytes([i % 256]) + magic * (i % 4) + b"\xbc" * (i % 7)) for i in range(5000)]
+    header = ApxHeader(4000, {"note": "false magics"})
+    with open_apx(tmp_path / "m.apx", "w", header) as w:
+        w.write_batch(ReadoutBatch.from_readouts(readouts))
+    with open_apx(tmp_path / "m.apx") as r:
+        batch = r.read_all()
+    assert list(batch) == readouts
+    assert batch.is_contiguous()

@@ -156,14 +156,54 @@ _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
 _M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _S1, _S2, _S4 = np.uint64(1), np.uint64(2), np.uint64(4)
+_ONE = np.uint64(1)
+_IDLE_WORD = np.uint64(int.from_bytes(bytes([IDLE_BYTE]) * HIT_SIZE, "little"))
 
 
-def _gather_words(buf: np.ndarray, pos: np.ndarray) -> np.ndarray:
-    """The bit-reversed big-endian 64-bit words of the 8-byte windows at ``pos`` in ``buf``."""
-    if len(buf) < HIT_SIZE or len(pos) == 0:
-        return np.zeros(0, dtype=np.uint64)
-    rows = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - HIT_SIZE + 1, HIT_SIZE), strides=(1, 1))
-    x = np.ascontiguousarray(rows[pos]).view("<u8").ravel()  # wire bytes, first byte lowest
+def _padded_words(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(padded, w64)``: ``buf`` followed by 8 idle bytes, and its 8-byte windows.
+
+    ``w64[q]`` is the little-endian uint64 of ``padded[q:q + 8]`` for every ``q`` in
+    ``0..len(buf)`` (an unaligned strided view, no copy), so the first byte of a window is
+    its lowest byte. The idle padding makes loads near the end safe and never a hit.
+    """
+    padded = np.empty(len(buf) + HIT_SIZE, dtype=np.uint8)
+    padded[: len(buf)] = buf
+    padded[len(buf) :] = IDLE_BYTE
+    w64 = np.ndarray((len(buf) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    return padded, w64
+
+
+def _idle_run_popcount(x: np.ndarray) -> np.ndarray:
+    """Leading idle bytes (0..8) of the windows whose XOR with the idle word is ``x``.
+
+    The lowest non-zero byte of ``x`` is the first non-idle byte; the count of trailing
+    zero bits is the popcount of (lowest set bit - 1), which is 64 when ``x`` is 0.
+    Needs numpy >= 2.0 (``np.bitwise_count``).
+    """
+    return (np.bitwise_count((x & (~x + _ONE)) - _ONE) >> 3).astype(np.int64)
+
+
+def _idle_run_frexp(x: np.ndarray) -> np.ndarray:
+    """:func:`_idle_run_popcount` for numpy < 2.0 (no ``np.bitwise_count``).
+
+    The lowest set bit is a power of two, so exact as a float64, and its exponent is the
+    count of trailing zero bits (``frexp(2**k)`` is ``(0.5, k + 1)``).
+    """
+    low = (x & (~x + _ONE)).astype(np.float64)
+    trailing_zeros = np.frexp(low)[1].astype(np.int64) - 1
+    return np.where(x == 0, HIT_SIZE, trailing_zeros >> 3)
+
+
+_idle_run = _idle_run_popcount if hasattr(np, "bitwise_count") else _idle_run_frexp
+
+
+def _gather_words(w64: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The bit-reversed big-endian 64-bit words of the 8-byte windows at ``pos``.
+
+    ``w64`` is the window view of :func:`_padded_words`.
+    """
+    x = w64[pos]  # wire bytes, first byte lowest
     # reverse the bits inside every byte, then make the first byte the most significant
     x = ((x >> _S1) & _M1) | ((x & _M1) << _S1)
     x = ((x >> _S2) & _M2) | ((x & _M2) << _S2)
@@ -302,10 +342,11 @@ def _compact(payload: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> t
 
 
 def _fast_walk(
-    buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+    padded: np.ndarray, w64: np.ndarray, starts: np.ndarray, lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Walk all readouts at once, one hit per step, in the common case only.
 
+    ``padded`` and ``w64`` come from :func:`_padded_words` of the compacted buffer.
     A readout stays on the fast path while its walk meets only: idle bytes (0xbc) between
     hits, and a start byte at each hit position with at least one byte after the window
     (the reference's quirk).  Then the reference's walk gives the same hits: the byte
@@ -317,34 +358,36 @@ def _fast_walk(
     its buffer position, batch readout index and decoding order (hits of readouts that
     left the fast path are included; filter them with ``fast[rid]``).
     """
-    n_buf = len(buf)
-    ends = starts + lengths
-    if n_buf == 0:  # nothing but empty readouts: all go to the slow path
-        z = np.zeros(0, dtype=np.int64)
-        return np.zeros(len(lengths), dtype=bool), z, z, np.zeros(0, dtype=np.int32)
-    not_idle = buf != IDLE_BYTE
-    non_idle = np.append(np.flatnonzero(not_idle), n_buf)  # sentinel: "no more" -> n_buf
-    rank = np.zeros(n_buf + 1, dtype=np.int32 if n_buf < 2**31 else np.int64)
-    np.cumsum(not_idle, out=rank[1:])  # rank[q]: number of non-idle bytes before q
 
     def next_non_idle(q: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """First non-idle position >= q, or e if that is beyond e."""
-        return np.minimum(non_idle[rank[q]], e)
+        """First non-idle position >= q, or e if that is beyond e.
+
+        Looks 8 bytes at a time; only windows that are idle throughout (rare: runs of 8
+        or more idle bytes) need another step.
+        """
+        x = w64[q] ^ _IDLE_WORD
+        q = q + _idle_run(x)
+        again = np.flatnonzero((x == 0) & (q < e))
+        while again.size:
+            x = w64[q[again]] ^ _IDLE_WORD
+            q[again] += _idle_run(x)
+            again = again[(x == 0) & (q[again] < e[again])]
+        return np.minimum(q, e)
 
     fast = np.ones(len(lengths), dtype=bool)
     act = np.arange(len(lengths))
-    e = ends
+    e = starts + lengths
     c = next_non_idle(starts, e)
     fast[c >= e] = False  # empty or all idle: the reference raises -> slow path
     pos_l: list[np.ndarray] = []
     rid_l: list[np.ndarray] = []
     ord_l: list[np.ndarray] = []
     k = 0
-    last = n_buf - 1
     while act.size:
         # a clean hit here: a start byte with at least one byte after its window
+        # (c <= len(buf) always, and the padding byte there is not a start byte)
         ok = c + HIT_SIZE < e
-        ok &= _IS_START[buf[np.minimum(c, last)]]
+        ok &= _IS_START[padded[c]]
         # c == e means the readout ended cleanly; anything else not ok goes slow
         bad = ~ok
         bad &= c < e
@@ -388,7 +431,8 @@ def decode_batch(
     timestamps = np.asarray(timestamps)
     n_read = len(lengths)
     buf, starts = _compact(payload, offsets, lengths)
-    fast, pos, rid, order = _fast_walk(buf, starts, lengths)
+    padded, w64 = _padded_words(buf)
+    fast, pos, rid, order = _fast_walk(padded, w64, starts, lengths)
 
     # slow path, in batch order (carried extra bytes may pull the next readout in)
     status = np.zeros(n_read, dtype=np.uint8)
@@ -421,7 +465,7 @@ def decode_batch(
     hit_index = np.empty(n_hits, dtype=np.int64)
     dec_order = np.empty(n_hits, dtype=np.int32)
     dst = first[rid] + order
-    words[dst] = _gather_words(buf, pos)
+    words[dst] = _gather_words(w64, pos)
     hit_index[dst] = rid
     dec_order[dst] = order
     for i, w in slow.items():

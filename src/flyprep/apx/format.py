@@ -58,8 +58,6 @@ RECORD_DTYPE = np.dtype(
 )
 
 _MAGIC_ARR = np.frombuffer(RECORD_MAGIC, dtype=np.uint8)
-_ID_COLS = np.arange(3, 7, dtype=np.int64)
-_TS_COLS = np.arange(7, 15, dtype=np.int64)
 _PREFIX_COLS = np.arange(PREFIX_SIZE, dtype=np.int64)
 
 
@@ -285,34 +283,138 @@ class ReadoutBatch:
 
 # --------------------------------------------------------------------------- parsing
 
+#: Bytes scanned per step of the vectorised record search: bounds the work wasted on
+#: records beyond ``max_records`` (they are found again by the next take()).
+_SCAN_WINDOW = 1 << 20
+#: Below this many records the per-record Python walk is cheaper than the numpy set-up.
+_MIN_VECTOR_RECORDS = 16
+#: False record magics inside payloads repaired per window before giving up on numpy.
+_MAX_REPAIRS = 16
 
-def _walk(
-    buf: bytes, pos: int, max_records: int, max_length: Optional[int]
+
+def _u32_at(arr: np.ndarray) -> np.ndarray:
+    """Unaligned little-endian uint32 at every byte offset of ``arr`` (a view, no copy)."""
+    return np.ndarray((max(arr.size - 3, 0),), dtype="<u4", buffer=arr, strides=(1,))
+
+
+def _u64_at(arr: np.ndarray) -> np.ndarray:
+    """Unaligned little-endian uint64 at every byte offset of ``arr`` (a view, no copy)."""
+    return np.ndarray((max(arr.size - 7, 0),), dtype="<u8", buffer=arr, strides=(1,))
+
+
+def _walk_python(
+    buf: bytes, pos: int, max_records: int, max_length: int
 ) -> tuple[list[int], list[int], int]:
-    """Record starts and payload lengths of the complete records in ``buf`` from ``pos``.
-
-    Stops at the first record that is incomplete, longer than ``max_length``, or after
-    ``max_records``; returns the position where it stopped. Magic is not checked here.
-    """
+    """The per-record walk behind :func:`_walk` (see there); the fallback of the numpy one."""
     unpack = _U32.unpack_from
+    starts_with = buf.startswith
     n = len(buf)
     limit = n - PREFIX_SIZE
     starts: list[int] = []
     lengths: list[int] = []
-    add_start = starts.append
-    add_length = lengths.append
-    count = 0
-    cap = _MAX_U32 if max_length is None else max_length
-    while pos <= limit and count < max_records:
+    while pos <= limit and len(starts) < max_records:
         length = unpack(buf, pos + 15)[0]
         end = pos + PREFIX_SIZE + length
-        if length > cap or end > n:
+        if length > max_length or end > n or not starts_with(RECORD_MAGIC, pos):
             break
-        add_start(pos)
-        add_length(length)
+        starts.append(pos)
+        lengths.append(length)
         pos = end
-        count += 1
     return starts, lengths, pos
+
+
+def _chain(
+    arr: np.ndarray, u32: np.ndarray, pos: int, hi: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The chain of records starting at ``pos`` whose starts lie in ``[pos, hi]``.
+
+    Every ``b"\\xfe\\xdc\\xba"`` in the range is a candidate record start; record ``i``
+    is followed by the one at ``start + 19 + length``, so the chain holds while that is the
+    next candidate. A magic-like sequence inside a payload (or a prefix) breaks the chain
+    once: the candidates inside that record are dropped and the check goes on from there.
+    The chain ends at the first record whose successor is not a candidate: beyond ``hi``
+    (the caller goes on from there) or bad bytes (the caller's checks report them).
+
+    Returns ``(starts, lengths, complete)``, empty if ``pos`` itself is not a candidate.
+    After :data:`_MAX_REPAIRS` repairs (pathological payloads) it returns the records
+    verified so far with ``complete`` False: the caller walks on from there in Python.
+    """
+    cand = np.flatnonzero(arr[pos : hi + 1] == RECORD_MAGIC[0])
+    cand += pos
+    cand = cand[(arr[cand + 1] == RECORD_MAGIC[1]) & (arr[cand + 2] == RECORD_MAGIC[2])]
+    if cand.size == 0 or cand[0] != pos:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, True
+    lens = u32[cand + 15].astype(np.int64)
+    nxt = cand + PREFIX_SIZE + lens
+    first = 0  # the records before index `first` are known to chain
+    for _ in range(_MAX_REPAIRS):
+        brk = np.flatnonzero(nxt[first:-1] != cand[first + 1 :])
+        if brk.size == 0:
+            return cand, lens, True
+        i = first + int(brk[0])
+        j = int(np.searchsorted(cand, nxt[i]))
+        if j == cand.size or cand[j] != nxt[i]:
+            # record i's successor is not a candidate: the chain ends with it
+            return cand[: i + 1], lens[: i + 1], True
+        # cand[i + 1:j] lie inside record i: false magics, drop them
+        cand = np.concatenate([cand[: i + 1], cand[j:]])
+        lens = np.concatenate([lens[: i + 1], lens[j:]])
+        nxt = np.concatenate([nxt[: i + 1], nxt[j:]])
+        first = i
+    return cand[: first + 1], lens[: first + 1], False
+
+
+def _walk(
+    buf: bytes, pos: int, max_records: int, max_length: Optional[int]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Record starts and payload lengths of the complete records in ``buf`` from ``pos``.
+
+    Stops at the first record that has a wrong magic, is incomplete, is longer than
+    ``max_length``, or after ``max_records``; returns ``(starts, lengths, stop)`` with
+    ``stop`` the position where it stopped (the caller checks what is there).
+
+    The records are found with whole-array operations (:func:`_chain`), a window of
+    :data:`_SCAN_WINDOW` bytes at a time, instead of one Python step per record.
+    """
+    cap = _MAX_U32 if max_length is None else max_length
+    n = len(buf)
+    limit = n - PREFIX_SIZE  # the last position where a whole prefix fits
+    if max_records < _MIN_VECTOR_RECORDS or limit < pos:
+        starts, lengths, stop = _walk_python(buf, pos, max_records, cap)
+        return np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64), stop
+    arr = np.frombuffer(buf, dtype=np.uint8)
+    u32 = _u32_at(arr)
+    starts_l: list[np.ndarray] = []
+    lengths_l: list[np.ndarray] = []
+    count = 0
+    while count < max_records and pos <= limit:
+        hi = min(limit, pos + _SCAN_WINDOW)
+        st, lens, complete = _chain(arr, u32, pos, hi)
+        # cut at the first record too long or incomplete, and at max_records
+        bad = (lens > cap) | (st + PREFIX_SIZE + lens > n)
+        k = int(np.argmax(bad)) if bad.any() else st.size
+        k = min(k, max_records - count)
+        if k:
+            starts_l.append(st[:k])
+            lengths_l.append(lens[:k])
+            count += k
+            pos = int(st[k - 1]) + PREFIX_SIZE + int(lens[k - 1])
+        if k < st.size:
+            break  # cut: the caller checks what is at `pos`
+        if not complete:  # too many false magics: walk on record by record
+            starts, lengths, pos = _walk_python(buf, pos, max_records - count, cap)
+            starts_l.append(np.array(starts, dtype=np.int64))
+            lengths_l.append(np.array(lengths, dtype=np.int64))
+            break
+        if pos <= hi:
+            break  # the chain ended inside the window: the caller checks `pos`
+    if not starts_l:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, pos
+    if len(starts_l) == 1:
+        return starts_l[0], lengths_l[0], pos
+    return np.concatenate(starts_l), np.concatenate(lengths_l), pos
 
 
 class ApxStreamParser:
@@ -418,32 +520,28 @@ class ApxStreamParser:
         buf = self._buf
         start = self._pos
         cap = len(buf) if max_records is None else max(0, int(max_records))
-        starts, lengths, stop = _walk(buf, start, cap, self.max_record_length)
-        n = len(starts)
-        arr = np.frombuffer(buf, dtype=np.uint8)
-        if n:
-            st = np.array(starts, dtype=np.int64)
-            ok = (arr[st] == 0xFE) & (arr[st + 1] == 0xDC) & (arr[st + 2] == 0xBA)
-            if not ok.all():
-                bad = int(np.argmin(ok))
-                if bad == 0:
-                    self._raise_magic(starts[0])
-                # deliver the good records first; the next take() raises
-                n, stop = bad, starts[bad]
-                st, lengths = st[:bad], lengths[:bad]
+        # every record found has the right magic: a wrong one stops the walk and is
+        # reported by _check_stop() once the good records before it are delivered
+        st, lens, stop = _walk(buf, start, cap, self.max_record_length)
+        n = st.size
         if not n:
             self._check_stop(stop)
             return ReadoutBatch.empty()
-        lens = np.array(lengths, dtype=np.int64)
+        arr = np.frombuffer(buf, dtype=np.uint8)
         records = np.empty(n, RECORD_DTYPE)
-        records["readout_id"] = arr[st[:, None] + _ID_COLS].view("<u4")[:, 0]
-        records["timestamp"] = arr[st[:, None] + _TS_COLS].view("<u8")[:, 0]
+        records["readout_id"] = _u32_at(arr)[st + 3]
+        records["timestamp"] = _u64_at(arr)[st + 7]
         records["length"] = lens
         records["offset"] = np.cumsum(lens) - lens
-        region = arr[start:stop]
-        mask = np.ones(region.size, dtype=bool)
-        mask[(st - start)[:, None] + _PREFIX_COLS] = False
-        payload = region[mask]
+        # the records lie back to back in buf[start:stop]: keep the payload bytes, i.e.
+        # repeat (False, True) by (prefix size, payload length) for every record
+        runs = np.empty(2 * n, dtype=np.int64)
+        runs[0::2] = PREFIX_SIZE
+        runs[1::2] = lens
+        is_payload = np.zeros(2 * n, dtype=bool)
+        is_payload[1::2] = True
+        keep = np.repeat(is_payload, runs)
+        payload = arr[start:stop][keep]
         self._pos = stop
         return ReadoutBatch(records, payload)
 
