@@ -114,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--layout", choices=["ptypy", "hdf5"], default="ptypy")
     ex.add_argument("--frames", type=int, default=200)
     ex.add_argument("--side", type=int, default=256, help="raw frame side in pixels")
+
+    from .apx.commands import add_apx_commands
+
+    add_apx_commands(sub.add_parser("apx", help="AstroPix .apx files: dump, decode hits, "
+                                               "convert, follow a growing file"))
     return parser
 
 
@@ -183,8 +188,14 @@ def cmd_example(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_apx(args: argparse.Namespace) -> int:
+    from .apx.commands import run_apx
+
+    return run_apx(args)
+
+
 COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "verify": cmd_verify,
-            "demo": cmd_demo, "example": cmd_example}
+            "demo": cmd_demo, "example": cmd_example, "apx": cmd_apx}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
