@@ -394,3 +394,68 @@ def test_false_magic_in_payload_file_round_trip(tmp_path: Path) -> None:
         batch = r.read_all()
     assert list(batch) == readouts
     assert batch.is_contiguous()
+
+
+def test_read_error_names_file_and_offset(
+    tmp_path: Path, raw: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError while reading records is an InputError with the file and offset."""
+    dst = tmp_path / "io.apx"
+    dst.write_bytes(raw)
+    monkeypatch.setattr(ApxReader, "read_size", 4096)
+    with ApxReader(dst) as reader:
+        real = reader._file
+        calls = []
+
+        class Failing:
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+            def read(self, n: int = -1) -> bytes:
+                calls.append(n)
+                if len(calls) > 2:
+                    raise OSError(5, "Input/output error")
+                return real.read(n)
+
+        reader._file = Failing()  # type: ignore[assignment]
+        with pytest.raises(ApxFormatError) as info:
+            for _ in reader.batches(max_records=10):
+                pass
+        reader._file = real
+    assert info.value.offset == reader.data_offset + 2 * 4096
+    assert str(dst) in str(info.value) and "Input/output error" in str(info.value)
+
+
+def test_small_take_scans_a_small_window(
+    raw: bytes, expected: tuple[dict, list[Readout]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """take(max_records) scans about what those records need, not a fixed 1 MiB."""
+    from flyprep.apx import format as fmt
+
+    spans: list[int] = []
+    real_chain = fmt._chain
+
+    def spy(arr: np.ndarray, u32: np.ndarray, pos: int, hi: int):  # type: ignore[no-untyped-def]
+        spans.append(hi - pos)
+        return real_chain(arr, u32, pos, hi)
+
+    monkeypatch.setattr(fmt, "_chain", spy)
+    first = 10 + struct.unpack_from("<I", raw, 6)[0]
+    parser = ApxStreamParser("mem.apx")
+    parser.feed(raw + raw[first:] * 20)  # about 2 MiB of records
+    got: list[Readout] = []
+    while True:
+        batch = parser.take(100)
+        if not len(batch):
+            break
+        assert len(batch) <= 100
+        got.extend(batch)
+    assert got == expected[1] * 21
+    assert spans and max(spans) <= 64 << 10
+    # records longer than the first guess: the window grows until it holds them
+    spans.clear()
+    parser = ApxStreamParser("mem.apx")
+    big = ReadoutBatch.from_readouts([(i, i, bytes(1000)) for i in range(300)])
+    parser.feed(ApxHeader(4000).preamble_bytes() + big.to_bytes())
+    assert list(parser.take(200)) == list(big)[:200]
+    assert list(parser.take()) == list(big)[200:]

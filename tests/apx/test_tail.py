@@ -281,3 +281,104 @@ def test_wait_returns_records_or_times_out(tmp_path: Path, raw: bytes) -> None:
         batch = tailer.poll()
         assert batch.records.dtype == ReadoutBatch.empty().records.dtype
         assert isinstance(batch.payload, np.ndarray)
+
+
+@pytest.mark.parametrize("read_size", [97, 4096])
+def test_garbage_between_records_delivers_every_good_record_once(
+    tmp_path: Path, raw: bytes, recs: list[Readout], read_size: int
+) -> None:
+    """Bad bytes met mid-poll, with more chunks after them: the records before them are
+    returned, the error (file and offset) comes at the next poll and stays."""
+    starts = record_starts(raw)
+    k = min(1000, len(starts) - 1)
+    dst = tmp_path / "mid.apx"
+    dst.write_bytes(raw[: starts[k]] + b"\x00" * 8 + raw[starts[k] :])
+    got: list[Readout] = []
+    with ApxTailer(dst, read_size=read_size) as tailer:
+        with pytest.raises(ApxFormatError) as info:
+            for _ in range(10000):
+                got.extend(tailer.poll())
+        assert got == recs[:k]  # each exactly once
+        assert info.value.offset == starts[k] and str(dst) in str(info.value)
+        with pytest.raises(ApxFormatError):  # the error is kept
+            tailer.poll()
+        with pytest.raises(ApxFormatError):
+            tailer.finish()
+
+
+def test_finish_keeps_records_before_garbage(
+    tmp_path: Path, raw: bytes, recs: list[Readout]
+) -> None:
+    starts = record_starts(raw)
+    dst = tmp_path / "fin.apx"
+    dst.write_bytes(raw[: starts[20]] + b"\x00" * 8 + raw[starts[20] :])
+    with ApxTailer(dst, read_size=64) as tailer:
+        end = tailer.finish()
+        assert list(end.batch) == recs[:20]
+        assert isinstance(end.error, ApxFormatError) and end.error.offset == starts[20]
+        with pytest.raises(ApxFormatError):
+            end.raise_for_truncation()
+        with pytest.raises(ApxFormatError):
+            tailer.poll()
+
+
+def test_poll_reads_a_bounded_amount(tmp_path: Path, raw: bytes, recs: list[Readout]) -> None:
+    """A large existing file is read over several polls, each bounded, all records once."""
+    copies = 8
+    body = raw[record_starts(raw)[0] :]
+    dst = tmp_path / "big.apx"
+    dst.write_bytes(raw + body * (copies - 1))
+    limit = 64 << 10
+    got: list[ReadoutBatch] = []
+    with ApxTailer(dst, read_size=16 << 10, max_poll_bytes=limit) as tailer:
+        while tailer.bytes_read < dst.stat().st_size:
+            before = tailer.bytes_read
+            batch = tailer.poll()
+            assert tailer.bytes_read - before <= limit
+            assert batch.payload.size <= limit
+            got.append(batch)
+        end = tailer.finish()
+        assert len(end.batch) == 0 and end.truncation is None
+    assert len(got) >= len(dst.read_bytes()) // limit
+    assert list(ReadoutBatch.concat(got)) == recs * copies
+
+
+def test_unreadable_paths_are_input_errors(
+    tmp_path: Path, raw: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(InputError) as info:
+        ApxTailer(tmp_path).poll()
+    assert str(tmp_path) in str(info.value) and "offset 0" in str(info.value)
+    dst = tmp_path / "noperm.apx"
+    dst.write_bytes(raw)
+    real_open = os.open
+
+    def refuse(path: object, *args: object, **kw: object) -> int:
+        if os.fspath(path) == str(dst):  # type: ignore[arg-type]
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(InputError) as info:
+        ApxTailer(dst).poll()
+    assert str(dst) in str(info.value) and "Permission denied" in str(info.value)
+
+
+def test_replaced_shrunk_rewritten_errors_have_offsets(tmp_path: Path, raw: bytes) -> None:
+    dst = tmp_path / "o.apx"
+    dst.write_bytes(raw[:5000])
+    with ApxTailer(dst) as tailer:
+        tailer.poll()
+        os.truncate(dst, 1000)
+        with pytest.raises(ApxFormatError) as info:
+            tailer.poll()
+    assert info.value.offset == 1000
+    dst.write_bytes(raw[:5000])
+    with ApxTailer(dst) as tailer:
+        tailer.poll()
+        other = tmp_path / "other.apx"
+        other.write_bytes(raw)
+        os.replace(other, dst)
+        with pytest.raises(ApxFormatError) as info:
+            tailer.poll()
+    assert info.value.offset == 5000

@@ -343,8 +343,10 @@ def run_tail(path: Path, *, timeout_s: Optional[float] = None, interval_s: float
         try:
             with _status_display(interval_s) as show:
                 while True:
+                    before = tailer.bytes_read
                     counts.add(tailer.poll(), decoder)
                     counts.offset = tailer.offset
+                    behind = tailer.bytes_read - before >= tailer.max_poll_bytes
                     now = time.monotonic()
                     if tailer.bytes_read != seen:
                         seen, grew_at = tailer.bytes_read, now
@@ -353,7 +355,8 @@ def run_tail(path: Path, *, timeout_s: Optional[float] = None, interval_s: float
                     if timeout_s is not None and now - grew_at >= timeout_s:
                         reason = f"no growth for {timeout_s:g} s"
                         break
-                    time.sleep(poll_interval_s)
+                    if not behind:  # catching up on a backlog: read on at once
+                        time.sleep(poll_interval_s)
         except KeyboardInterrupt:
             pass
         if reason == "interrupted":

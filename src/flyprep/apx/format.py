@@ -283,9 +283,13 @@ class ReadoutBatch:
 
 # --------------------------------------------------------------------------- parsing
 
-#: Bytes scanned per step of the vectorised record search: bounds the work wasted on
+#: Most bytes scanned per step of the vectorised record search: bounds the work wasted on
 #: records beyond ``max_records`` (they are found again by the next take()).
 _SCAN_WINDOW = 1 << 20
+#: Smallest scan window, and the bytes per wanted record it starts from: a take() of few
+#: records scans little (the window doubles if the records are longer).
+_MIN_SCAN_WINDOW = 4 << 10
+_SCAN_BYTES_PER_RECORD = 64
 #: Below this many records the per-record Python walk is cheaper than the numpy set-up.
 _MIN_VECTOR_RECORDS = 16
 #: False record magics inside payloads repaired per window before giving up on numpy.
@@ -375,7 +379,8 @@ def _walk(
     ``stop`` the position where it stopped (the caller checks what is there).
 
     The records are found with whole-array operations (:func:`_chain`), a window of
-    :data:`_SCAN_WINDOW` bytes at a time, instead of one Python step per record.
+    :data:`_SCAN_WINDOW` bytes at a time at most (less when few records are wanted),
+    instead of one Python step per record.
     """
     cap = _MAX_U32 if max_length is None else max_length
     n = len(buf)
@@ -388,8 +393,11 @@ def _walk(
     starts_l: list[np.ndarray] = []
     lengths_l: list[np.ndarray] = []
     count = 0
+    # scan about as far as the records still wanted reach (not a whole _SCAN_WINDOW for
+    # a few records); the window doubles while the chain runs past it
+    window = min(_SCAN_WINDOW, max(_MIN_SCAN_WINDOW, max_records * _SCAN_BYTES_PER_RECORD))
     while count < max_records and pos <= limit:
-        hi = min(limit, pos + _SCAN_WINDOW)
+        hi = min(limit, pos + window)
         st, lens, complete = _chain(arr, u32, pos, hi)
         # cut at the first record too long or incomplete, and at max_records
         bad = (lens > cap) | (st + PREFIX_SIZE + lens > n)
@@ -409,6 +417,7 @@ def _walk(
             break
         if pos <= hi:
             break  # the chain ended inside the window: the caller checks `pos`
+        window = min(_SCAN_WINDOW, 2 * window)
     if not starts_l:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, pos
@@ -545,6 +554,13 @@ class ApxStreamParser:
         self._pos = stop
         return ReadoutBatch(records, payload)
 
+    def check(self) -> None:
+        """Raise :class:`ApxFormatError` if the bytes buffered after the records taken are
+        already known to be bad (wrong magic, impossible length); cheap, consumes nothing.
+        """
+        if self.header is not None:
+            self._check_stop(self._pos)
+
     def _raise_magic(self, pos: int) -> None:
         found = self._buf[pos : pos + len(RECORD_MAGIC)]
         raise ApxFormatError(
@@ -654,7 +670,7 @@ class ApxReader:
         done = False
         while True:
             while not done and parser.buffered < self.read_size:
-                chunk = f.read(self.read_size)
+                chunk = self._read_chunk(parser)
                 if not chunk:
                     done = True
                     break
@@ -669,11 +685,21 @@ class ApxReader:
                     raise trunc.error(self.path)
                 return
             # nothing complete in a full buffer: one record longer than read_size
-            chunk = f.read(self.read_size)
+            chunk = self._read_chunk(parser)
             if not chunk:
                 done = True
             else:
                 parser.feed(chunk)
+
+    def _read_chunk(self, parser: "ApxStreamParser") -> bytes:
+        """The next ``read_size`` bytes; an ``OSError`` becomes an :class:`ApxFormatError`
+        naming the file and the offset of the failed read."""
+        try:
+            return self._file.read(self.read_size)
+        except OSError as exc:
+            raise ApxFormatError(
+                self.path, parser.fed, f"cannot read: {exc.strerror or exc}"
+            ) from None
 
     def __iter__(self) -> Iterator[Readout]:
         for batch in self.batches():
