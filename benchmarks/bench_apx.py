@@ -20,7 +20,7 @@ printed; the table gives the median and the best, rates and goals use the median
   the hits (hits/s, goal >= 4.5 M hits/s; the reference does ~45 k);
 - decode only: :func:`decode_batch` on the batches already in memory, to split the above;
 - conversion: the decoded hits to CSV and to HDF5 (seconds, goal < 1 s each; the reference
-  takes ~400 s), and the whole file -> file conversion when ``convert_file`` exists.
+  takes ~400 s), and the whole file -> file conversion with ``convert_file``.
 
 Untimed checks: the decoded hits are exactly the generated ones (every field, readout id,
 timestamp and decoding order), every readout has status 0, the CSV has one line per hit
@@ -54,13 +54,7 @@ import numpy as np
 from flyprep.apx.decode import HIT_DTYPE, decode_batch
 from flyprep.apx.format import ApxHeader, ReadoutBatch, RECORD_DTYPE, open_apx
 
-try:  # being written alongside this benchmark; the conversion rows are skipped without it
-    from flyprep.apx import convert as apx_convert
-except ImportError as exc:  # pragma: no cover - depends on the tree's state
-    apx_convert = None
-    CONVERT_IMPORT_ERROR: Optional[str] = f"{type(exc).__name__}: {exc}"
-else:
-    CONVERT_IMPORT_ERROR = None
+from flyprep.apx.convert import convert_file, hits_to_csv, hits_to_hdf5
 
 HITS_PER_S_GOAL = 4.5e6  #: read + decode
 CONVERT_S_GOAL = 1.0  #: each conversion
@@ -330,29 +324,39 @@ class Decoded:
 
 
 def decode_batches(batches: list[ReadoutBatch], carry_extra: bool) -> Decoded:
-    """decode_batch on each batch, hits concatenated."""
+    """decode_batch on each batch, hits concatenated; with ``carry_extra`` the last
+    readout's extra bytes of each batch are passed on to the next batch."""
     hits, status, slow = [], [], 0
+    prev: Optional[bytes] = None
     for b in batches:
         d = decode_batch(b.payload, b.records["offset"], b.records["length"],
-                         b.readout_id, b.timestamp, carry_extra=carry_extra)
+                         b.readout_id, b.timestamp, carry_extra=carry_extra,
+                         previous_extra=prev)
+        if carry_extra and len(b):
+            prev = d.extra[-1]
         hits.append(d.hits)
         status.append(d.status)
-        slow += int(getattr(d, "n_slow", 0))
+        slow += d.n_slow
     if not hits:
         return Decoded(np.empty(0, HIT_DTYPE), np.empty(0, np.uint8), 0)
     return Decoded(concat_hits(hits), np.concatenate(status), slow)
 
 
 def read_and_decode(path: Path, batch_records: int, carry_extra: bool) -> Decoded:
-    """Read every batch and decode it as it comes."""
+    """Read every batch and decode it as it comes (carrying extra bytes across batches
+    with ``carry_extra``)."""
     hits, status, slow = [], [], 0
+    prev: Optional[bytes] = None
     with open_apx(path, "r") as reader:
         for b in reader.batches(batch_records):
             d = decode_batch(b.payload, b.records["offset"], b.records["length"],
-                             b.readout_id, b.timestamp, carry_extra=carry_extra)
+                             b.readout_id, b.timestamp, carry_extra=carry_extra,
+                             previous_extra=prev)
+            if carry_extra and len(b):
+                prev = d.extra[-1]
             hits.append(d.hits)
             status.append(d.status)
-            slow += int(getattr(d, "n_slow", 0))
+            slow += d.n_slow
     return Decoded(concat_hits(hits), np.concatenate(status), slow)
 
 
@@ -444,23 +448,17 @@ def check_hdf5(path: Path, hits: np.ndarray) -> str:
 
 
 def conversion_calls(gen: Generated, out: Path) -> list[tuple[str, Callable[[np.ndarray], Any], Path, str]]:
-    """(label, call on the hits, output path, kind) for every conversion convert.py offers."""
-    if apx_convert is None:
-        return []
+    """(label, call on the hits, output path, kind) for every conversion timed."""
     calls = []
+    for kind, fn in (("csv", hits_to_csv), ("hdf5", hits_to_hdf5)):
+        dst = out / f"hits.{'csv' if kind == 'csv' else 'h5'}"
+        calls.append((f"hits -> {kind.upper()}",
+                      lambda hits, fn=fn, dst=dst: fn(hits, gen.header, dst), dst, kind))
     for kind in ("csv", "hdf5"):
-        fn = getattr(apx_convert, f"hits_to_{kind}", None)
-        if fn is not None:
-            dst = out / f"hits.{'csv' if kind == 'csv' else 'h5'}"
-            calls.append((f"hits -> {kind.upper()}",
-                          lambda hits, fn=fn, dst=dst: fn(hits, gen.header, dst), dst, kind))
-    convert_file = getattr(apx_convert, "convert_file", None)
-    if convert_file is not None:
-        for kind in ("csv", "hdf5"):
-            dst = out / f"file.{'csv' if kind == 'csv' else 'h5'}"
-            calls.append((f"apx file -> {kind.upper()}",
-                          lambda _hits, dst=dst, kind=kind: convert_file(gen.path, dst, kind),
-                          dst, kind))
+        dst = out / f"file.{'csv' if kind == 'csv' else 'h5'}"
+        calls.append((f"apx file -> {kind.upper()}",
+                      lambda _hits, dst=dst, kind=kind: convert_file(gen.path, dst, kind),
+                      dst, kind))
     return calls
 
 
@@ -559,8 +557,6 @@ def run(args: argparse.Namespace, out: Path) -> None:
     s = statistics.median(t_dec)
     rows.append(Row("decode only (in memory)", s, min(t_dec), f"{n_hits / s / 1e6:.2f} M hits/s", "", ""))
 
-    if apx_convert is None:
-        print(f"  conversions skipped: flyprep.apx.convert not importable ({CONVERT_IMPORT_ERROR})")
     for label, call, dst, kind in conversion_calls(gen, out):
         t_conv, _ = timed(lambda call=call: call(decoded.hits), args.repeat, label,
                           setup=lambda dst=dst: dst.unlink(missing_ok=True))

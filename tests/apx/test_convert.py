@@ -131,14 +131,17 @@ def test_npz_round_trip(tmp_path: Path, decoded) -> None:
 def test_carried_extra_bytes_cross_batch_boundaries(tmp_path: Path, decoded) -> None:
     _, batch, plain = decoded
     rec = batch.records
-    whole = decode_batch(batch.payload, rec["offset"], rec["length"], rec["readout_id"],
-                         rec["timestamp"], carry_extra=True).hits
+    carried = decode_batch(batch.payload, rec["offset"], rec["length"], rec["readout_id"],
+                           rec["timestamp"], carry_extra=True)
+    whole = carried.hits
     assert len(whole) > len(plain)  # the fixture has hits only carrying recovers
-    decoder = StreamDecoder(carry_extra=True)
-    parts = [decoder.decode(ReadoutBatch.from_readouts(list(batch)[i : i + 7]))
-             for i in range(0, len(batch), 7)]
-    assert np.array_equal(np.concatenate([p.hits for p in parts]), whole)
-    assert sum(len(p.status) for p in parts) == len(batch)
+    for step in (1, 7, 1001):
+        decoder = StreamDecoder(carry_extra=True)
+        parts = [decoder.decode(ReadoutBatch.from_readouts(list(batch)[i : i + step]))
+                 for i in range(0, len(batch), step)]
+        assert np.array_equal(np.concatenate([p.hits for p in parts]), whole)
+        assert np.array_equal(np.concatenate([p.status for p in parts]), carried.status)
+        assert [e for p in parts for e in p.extra] == carried.extra
     convert_file(FIXTURE, tmp_path / "c.npz", "npz", carry_extra=True, batch_records=13)
     assert np.array_equal(read_hits_npz(tmp_path / "c.npz")[0], whole)
 

@@ -80,10 +80,8 @@ _CLOCK_MHZ = 20.0
 _BITREV = np.array([int(f"{i:08b}"[::-1], 2) for i in range(256)], dtype=np.uint8)
 _BITREV_BYTES = bytes(_BITREV.tolist())
 
-#: 256-entry tables: is the byte a hit start byte (top bits 111, not 0xff) / idle-or-padding.
+#: 256-entry table: is the byte a hit start byte (top bits 111, not 0xff).
 _IS_START = np.array([(i & 0xE0) == 0xE0 and i != PADDING_BYTE for i in range(256)], dtype=bool)
-_IS_IDLE = np.zeros(256, dtype=bool)
-_IS_IDLE[[IDLE_BYTE, PADDING_BYTE]] = True
 
 
 def _is_start(byte: int) -> bool:
@@ -225,6 +223,26 @@ def _decode_windows(windows: list[bytes], readout_id: int, timestamp: int) -> np
     return hits
 
 
+def _joins(payload: bytes, orphans_at: int, previous_extra: bytes) -> bool:
+    """True if the leading orphan bytes (found at ``orphans_at``) complete ``previous_extra``.
+
+    Conservative: the orphans must start at offset 0 (a hit tail may begin with a data
+    byte equal to 0xbc or 0xff, so after skipped idle bytes the split point is unknown),
+    ``previous_extra`` must be 1-7 bytes beginning with a start byte, and the ``need``
+    payload bytes completing the hit must be followed by idle/padding bytes up to a start
+    byte or the end of the payload.
+    """
+    need = HIT_SIZE - len(previous_extra)
+    if orphans_at != 0 or not 0 < need < HIT_SIZE or need > len(payload):
+        return False
+    if not _is_start(previous_extra[0]):
+        return False
+    after = need
+    while after < len(payload) and payload[after] in (IDLE_BYTE, PADDING_BYTE):
+        after += 1
+    return after == len(payload) or _is_start(payload[after])
+
+
 def _walk(payload: bytes, previous_extra: Optional[bytes]) -> tuple[list[bytes], int, Optional[bytes]]:
     """Walk one payload like the reference; return (8-byte windows, status, extra bytes)."""
     n = len(payload)
@@ -247,20 +265,15 @@ def _walk(payload: bytes, previous_extra: Optional[bytes]) -> tuple[list[bytes],
             status |= STATUS_REFERENCE_RAISES
         if previous_extra is None:
             status |= STATUS_ORPHANS_NOT_USED
-        else:
+            cursor = end
+        elif _joins(payload, cursor, previous_extra):
             need = HIT_SIZE - len(previous_extra)
-            rest = orphans[need:] if need >= 0 else b""
-            if (
-                0 <= need <= len(orphans)
-                and len(previous_extra) > 0
-                and _is_start(previous_extra[0])
-                and all(b in (IDLE_BYTE, PADDING_BYTE) for b in rest)
-            ):
-                windows.append(previous_extra + orphans[:need])
-                status |= STATUS_ORPHANS_MATCHED
-            else:
-                status |= STATUS_ORPHANS_DROPPED
-        cursor = end
+            windows.append(previous_extra + payload[:need])
+            status |= STATUS_ORPHANS_MATCHED
+            cursor = need
+        else:
+            status |= STATUS_ORPHANS_DROPPED
+            cursor = end
     elif previous_extra is not None and len(previous_extra) == HIT_SIZE and _is_start(previous_extra[0]):
         # flyprep extension: a whole hit held back by the `cursor + 8 >= len` quirk.
         windows.append(previous_extra)
@@ -414,6 +427,7 @@ def decode_batch(
     timestamps: np.ndarray,
     *,
     carry_extra: bool = False,
+    previous_extra: Optional[bytes] = None,
 ) -> DecodedBatch:
     """Decode many readouts at once; results equal :func:`decode_readout` per readout.
 
@@ -422,8 +436,12 @@ def decode_batch(
     and whole hits (the common case) are decoded together with numpy; the others are
     walked one by one like :func:`decode_readout`.  With ``carry_extra=True`` each
     readout's extra bytes are handed to the next readout as ``previous_extra``, so hits
-    split across two readouts are recovered.
+    split across two readouts are recovered; ``previous_extra`` is then the extra bytes
+    of the readout before the batch's first one (e.g. ``extra[-1]`` of the previous
+    batch), so that carrying also works across batches.
     """
+    if previous_extra is not None and not carry_extra:
+        raise ValueError("previous_extra needs carry_extra=True")
     payload = np.ascontiguousarray(payload, dtype=np.uint8)
     offsets = np.asarray(offsets, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -438,10 +456,16 @@ def decode_batch(
     status = np.zeros(n_read, dtype=np.uint8)
     extra: list[Optional[bytes]] = [None] * n_read
     slow: dict[int, list[bytes]] = {}
+    if previous_extra is not None and n_read:
+        previous_extra = bytes(previous_extra)
+        fast[0] = False  # its result may change with the carried bytes
     queue = sorted(np.flatnonzero(~fast).tolist(), reverse=True)  # pop() gives the smallest
     while queue:
         i = queue.pop()
-        prev = extra[i - 1] if (carry_extra and i > 0) else None
+        if not carry_extra:
+            prev = None
+        else:
+            prev = extra[i - 1] if i > 0 else previous_extra
         s = int(starts[i])
         windows, st, ex = _walk(buf[s : s + int(lengths[i])].tobytes(), prev)
         status[i] = st
