@@ -46,7 +46,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import h5py
 import numpy as np
@@ -323,7 +323,7 @@ class Decoded:
     n_slow: int
 
 
-def decode_batches(batches: list[ReadoutBatch], carry_extra: bool) -> Decoded:
+def decode_batches(batches: Iterable[ReadoutBatch], carry_extra: bool) -> Decoded:
     """decode_batch on each batch, hits concatenated; with ``carry_extra`` the last
     readout's extra bytes of each batch are passed on to the next batch."""
     hits, status, slow = [], [], 0
@@ -345,19 +345,8 @@ def decode_batches(batches: list[ReadoutBatch], carry_extra: bool) -> Decoded:
 def read_and_decode(path: Path, batch_records: int, carry_extra: bool) -> Decoded:
     """Read every batch and decode it as it comes (carrying extra bytes across batches
     with ``carry_extra``)."""
-    hits, status, slow = [], [], 0
-    prev: Optional[bytes] = None
     with open_apx(path, "r") as reader:
-        for b in reader.batches(batch_records):
-            d = decode_batch(b.payload, b.records["offset"], b.records["length"],
-                             b.readout_id, b.timestamp, carry_extra=carry_extra,
-                             previous_extra=prev)
-            if carry_extra and len(b):
-                prev = d.extra[-1]
-            hits.append(d.hits)
-            status.append(d.status)
-            slow += d.n_slow
-    return Decoded(concat_hits(hits), np.concatenate(status), slow)
+        return decode_batches(reader.batches(batch_records), carry_extra)
 
 
 def timed(fn: Callable[[], Any], repeat: int, label: str,
