@@ -21,7 +21,6 @@ than later ones. Other processes skew the numbers; the load average is printed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys

@@ -260,7 +260,6 @@ def _walk(payload: bytes, previous_extra: Optional[bytes]) -> tuple[list[bytes],
         end = cursor
         while end < n and not _is_start(payload[end]):
             end += 1
-        orphans = payload[cursor:end]
         if end >= n:  # no start byte at all: the reference raises
             status |= STATUS_REFERENCE_RAISES
         if previous_extra is None:
