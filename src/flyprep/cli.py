@@ -4,6 +4,7 @@ or configuration, 3 output could not be written, 130 interrupted."""
 from __future__ import annotations
 
 import argparse
+from importlib import import_module
 import sys
 import tempfile
 from pathlib import Path
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_apx_commands(sub.add_parser("apx", help="AstroPix .apx files: dump, decode hits, "
                                                "convert, follow a growing file"))
+    for module in _EXTENSIONS.values():
+        import_module(module).add_parser(sub)
     return parser
 
 
@@ -196,6 +199,12 @@ def cmd_apx(args: argparse.Namespace) -> int:
 
 COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "verify": cmd_verify,
             "demo": cmd_demo, "example": cmd_example, "apx": cmd_apx}
+
+#: Modules that bring their own sub-command: ``add_parser(subparsers)`` registers it and
+#: ``run(args) -> int`` runs it.
+_EXTENSIONS = {"simulate": "flyprep.simulate"}
+for _name, _module in _EXTENSIONS.items():
+    COMMANDS[_name] = lambda args, _module=_module: import_module(_module).run(args)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
