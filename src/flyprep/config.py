@@ -2,15 +2,29 @@
 
 A TOML file maps onto :class:`PrepareConfig` section by section (``[geometry]``,
 ``[prep]``, ``[output]``, ``[scan]``, ``[input]``). Unknown keys are refused.
+:class:`DaemonConfig` is the ``flyprep run`` daemon's config (docs/configuration.md).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional, Tuple, Union
+from typing import Any, Literal, Mapping, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
@@ -175,3 +189,376 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+# ---------------------------------------------------------------------------
+# The ``flyprep run`` daemon: one TOML file, sections below, FLYPREP__ overrides.
+# ---------------------------------------------------------------------------
+
+ENV_PREFIX = "FLYPREP__"
+
+_TCP_ENDPOINT = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.*-]+):(?P<port>\*|[0-9]+)$")
+
+
+def check_endpoint(value: str) -> str:
+    """Accept ``tcp://HOST:PORT`` (port 1-65535 or ``*``) or ``ipc://PATH``; else ValueError."""
+    if value.startswith("ipc://"):
+        if not value[len("ipc://"):].strip():
+            raise ValueError("ipc:// endpoint needs a path")
+        return value
+    match = _TCP_ENDPOINT.match(value)
+    if match is None:
+        raise ValueError("expected tcp://HOST:PORT or ipc://PATH")
+    port = match["port"]
+    if port != "*" and not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} is outside 1-65535")
+    return value
+
+
+def is_local_endpoint(value: str) -> bool:
+    """True for ``ipc://`` and for tcp on a loopback address (127.0.0.0/8, ::1, localhost)."""
+    if value.startswith("ipc://"):
+        return True
+    match = _TCP_ENDPOINT.match(value)
+    if match is None:
+        return False
+    host = match["host"].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", interface or host names: may be reachable from outside
+        return False
+
+
+def _plain_name(value: Optional[str]) -> Optional[str]:
+    if value is not None and (not value.strip() or "/" in value or "\\" in value or value in (".", "..")):
+        raise ValueError("must be a plain file name inside the scan directory (no '/')")
+    return value
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    """``~`` expanded; a relative path is taken from the config file's directory."""
+    path = path.expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path
+
+
+class WatchConfig(Section):
+    """Which directories are watched, and when a frame file counts as finished."""
+
+    roots: list[Path] = Field(..., min_length=1, description="existing directories; new scan "
+                                                             "directories appear below them")
+    recursive: bool = True
+    observer: Literal["native", "polling"] = Field(
+        "native", description="native: close-after-write / rename events (inotify); "
+                              "polling: size+mtime scans, for network file systems")
+    poll_interval_s: float = Field(1.0, gt=0, le=3600)
+    quiet_window_s: float = Field(2.0, ge=0, le=3600,
+                                  description="polling: a file unchanged this long is finished")
+    frame_patterns: list[str] = Field(["*.h5"], min_length=1)
+    ignore_patterns: list[str] = [".*", "*.tmp", "*.part"]
+    positions_file: Optional[str] = "positions.txt"
+    scan_file: str = "flyprep-scan.toml"
+    end_marker: Optional[str] = "flyprep-scan.done"
+    inactivity_timeout_s: float = Field(600.0, gt=0, description="scan ends after this long "
+                                                                 "without a new frame")
+    frame_timeout_s: float = Field(60.0, gt=0, description="a file still unfinished after this "
+                                                           "long is quarantined")
+    read_retries: int = Field(3, ge=0, le=100)
+    retry_delay_s: float = Field(0.5, ge=0, le=600)
+    quarantine_dir: str = "flyprep-quarantine"
+
+    @field_validator("roots", mode="before")
+    @classmethod
+    def _one_root(cls, v: Any) -> Any:
+        return [v] if isinstance(v, (str, Path)) else v
+
+    @field_validator("roots")
+    @classmethod
+    def _existing_roots(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+        roots = [_resolve(p, info) for p in v]
+        for root in roots:
+            if not root.is_dir():
+                raise ValueError(f"root {str(root)!r} does not exist or is not a directory")
+        if len(set(roots)) != len(roots):
+            raise ValueError("a root is listed twice")
+        return roots
+
+    @field_validator("frame_patterns", "ignore_patterns")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        if any(not p.strip() or "/" in p for p in v):
+            raise ValueError("patterns must be non-empty file-name globs without '/'")
+        return v
+
+    @field_validator("positions_file", "scan_file", "end_marker", "quarantine_dir")
+    @classmethod
+    def _names(cls, v: Optional[str]) -> Optional[str]:
+        return _plain_name(v)
+
+    @field_validator("quiet_window_s")
+    @classmethod
+    def _quiet_after_poll(cls, v: float, info: ValidationInfo) -> float:
+        if info.data.get("observer") == "polling" and v < info.data.get("poll_interval_s", 0):
+            raise ValueError(f"must be at least poll_interval_s ({info.data['poll_interval_s']}) "
+                             "with the polling observer")
+        return v
+
+
+class DaemonInputConfig(Section):
+    """How frame files are read (the watch section says which files)."""
+
+    layout: Literal["auto", "ptypy", "hdf5"] = "auto"
+    dataset: str = "/entry/data/data"
+    positions_dataset: Optional[str] = None
+    positions_units: float = Field(1.0, gt=0, description="factor turning positions into metres")
+
+    @field_validator("dataset")
+    @classmethod
+    def _absolute_dataset(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("HDF5 dataset path must start with '/'")
+        return v
+
+
+class DaemonOutputConfig(OutputConfig):
+    """:class:`OutputConfig` plus where each scan's ``.ptyd`` goes."""
+
+    directory: Optional[Path] = Field(None, description="None: next to the scan directory")
+    name: str = Field("{scan}.ptyd", description="{scan} is the scan directory's name")
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _next_to_scan(cls, v: Any) -> Any:
+        return None if v in ("", "next-to-scan") else v
+
+    @field_validator("directory")
+    @classmethod
+    def _directory(cls, v: Optional[Path], info: ValidationInfo) -> Optional[Path]:
+        if v is None:
+            return v
+        v = _resolve(v, info)
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{str(v)!r} exists and is not a directory")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if "/" in v or not v.endswith(".ptyd") or "{scan}" not in v:
+            raise ValueError("must contain {scan}, end in .ptyd and have no '/'")
+        try:
+            v.format(scan="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{scan}} may be substituted ({exc!r})") from exc
+        return v
+
+
+class BusConfig(Section):
+    """ZeroMQ endpoints. Only loopback tcp or ipc unless ``allow_remote``."""
+
+    allow_remote: bool = Field(False, description="allow tcp endpoints on non-loopback addresses")
+    events: str = Field("tcp://127.0.0.1:5570", description="PUB socket: progress and scan events")
+    control: str = Field("tcp://127.0.0.1:5571", description="REP socket: control commands")
+    send_hwm: int = Field(1000, ge=1, le=10_000_000,
+                          description="messages queued per slow subscriber before dropping")
+    control_timeout_s: float = Field(5.0, gt=0, le=3600)
+
+    @field_validator("events", "control")
+    @classmethod
+    def _endpoint(cls, v: str, info: ValidationInfo) -> str:
+        check_endpoint(v)
+        if not info.data.get("allow_remote", False) and not is_local_endpoint(v):
+            raise ValueError("not a loopback or ipc endpoint; set bus.allow_remote = true "
+                             "to listen on other interfaces")
+        if info.field_name == "control" and v == info.data.get("events"):
+            raise ValueError("control and events need different endpoints")
+        return v
+
+
+class LimitsConfig(Section):
+    """Bounds on memory and work in flight."""
+
+    chunk_buffers: int = Field(4, ge=2, le=1024, description="fixed pool of chunk buffers")
+    max_scans: int = Field(4, ge=1, le=1024, description="scans prepared at the same time")
+    max_pending_files: int = Field(100_000, ge=1, description="finished files waiting to be read")
+
+
+class ApxConfig(Section):
+    """Following growing AstroPix ``.apx`` files."""
+
+    follow: bool = False
+    pattern: str = "*.apx"
+    stream: str = Field("tcp://127.0.0.1:5572", description="PUB socket for decoded hits")
+
+    @field_validator("stream")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        return check_endpoint(v)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if not v.strip() or "/" in v:
+            raise ValueError("must be a non-empty file-name glob without '/'")
+        return v
+
+
+class DaemonConfig(Section):
+    """Everything ``flyprep run`` needs. ``scan`` holds defaults a scan file may override."""
+
+    watch: WatchConfig
+    input: DaemonInputConfig = DaemonInputConfig()
+    geometry: GeometryConfig = GeometryConfig()
+    prep: PrepConfig = PrepConfig()
+    output: DaemonOutputConfig = DaemonOutputConfig()
+    scan: ScanConfig = ScanConfig()
+    bus: BusConfig = BusConfig()
+    limits: LimitsConfig = LimitsConfig()
+    apx: ApxConfig = ApxConfig()
+
+    @model_validator(mode="after")
+    def _apx_stream(self) -> "DaemonConfig":
+        stream = self.apx.stream
+        if stream in (self.bus.events, self.bus.control):
+            raise PydanticCustomError("flyprep_key", "{reason}", {
+                "key": "apx.stream", "value": stream,
+                "reason": "must differ from bus.events and bus.control"})
+        if not self.bus.allow_remote and not is_local_endpoint(stream):
+            raise PydanticCustomError("flyprep_key", "{reason}", {
+                "key": "apx.stream", "value": stream,
+                "reason": "not a loopback or ipc endpoint; set bus.allow_remote = true "
+                          "to listen on other interfaces"})
+        return self
+
+
+def parse_env_value(text: str) -> Any:
+    """A TOML scalar or array (``8``, ``1.5``, ``true``, ``["a", "b"]``), else the text itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
+    """``FLYPREP__SECTION__KEY=value`` variables as a nested dict, and which variable set what."""
+    data: dict[str, Any] = {}
+    origin: dict[tuple[str, str], str] = {}
+    for name in sorted(env):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"environment: {name}: expected FLYPREP__SECTION__KEY")
+        section, key = parts
+        data.setdefault(section, {})[key] = parse_env_value(env[name])
+        origin[(section, key)] = name
+    return data, origin
+
+
+def format_daemon_errors(exc: ValidationError, source: str,
+                         origin: Mapping[tuple[str, str], str] | None = None) -> str:
+    """Like :func:`format_validation_error`, naming the environment variable a value came from."""
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        ctx = err.get("ctx") or {}
+        if "key" in ctx and "reason" in ctx:
+            key, value, msg = ctx["key"], ctx.get("value"), ctx["reason"]
+            loc = tuple(key.split("."))
+        else:
+            loc = tuple(str(p) for p in err["loc"])
+            key = ".".join(loc) or "(top level)"
+            value, msg = err.get("input"), err["msg"].removeprefix("Value error, ")
+        where = (origin or {}).get(loc[:2]) if len(loc) >= 2 else None
+        suffix = f" (from environment {where})" if where else ""
+        if isinstance(value, dict):
+            lines.append(f"  {key}: {msg}{suffix}")
+        else:
+            lines.append(f"  {key} = {value!r}: {msg}{suffix}")
+    return "\n".join(lines)
+
+
+def parse_daemon_config(data: dict[str, Any], *, source: str = "<config>",
+                        base_dir: str | Path | None = None,
+                        origin: Mapping[tuple[str, str], str] | None = None) -> DaemonConfig:
+    """Validate a nested dict into a :class:`DaemonConfig`, or raise :class:`ConfigError`."""
+    try:
+        return DaemonConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(format_daemon_errors(exc, source, origin)) from exc
+
+
+def load_daemon_config(path: str | Path, env: Mapping[str, str] | None = None) -> DaemonConfig:
+    """The TOML file, then ``FLYPREP__SECTION__KEY`` variables from ``env`` (default
+    ``os.environ``), validated together. Relative paths are taken from the file's directory.
+    Raises :class:`ConfigError` listing every bad key with its value and the reason."""
+    path = Path(path)
+    data = load_toml(path)
+    overrides, origin = env_overrides(os.environ if env is None else env)
+    return parse_daemon_config(merge(data, overrides), source=str(path),
+                               base_dir=path.resolve().parent, origin=origin)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def to_toml(config: BaseModel) -> str:
+    """The effective config as TOML, one ``[section]`` each; unset values as comments."""
+    out: list[str] = []
+    for section, values in config.model_dump(mode="json").items():
+        out.append(f"[{section}]")
+        for key, value in values.items():
+            out.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+class ScanDescription(Section):
+    """A scan's own settings, from the scan file in its directory (``flyprep-scan.toml``).
+
+    Top-level ``label`` and ``num_frames``; ``[geometry]`` and ``[prep]`` override the
+    daemon config's sections key by key."""
+
+    label: Optional[str] = None
+    num_frames: Optional[int] = Field(None, ge=1)
+    geometry: GeometryConfig = GeometryConfig()
+    prep: PrepConfig = PrepConfig()
+
+
+def load_scan_description(path: str | Path) -> ScanDescription:
+    """Read and validate a scan description file, or raise :class:`ConfigError`."""
+    data = load_toml(path)
+    try:
+        return ScanDescription.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_daemon_errors(exc, str(path))) from exc
+
+
+def scan_settings(config: DaemonConfig, description: ScanDescription | None = None,
+                  *, source: str = "scan description") -> PrepareConfig:
+    """The :class:`PrepareConfig` for one scan: the daemon's defaults with the scan
+    description's label, num_frames, geometry and prep overrides (re-validated together)."""
+    desc = description or ScanDescription()
+    scan = merge(config.scan.model_dump(exclude_unset=True),
+                 desc.model_dump(include={"label", "num_frames"}, exclude_unset=True))
+    output = config.output.model_dump(exclude={"directory", "name"})
+    inp = config.input.model_dump()
+    inp["frame_glob"] = config.watch.frame_patterns[0]
+    data = {
+        "geometry": merge(config.geometry.model_dump(exclude_unset=True),
+                          desc.geometry.model_dump(exclude_unset=True)),
+        "prep": merge(config.prep.model_dump(exclude_unset=True),
+                      desc.prep.model_dump(exclude_unset=True)),
+        "output": output, "scan": scan, "input": inp,
+    }
+    return parse_config(data, source=source)
