@@ -1,0 +1,225 @@
+"""What the pipeline tells the world: small immutable events, and the sinks they go to.
+
+Pipeline stages hand each other frozen dataclasses named in the past tense. Each has a
+``kind`` (also the ZeroMQ topic, see ``docs/events.md``), ``to_dict()`` giving plain JSON
+data and ``from_dict()`` reading it back; :func:`event_from_dict` picks the class by kind.
+
+The pipeline emits to an :class:`EventSink`. :class:`MemorySink` keeps events in memory
+(tests, the daemon's status), :class:`FanoutSink` forwards to several sinks, and
+:class:`flyprep.bus.EventPublisher` (the only module importing zmq) publishes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import (
+    Any,
+    ClassVar,
+    Protocol,
+    TypeVar,
+    Union,
+    runtime_checkable,
+)
+
+from typing_extensions import Self
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound="_EventBase")
+
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+class _EventBase:
+    """Shared ``to_dict``/``from_dict`` of the event dataclasses."""
+
+    kind: ClassVar[str]
+    _path_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        for name in self._path_fields:  # paths travel as str
+            object.__setattr__(self, name, _fspath(getattr(self, name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"kind": ..., field: value, ...}``: plain JSON data."""
+        return {"kind": self.kind, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Read :meth:`to_dict` output back; unknown keys (``seq``, ``time``...) are ignored."""
+        kind = data.get("kind", cls.kind)
+        if kind != cls.kind:
+            raise ValueError(f"{cls.__name__}.from_dict: kind {kind!r} vs expected {cls.kind!r}")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in data:
+                values[f.name] = data[f.name]
+            elif f.default is dataclasses.MISSING:
+                raise ValueError(f"{cls.__name__}.from_dict: field {f.name!r} is missing")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ScanStarted(_EventBase):
+    """A scan's master file appeared; frames are expected."""
+
+    kind: ClassVar[str] = "scan.started"
+    _path_fields: ClassVar[tuple[str, ...]] = ("master",)
+    scan: str
+    master: str
+    num_frames: int | None
+    chunk_frames: int
+
+
+@dataclass(frozen=True)
+class ChunkWritten(_EventBase):
+    """Frames ``frame_start .. frame_start + n_frames - 1`` are prepared and on disk."""
+
+    kind: ClassVar[str] = "chunk.written"
+    _path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    scan: str
+    key: str
+    frame_start: int
+    n_frames: int
+    path: str
+    frames_missing: int = 0
+    latency_s: float | None = None  # last frame of the chunk arriving -> chunk written
+
+
+@dataclass(frozen=True)
+class FrameMissing(_EventBase):
+    """Frame ``index`` never arrived; it is written with weight 0."""
+
+    kind: ClassVar[str] = "frame.missing"
+    _path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    scan: str
+    index: int
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FrameFailed(_EventBase):
+    """Frame ``index`` arrived but could not be read or prepared; written with weight 0."""
+
+    kind: ClassVar[str] = "frame.failed"
+    _path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    scan: str
+    index: int
+    path: str
+    reason: str
+
+
+SCAN_END_STATES = ("complete", "aborted")
+
+
+@dataclass(frozen=True)
+class ScanEnded(_EventBase):
+    """The scan is finished (``complete``) or given up (``aborted``); its file is final."""
+
+    kind: ClassVar[str] = "scan.ended"
+    scan: str
+    state: str
+    frames: int
+    frames_missing: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.state not in SCAN_END_STATES:
+            raise ValueError(f"ScanEnded.state must be one of {SCAN_END_STATES}, got {self.state!r}")
+
+
+@dataclass(frozen=True)
+class ApxReadouts(_EventBase):
+    """Readouts ``first_readout .. last_readout`` of an AstroPix ``.apx`` file were decoded."""
+
+    kind: ClassVar[str] = "apx.readouts"
+    _path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    path: str
+    first_readout: int
+    last_readout: int
+    n_readouts: int
+    n_hits: int
+    scan: str | None = None
+
+
+Event = Union[ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded, ApxReadouts]
+
+EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in
+                                (ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded,
+                                 ApxReadouts)}
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """The event that ``data["kind"]`` names; ValueError for an unknown kind or a bad body."""
+    kind = data.get("kind")
+    cls = EVENT_TYPES.get(kind)  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(EVENT_TYPES)}")
+    return cls.from_dict(data)  # type: ignore[no-any-return,attr-defined]
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Where the pipeline sends its events. ``emit`` must not block for long nor raise."""
+
+    def emit(self, event: Event) -> None: ...
+
+
+class MemorySink:
+    """Keeps every event in memory, in order; thread-safe. For tests and status."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    @property
+    def events(self) -> list[Event]:
+        """A copy of the events received so far."""
+        with self._lock:
+            return list(self._events)
+
+    def of_kind(self, cls: type[E]) -> list[E]:
+        """The events that are instances of ``cls``."""
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._events.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._events)
+
+
+class FanoutSink:
+    """Forwards each event to every sink; a sink that raises is logged and counted, the
+    others still get the event (a broken publisher must not stop the pipeline)."""
+
+    def __init__(self, sinks: Iterable[EventSink] = ()) -> None:
+        self.sinks: list[EventSink] = list(sinks)
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def add(self, sink: EventSink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit(event)
+            except Exception as exc:  # noqa: BLE001 - collected into status, never raised
+                self.errors += 1
+                self.last_error = f"{type(sink).__name__}: {type(exc).__name__}: {exc}"
+                log.warning("event sink failed on %s: %s", event.kind, self.last_error)
