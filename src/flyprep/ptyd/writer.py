@@ -88,6 +88,7 @@ class PtydWriter:
         compression_level: int = 4,
         params: dict[str, Any] | None = None,
         overwrite: bool = False,
+        resume_from: Any = None,
     ) -> None:
         self.path = Path(path).absolute()
         self.meta = meta
@@ -109,7 +110,9 @@ class PtydWriter:
             raise OutputError(f"save must be 'link' or 'append', got {save!r}")
         if not self.path.parent.is_dir():
             raise OutputError(f"{self.path.parent}: output directory does not exist")
-        if self.path.exists() and not overwrite:
+        if resume_from is not None:
+            self._continue_from(resume_from, overwrite)
+        elif self.path.exists() and not overwrite:
             raise OutputError(f"{self.path}: exists already (pass overwrite to replace it)")
         if overwrite:
             self._remove_previous()
@@ -117,6 +120,14 @@ class PtydWriter:
         self._master_image = master_image(meta, self.created)
         if save == "append":
             self._create_append_file()
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike[str], state: Any, **kwargs: Any) -> "PtydWriter":
+        """A link-mode writer continuing a scan that :func:`flyprep.ptyd.resume.reconcile`
+        reconciled into ``state`` (a ``ResumeState``): the next chunk it accepts is
+        ``state.next_key`` at frame ``state.next_frame``. Takes :class:`PtydWriter`'s
+        keywords (``meta``, ``chunk_format``, ``params``, ...)."""
+        return cls(path, resume_from=state, **kwargs)
 
     # -- public -------------------------------------------------------------------
     def encode(self, chunk: PreparedChunk, *, weights: bool = True) -> EncodedChunk:
@@ -187,6 +198,29 @@ class PtydWriter:
         # An unpublished append file is left as it is: its chunks are not thrown away.
 
     # -- internals ------------------------------------------------------------------
+    def _continue_from(self, state: Any, overwrite: bool) -> None:
+        """Take over a reconciled scan: its chunks, missing frames, generation, ctime."""
+        if overwrite or self.save != "link":
+            raise OutputError(f"{self.path}: resuming needs link mode and no overwrite")
+        if Path(state.master).absolute() != self.path:
+            raise OutputError(f"{self.path}: resume state is for {state.master}")
+        if state.finished:
+            raise OutputError(f"{self.path}: scan is finished already, nothing to resume")
+        if state.chunk_frames != self.chunk_frames or state.chunk_format != self.chunk_format:
+            raise OutputError(f"{self.path}: resume state has chunk_frames "
+                              f"{state.chunk_frames}/{state.chunk_format!r}, writer "
+                              f"{self.chunk_frames}/{self.chunk_format!r}")
+        if state.params_hash is not None and state.params_hash != self.params_hash:
+            raise OutputError(f"{self.path}: kept chunks were prepared with params_hash "
+                              f"{state.params_hash}, writer has {self.params_hash}")
+        self.next_key = state.next_key
+        self.frames_written = state.next_frame
+        self.chunk_files = list(state.chunk_files)
+        self.missing = [int(i) for i in state.missing_indices]
+        self.generation = state.generation
+        if state.created:
+            self.created = state.created
+
     def _remove_previous(self) -> None:
         """Delete an earlier scan at this path (master first, so no reader can pair its
         meta with new chunks), its chunk files and temporary files."""
