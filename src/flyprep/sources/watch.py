@@ -1,0 +1,468 @@
+"""Watch the configured roots and report scan directories and *finished* files.
+
+Flow (as in watchdog): emitter thread -> event queue -> observer thread -> this module's
+handler -> ``on_event(WatchEvent)``. A small timer thread of the watcher does what no
+file-system event can: quiet-window checks, debounced :class:`FileGrew` reports and
+deferred :class:`EndMarkerSeen` reports.
+
+When a file counts as finished (:class:`FileCompleted`, once per path):
+
+* ``observer = "native"`` (inotify on Linux): on the close of a file opened for writing
+  (``FileClosedEvent``) or on a rename into place (``FileMovedEvent``'s destination);
+  never on "created" or "modified" alone, so a partially written file is never reported.
+  Two cases have no close event to wait for and fall back to the quiet window (size and
+  mtime unchanged for ``quiet_window_s``): files already present when the watcher starts
+  (a restart: reported at once if their mtime is older than the quiet window), and files
+  found inside a directory that was created or moved in (they may have been closed before
+  the kernel watch on the new directory existed). A close event still completes them
+  earlier.
+* ``observer = "polling"`` (network file systems): a file counts as finished once its size
+  and mtime have not changed for ``quiet_window_s`` (choose it longer than the longest
+  pause of the writer).
+
+Names matching ``ignore_patterns`` (``.*``, ``*.part``, ``*.tmp``) are never reported, nor
+anything below an ignored directory or the quarantine directory.
+
+Thread safety: ``on_event`` is called from the watchdog observer thread, from the
+watcher's timer thread, and from the thread calling :meth:`ScanWatcher.start` (initial
+scan); the calls are serialised by a lock, never concurrent, and arrive in order. It must
+return quickly (hand the event to a queue) and must not call :meth:`ScanWatcher.stop`.
+An exception from ``on_event`` is logged and does not stop the watcher.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from ..config import WatchConfig
+
+__all__ = ["EndMarkerSeen", "FileCompleted", "FileGrew", "ScanDirectoryAppeared",
+           "ScanWatcher", "WatchEvent"]
+
+log = logging.getLogger(__name__)
+
+APX_PATTERN = "*.apx"
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class ScanDirectoryAppeared:
+    """A new directory directly under a root (or one present at start)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class FileCompleted:
+    """A frame, positions, scan description or ``.apx`` file is finished (final size)."""
+
+    path: Path
+    scan_dir: Path  # the directory directly under the root holding it (the root itself
+    #                 for a file directly in a root)
+
+
+@dataclass(frozen=True)
+class FileGrew:
+    """A growing file (``*.apx``, the positions file) was appended to (debounced)."""
+
+    path: Path
+
+
+@dataclass(frozen=True)
+class EndMarkerSeen:
+    """The end marker appeared in ``scan_dir``; sent after the scan's pending files."""
+
+    scan_dir: Path
+
+
+WatchEvent = ScanDirectoryAppeared | FileCompleted | FileGrew | EndMarkerSeen
+
+# file kinds
+_FILE, _GROWING, _MARKER = "file", "growing", "marker"
+
+
+@dataclass
+class _Pending:
+    """A file waiting for its quiet window: last seen size/mtime and since when."""
+
+    size: int
+    mtime_ns: int
+    since: float
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: ScanWatcher) -> None:
+        self._watcher = watcher
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            self._watcher._on_fs_event(event)
+        except Exception:  # never kill the observer thread
+            log.exception("watch: failed to handle %r", event)
+
+
+# --------------------------------------------------------------------------- watcher
+
+
+class ScanWatcher:
+    """Watch ``config.roots``; call ``on_event`` with :data:`WatchEvent` objects.
+
+    ``start()``/``stop()`` or use as a context manager. ``grow_debounce_s``: at most one
+    :class:`FileGrew` per file per interval. ``max_tracked``: bound on the per-file state
+    (pending files and completed paths; the oldest are forgotten beyond it).
+    """
+
+    def __init__(self, config: WatchConfig, on_event: Callable[[WatchEvent], None], *,
+                 grow_debounce_s: float = 0.25, max_tracked: int = 100_000) -> None:
+        self.config = config
+        self._on_event = on_event
+        self._roots = [Path(r) for r in config.roots]
+        self._grow_debounce_s = grow_debounce_s
+        self._max_tracked = max_tracked
+        self._polling = config.observer == "polling"
+        limits = [0.25, max(grow_debounce_s / 2, 0.01)]
+        if config.quiet_window_s > 0:
+            limits.append(config.quiet_window_s / 4)
+        self._tick_s = max(0.01, min(limits))
+        self._lock = threading.RLock()
+        self._appeared: set[Path] = set()
+        self._completed: OrderedDict[Path, None] = OrderedDict()
+        self._pending: OrderedDict[Path, _Pending] = OrderedDict()
+        self._grow_dirty: dict[Path, None] = {}
+        self._grow_last: dict[Path, float] = {}
+        self._markers_pending: dict[Path, None] = {}
+        self._markers_seen: set[Path] = set()
+        self._observer: BaseObserver | None = None
+        self._timer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._handler = _Handler(self)
+        self._watched_dirs: set[Path] = set()
+
+    # ---- lifecycle
+
+    def start(self) -> ScanWatcher:
+        """Start the observer and the timer thread, then report what already exists."""
+        if self._observer is not None:
+            raise RuntimeError("watcher already started")
+        c = self.config
+        observer: BaseObserver = (PollingObserver(timeout=c.poll_interval_s) if self._polling
+                                  else Observer())
+        for root in self._roots:
+            observer.schedule(self._handler, str(root), recursive=c.recursive)
+            self._watched_dirs.add(root)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        self._stop.clear()
+        self._timer = threading.Thread(target=self._run_timer, name="flyprep-watch-timer",
+                                       daemon=True)
+        self._timer.start()
+        try:
+            self._initial_scan()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop and join the observer and timer threads (idempotent)."""
+        self._stop.set()
+        observer, self._observer = self._observer, None
+        timer, self._timer = self._timer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout_s)
+        if timer is not None:
+            timer.join(timeout_s)
+
+    def __enter__(self) -> ScanWatcher:  # noqa: PYI034 (Self needs Python 3.11)
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pending_count(self) -> int:
+        """Files waiting for their quiet window."""
+        with self._lock:
+            return len(self._pending)
+
+    # ---- classification
+
+    def scan_dir_of(self, path: Path) -> Path | None:
+        """The directory directly under a root holding ``path`` (the root for a file
+        directly in it); None if outside the roots or below an ignored/quarantine dir."""
+        for root in self._roots:
+            try:
+                rel = path.relative_to(root)
+            except ValueError:
+                continue
+            dirs = rel.parts[:-1]
+            if any(d == self.config.quarantine_dir or self._ignored(d) for d in dirs):
+                return None
+            return root / dirs[0] if dirs else root
+        return None
+
+    def _ignored(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.config.ignore_patterns)
+
+    def _kind(self, path: Path) -> str | None:
+        name, c = path.name, self.config
+        if self._ignored(name):
+            return None
+        if c.end_marker is not None and name == c.end_marker:
+            return _MARKER
+        if name == c.positions_file or fnmatch.fnmatchcase(name, APX_PATTERN):
+            return _GROWING
+        if name == c.scan_file or any(fnmatch.fnmatchcase(name, p) for p in c.frame_patterns):
+            return _FILE
+        return None
+
+    # ---- watchdog events (observer thread)
+
+    def _on_fs_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        src = Path(os.fsdecode(event.src_path))
+        dest = Path(os.fsdecode(event.dest_path)) if event.dest_path else None
+        if event.is_directory:
+            if kind == "created":
+                self._dir_arrived(src)
+            elif kind == "moved" and dest is not None:
+                self._forget_under(src)
+                self._dir_arrived(dest)
+            elif kind == "deleted":
+                self._forget_under(src)
+            return
+        if kind == "closed":  # close after write
+            self._file_finished(src)
+        elif kind == "moved" and dest is not None:
+            self._forget(src)
+            if self._polling:
+                self._file_touched(dest, created=True)
+            else:
+                self._file_finished(dest)
+        elif kind == "created":
+            self._file_touched(src, created=True)
+        elif kind == "modified":
+            self._file_touched(src, created=False)
+        elif kind == "deleted":
+            self._forget(src)
+
+    def _dir_arrived(self, path: Path) -> None:
+        """A directory was created or moved in: maybe a new scan directory; its contents
+        may predate the kernel watch, so they go to the quiet-window table."""
+        if self.scan_dir_of(path / "x") is None or self._ignored(path.name):
+            return
+        new_scan = path.parent in self._roots
+        if new_scan:
+            with self._lock:
+                self._announce(path)
+            if not self.config.recursive:
+                self._watch_dir(path)
+        if not self.config.recursive and not new_scan:
+            return
+        for file in self._list_files(path):
+            self._found(file, initial=False)
+
+    def _file_finished(self, path: Path) -> None:
+        kind, scan_dir = self._kind(path), self.scan_dir_of(path)
+        if kind is None or scan_dir is None:
+            return
+        with self._lock:
+            if kind == _MARKER:
+                self._marker(scan_dir)
+            else:
+                self._complete(path, scan_dir)
+
+    def _file_touched(self, path: Path, *, created: bool) -> None:
+        kind, scan_dir = self._kind(path), self.scan_dir_of(path)
+        if kind is None or scan_dir is None:
+            return
+        with self._lock:
+            if kind == _MARKER:
+                self._marker(scan_dir)
+                return
+            if kind == _GROWING and not created:
+                self._grow_dirty[path] = None
+            if self._polling and path not in self._completed:
+                self._track(path)
+
+    # ---- state changes (under the lock)
+
+    def _announce(self, scan_dir: Path) -> None:
+        if scan_dir not in self._appeared:
+            self._appeared.add(scan_dir)
+            self._emit(ScanDirectoryAppeared(scan_dir))
+
+    def _complete(self, path: Path, scan_dir: Path) -> None:
+        self._pending.pop(path, None)
+        if path in self._completed or not path.is_file():
+            return
+        self._completed[path] = None
+        while len(self._completed) > self._max_tracked:
+            self._completed.popitem(last=False)
+        self._grow_dirty.pop(path, None)
+        self._grow_last.pop(path, None)
+        self._emit(FileCompleted(path, scan_dir))
+
+    def _track(self, path: Path) -> None:
+        if path in self._pending:
+            return
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        self._pending[path] = _Pending(st.st_size, st.st_mtime_ns, time.monotonic())
+        if len(self._pending) > self._max_tracked:
+            dropped, _ = self._pending.popitem(last=False)
+            log.warning("watch: more than %d pending files; forgot %s",
+                        self._max_tracked, dropped)
+
+    def _marker(self, scan_dir: Path) -> None:
+        if scan_dir not in self._markers_seen:
+            self._markers_seen.add(scan_dir)
+            self._markers_pending[scan_dir] = None
+        self._flush_markers()
+
+    def _flush_markers(self) -> None:
+        for scan_dir in list(self._markers_pending):
+            if not any(scan_dir in p.parents for p in self._pending):
+                del self._markers_pending[scan_dir]
+                self._emit(EndMarkerSeen(scan_dir))
+
+    def _forget(self, path: Path) -> None:
+        with self._lock:
+            self._pending.pop(path, None)
+            self._completed.pop(path, None)
+            self._grow_dirty.pop(path, None)
+            self._grow_last.pop(path, None)
+
+    def _forget_under(self, directory: Path) -> None:
+        with self._lock:
+            for table in (self._pending, self._completed, self._grow_dirty, self._grow_last):
+                for p in [p for p in table if directory in p.parents]:
+                    del table[p]
+            self._appeared.discard(directory)
+            self._markers_seen.discard(directory)
+            self._markers_pending.pop(directory, None)
+
+    def _emit(self, event: WatchEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("watch: on_event failed for %r", event)
+
+    # ---- initial scan and directory listing
+
+    def _initial_scan(self) -> None:
+        for root in self._roots:
+            with os.scandir(root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+            for entry in entries:
+                if entry.is_dir() and not self._ignored(entry.name) \
+                        and entry.name != self.config.quarantine_dir:
+                    with self._lock:
+                        self._announce(root / entry.name)
+                    if not self.config.recursive:
+                        self._watch_dir(root / entry.name)
+            for file in self._list_files(root, nested=self.config.recursive):
+                self._found(file, initial=True)
+            if not self.config.recursive:
+                for entry in entries:
+                    if (root / entry.name) in self._appeared:
+                        for file in self._list_files(root / entry.name, nested=False):
+                            self._found(file, initial=True)
+
+    def _list_files(self, top: Path, *, nested: bool | None = None) -> Iterable[Path]:
+        nested = self.config.recursive if nested is None else nested
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if not self._ignored(d)
+                                 and d != self.config.quarantine_dir) if nested else []
+            for name in sorted(filenames):
+                yield Path(dirpath) / name
+
+    def _found(self, path: Path, *, initial: bool) -> None:
+        """A file seen by listing, not by an event: complete if old enough, else track."""
+        kind, scan_dir = self._kind(path), self.scan_dir_of(path)
+        if kind is None or scan_dir is None:
+            return
+        with self._lock:
+            if kind == _MARKER:
+                self._marker(scan_dir)
+                return
+            if path in self._completed:
+                return
+            try:
+                age_s = time.time() - path.stat().st_mtime
+            except OSError:
+                return
+            if initial and age_s >= self.config.quiet_window_s:
+                self._complete(path, scan_dir)
+            else:
+                self._track(path)
+            self._flush_markers()
+
+    def _watch_dir(self, path: Path) -> None:
+        """Non-recursive mode: watch a scan directory itself (not its subdirectories)."""
+        observer = self._observer
+        if observer is None or path in self._watched_dirs:
+            return
+        self._watched_dirs.add(path)
+        observer.schedule(self._handler, str(path), recursive=False)
+
+    # ---- timer thread
+
+    def _run_timer(self) -> None:
+        while not self._stop.wait(self._tick_s):
+            try:
+                self._tick()
+            except Exception:
+                log.exception("watch: timer tick failed")
+
+    def _tick(self) -> None:
+        with self._lock:
+            paths = list(self._pending)
+        stats: dict[Path, tuple[int, int] | None] = {}
+        for path in paths:  # stat outside the lock (network file systems can be slow)
+            try:
+                st = path.stat()
+                stats[path] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stats[path] = None
+        now = time.monotonic()
+        with self._lock:
+            for path, seen in stats.items():
+                entry = self._pending.get(path)
+                if entry is None:
+                    continue
+                if seen is None:
+                    del self._pending[path]
+                elif seen != (entry.size, entry.mtime_ns):
+                    entry.size, entry.mtime_ns, entry.since = seen[0], seen[1], now
+                elif now - entry.since >= self.config.quiet_window_s:
+                    scan_dir = self.scan_dir_of(path)
+                    if scan_dir is None:
+                        del self._pending[path]
+                    else:
+                        self._complete(path, scan_dir)
+            for path in list(self._grow_dirty):
+                if now - self._grow_last.get(path, -1e9) >= self._grow_debounce_s:
+                    del self._grow_dirty[path]
+                    self._grow_last[path] = now
+                    self._emit(FileGrew(path))
+            self._flush_markers()

@@ -1,0 +1,277 @@
+"""ScanWatcher with real watchdog observers on temporary directories."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from flyprep.config import WatchConfig
+from flyprep.simulate import simulate_scan
+from flyprep.sources.watch import (
+    EndMarkerSeen,
+    FileCompleted,
+    FileGrew,
+    ScanDirectoryAppeared,
+    ScanWatcher,
+    WatchEvent,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_thread_leaks() -> Iterator[None]:
+    """Fail any test that leaves a thread (observer, emitter, timer, writer) running."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.02)
+    pytest.fail(f"leaked threads: {leaked}")
+
+
+class Recorder:
+    """Collects events; at each FileCompleted notes the file's size and whether it loads."""
+
+    def __init__(self) -> None:
+        self.events: list[WatchEvent] = []
+        self.size_at_event: dict[Path, list[int]] = {}
+        self.load_error: dict[Path, str] = {}
+        self.time_at_event: dict[Path, float] = {}
+        self._cond = threading.Condition()
+
+    def __call__(self, event: WatchEvent) -> None:
+        if isinstance(event, FileCompleted):
+            self.size_at_event.setdefault(event.path, []).append(event.path.stat().st_size)
+            self.time_at_event[event.path] = time.monotonic()
+            try:
+                if event.path.suffix == ".npy":
+                    np.load(event.path)
+                elif event.path.suffix == ".h5":
+                    with h5py.File(event.path, "r") as f:
+                        f["/entry/data/data"][...]
+            except Exception as exc:  # noqa: BLE001 - recorded, asserted later
+                self.load_error[event.path] = repr(exc)
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[WatchEvent]], bool], timeout_s: float = 8) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self.events), timeout_s), self.events
+
+    def of(self, cls: type) -> list[Any]:
+        with self._cond:
+            return [e for e in self.events if isinstance(e, cls)]
+
+    def completed(self) -> list[Path]:
+        return [e.path for e in self.of(FileCompleted)]
+
+
+def make_config(root: Path, **kw: Any) -> WatchConfig:
+    base: dict[str, Any] = {"roots": [root], "frame_patterns": ["*.npy", "*.h5"],
+                            "end_marker": "scan.done", "quiet_window_s": 0.3}
+    base.update(kw)
+    return WatchConfig(**base)
+
+
+def run_in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    t = threading.Thread(target=target, name="test-simulator")
+    t.start()
+    return t, out
+
+
+def assert_each_reported_once_final(rec: Recorder, expected: set[Path]) -> None:
+    done = rec.completed()
+    assert sorted(done) == sorted(expected), set(done) ^ expected
+    for path in expected:
+        assert rec.size_at_event[path] == [path.stat().st_size], path
+    assert rec.load_error == {}
+    assert not any(p.name.startswith(".") or p.name.endswith(".part") for p in done)
+
+
+def expected_ptypy(scan: Path, frames: int, *, apx: bool) -> set[Path]:
+    files = {scan / f"ccd/diffraction_{i:04d}.npy" for i in range(frames)}
+    files |= {scan / "positions.txt", scan / "flyprep-scan.toml"}
+    if apx:
+        files.add(scan / "astropix.apx")
+    return files
+
+
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_simulated_ptypy_scan_reported_once_each_when_final(tmp_path: Path, observer: str) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    config = make_config(root, observer=observer, poll_interval_s=0.05)
+    rec = Recorder()
+    scan = root / "scan_a"
+    with ScanWatcher(config, rec, grow_debounce_s=0.02):
+        t, out = run_in_thread(lambda: simulate_scan(
+            scan, num_frames=30, frame_side=16, rate_hz=100, partial_fraction=0.4,
+            partial_pause_s=0.02, apx=True, readouts_per_frame=30, apx_piece=(256, 512)))
+        t.join(10)
+        assert "error" not in out
+        rec.wait_for(lambda ev: any(isinstance(e, EndMarkerSeen) for e in ev))
+        time.sleep(0.4)  # nothing more may come (duplicates)
+    result = out["result"]
+    assert result.temp_renames > 0 and result.partial_frames
+    assert rec.events[0] == ScanDirectoryAppeared(scan)
+    assert rec.of(ScanDirectoryAppeared) == [ScanDirectoryAppeared(scan)]
+    assert_each_reported_once_final(rec, expected_ptypy(scan, 30, apx=True))
+    assert all(e.scan_dir == scan for e in rec.of(FileCompleted))
+    assert rec.of(EndMarkerSeen) == [EndMarkerSeen(scan)]
+    # the end marker comes after every file of the scan
+    assert isinstance(rec.events[-1], EndMarkerSeen)
+    grew = {e.path for e in rec.of(FileGrew)}
+    assert grew and grew <= {scan / "astropix.apx", scan / "positions.txt"}
+
+
+def test_simulated_hdf5_stacks_reported_when_closed(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    rec = Recorder()
+    scan = root / "scan_h5"
+    with ScanWatcher(make_config(root), rec):
+        t, out = run_in_thread(lambda: simulate_scan(
+            scan, layout="hdf5", num_frames=12, frames_per_file=4, frame_side=16,
+            rate_hz=60))
+        t.join(10)
+        assert "error" not in out
+        rec.wait_for(lambda ev: any(isinstance(e, EndMarkerSeen) for e in ev))
+        time.sleep(0.2)
+    stacks = {scan / f"scan_data_{k:06d}.h5" for k in (1, 2, 3)}
+    assert_each_reported_once_final(rec, stacks | {scan / "positions.txt",
+                                                   scan / "flyprep-scan.toml"})
+    for path in stacks:
+        with h5py.File(path, "r") as f:
+            assert f["/entry/data/data"].shape[0] == 4
+
+
+def write_in_pieces(path: Path, data: bytes, pieces: int, pause_s: float) -> None:
+    step = -(-len(data) // pieces)
+    with open(path, "wb", buffering=0) as f:
+        for k in range(0, len(data), step):
+            if k:
+                time.sleep(pause_s)
+            f.write(data[k:k + step])
+
+
+def npy_bytes(side: int = 32) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, np.arange(side * side, dtype=np.int32).reshape(side, side))
+    return buf.getvalue()
+
+
+def test_native_partial_writes_with_long_pauses_reported_on_close(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    scan = root / "scan_b"
+    scan.mkdir(parents=True)
+    rec = Recorder()
+    # pauses longer than the quiet window: only the close may complete the file
+    with ScanWatcher(make_config(root, quiet_window_s=0.05), rec):
+        rec.wait_for(lambda ev: ScanDirectoryAppeared(scan) in ev)
+        frame = scan / "frame_0001.npy"
+        write_in_pieces(frame, npy_bytes(), pieces=4, pause_s=0.25)
+        closed_at = time.monotonic()
+        # a temp name renamed into place, and temp names that stay
+        tmp = scan / ".frame_0002.npy.part"
+        tmp.write_bytes(npy_bytes())
+        os.replace(tmp, scan / "frame_0002.npy")
+        (scan / "frame_0003.npy.tmp").write_bytes(npy_bytes())
+        (scan / ".hidden.npy").write_bytes(npy_bytes())
+        (scan / "notes.txt").write_text("not a frame")
+        rec.wait_for(lambda ev: len(rec.completed()) == 2)
+        time.sleep(0.3)
+    assert_each_reported_once_final(rec, {frame, scan / "frame_0002.npy"})
+    assert rec.time_at_event[frame] >= closed_at
+
+
+def test_polling_waits_for_quiet_window(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    scan = root / "scan_c"
+    scan.mkdir(parents=True)
+    rec = Recorder()
+    config = make_config(root, observer="polling", poll_interval_s=0.05, quiet_window_s=0.4)
+    with ScanWatcher(config, rec):
+        frame = scan / "frame_0001.npy"
+        write_in_pieces(frame, npy_bytes(64), pieces=3, pause_s=0.15)
+        closed_at = time.monotonic()
+        tmp = scan / "frame_0002.npy.part"
+        tmp.write_bytes(npy_bytes())
+        os.replace(tmp, scan / "frame_0002.npy")
+        (scan / "scan.done").touch()
+        rec.wait_for(lambda ev: any(isinstance(e, EndMarkerSeen) for e in ev))
+        time.sleep(0.2)
+    assert_each_reported_once_final(rec, {frame, scan / "frame_0002.npy"})
+    assert rec.time_at_event[frame] - closed_at >= 0.3
+    assert isinstance(rec.events[-1], EndMarkerSeen)
+
+
+def test_restart_reports_existing_files(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    old, fresh = root / "scan_old", root / "scan_fresh"
+    (old / "ccd").mkdir(parents=True)
+    fresh.mkdir()
+    long_ago = time.time() - 3600
+    for i in range(3):
+        p = old / "ccd" / f"diffraction_{i:04d}.npy"
+        p.write_bytes(npy_bytes())
+        os.utime(p, (long_ago, long_ago))
+    (old / ".diffraction_0003.npy.part").write_bytes(b"partial")
+    (old / "scan.done").touch()
+    recent = fresh / "diffraction_0000.npy"
+    recent.write_bytes(npy_bytes())
+    (root / "flyprep-quarantine").mkdir()
+    (root / "flyprep-quarantine" / "bad.npy").write_bytes(b"x")
+    rec = Recorder()
+    with ScanWatcher(make_config(root, quiet_window_s=0.3), rec) as watcher:
+        assert set(rec.of(ScanDirectoryAppeared)) == {ScanDirectoryAppeared(old),
+                                                      ScanDirectoryAppeared(fresh)}
+        assert len(rec.completed()) == 3  # the old frames, at once
+        assert EndMarkerSeen(old) in rec.events
+        assert watcher.pending_count == 1  # the recent one waits for its quiet window
+        rec.wait_for(lambda ev: recent in rec.completed(), timeout_s=3)
+    expected = {old / "ccd" / f"diffraction_{i:04d}.npy" for i in range(3)} | {recent}
+    assert_each_reported_once_final(rec, expected)
+
+
+def test_new_scan_directory_and_marker_native(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    rec = Recorder()
+    with ScanWatcher(make_config(root), rec):
+        (root / ".staging").mkdir()  # ignored
+        (root / "scan_d").mkdir()
+        rec.wait_for(lambda ev: ScanDirectoryAppeared(root / "scan_d") in ev)
+        (root / "scan_d" / "sub").mkdir()
+        (root / "scan_d" / "scan.done").touch()
+        rec.wait_for(lambda ev: EndMarkerSeen(root / "scan_d") in ev)
+        time.sleep(0.2)
+    assert rec.events == [ScanDirectoryAppeared(root / "scan_d"), EndMarkerSeen(root / "scan_d")]
+
+
+def test_stop_is_idempotent_and_joins_threads(tmp_path: Path) -> None:
+    watcher = ScanWatcher(make_config(tmp_path), Recorder())
+    watcher.start()
+    with pytest.raises(RuntimeError):
+        watcher.start()
+    watcher.stop()
+    watcher.stop()
