@@ -14,6 +14,7 @@ import time
 import h5py
 
 path, timeout_s = sys.argv[1], float(sys.argv[2])
+open(path + ".poller-ready", "w").close()  # imports done: the writer may start
 num_frames = None
 framestart = 0
 seen = []  # (global index by order, stored value, frame uniform, y position, any weight)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,12 @@ def test_live_reader_sees_every_frame_once_in_place(tmp_path: Path, mode, missin
     reader = subprocess.Popen(
         [sys.executable, str(HERE / "ptypy_poller.py"), str(master), "120"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    ready = tmp_path / "live.ptyd.poller-ready"
+    deadline = time.monotonic() + 60
+    while not ready.exists():  # a loaded machine may take seconds to import h5py
+        assert reader.poll() is None, reader.communicate()[1]
+        assert time.monotonic() < deadline, "the poller never started"
+        time.sleep(0.01)
     writer = subprocess.run(
         [sys.executable, str(HERE / "live_writer.py"), mode, str(master), str(num_frames),
          str(chunk_frames), "48"],
