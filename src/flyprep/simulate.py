@@ -57,7 +57,7 @@ from .errors import ConfigError, OutputError
 from .example import ExampleGeometry, ExampleScan
 
 SCAN_TOML = "flyprep-scan.toml"
-END_MARKER = "scan.done"
+END_MARKER = "flyprep-scan.done"  # the daemon's default end marker (config watch.end_marker)
 APX_NAME = "astropix.apx"
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".part"

@@ -79,7 +79,7 @@ class Recorder:
 
 def make_config(root: Path, **kw: Any) -> WatchConfig:
     base: dict[str, Any] = {"roots": [root], "frame_patterns": ["*.npy", "*.h5"],
-                            "end_marker": "scan.done", "quiet_window_s": 0.3}
+                            "quiet_window_s": 0.3}
     base.update(kw)
     return WatchConfig(**base)
 
@@ -217,7 +217,7 @@ def test_polling_waits_for_quiet_window(tmp_path: Path) -> None:
         tmp = scan / "frame_0002.npy.part"
         tmp.write_bytes(npy_bytes())
         os.replace(tmp, scan / "frame_0002.npy")
-        (scan / "scan.done").touch()
+        (scan / "flyprep-scan.done").touch()
         rec.wait_for(lambda ev: any(isinstance(e, EndMarkerSeen) for e in ev))
         time.sleep(0.2)
     assert_each_reported_once_final(rec, {frame, scan / "frame_0002.npy"})
@@ -236,7 +236,7 @@ def test_restart_reports_existing_files(tmp_path: Path) -> None:
         p.write_bytes(npy_bytes())
         os.utime(p, (long_ago, long_ago))
     (old / ".diffraction_0003.npy.part").write_bytes(b"partial")
-    (old / "scan.done").touch()
+    (old / "flyprep-scan.done").touch()
     recent = fresh / "diffraction_0000.npy"
     recent.write_bytes(npy_bytes())
     (root / "flyprep-quarantine").mkdir()
@@ -262,7 +262,7 @@ def test_new_scan_directory_and_marker_native(tmp_path: Path) -> None:
         (root / "scan_d").mkdir()
         rec.wait_for(lambda ev: ScanDirectoryAppeared(root / "scan_d") in ev)
         (root / "scan_d" / "sub").mkdir()
-        (root / "scan_d" / "scan.done").touch()
+        (root / "scan_d" / "flyprep-scan.done").touch()
         rec.wait_for(lambda ev: EndMarkerSeen(root / "scan_d") in ev)
         time.sleep(0.2)
     assert rec.events == [ScanDirectoryAppeared(root / "scan_d"), EndMarkerSeen(root / "scan_d")]
