@@ -64,6 +64,7 @@ def test_a_writer_that_falls_behind_still_publishes_at_the_interval(tmp_path, me
     for key in range(5):
         w2.submit(make_chunk(key, key * 10, 10))
     w2.close()
+    assert published[0], "the first chunk is published at once: readers start on it"
     assert published.count(True) < 5, "a long interval coalesces while chunks are queued"
     assert open_ptyd(tmp_path / "t.ptyd").n_frames == 50
 

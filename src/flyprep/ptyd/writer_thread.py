@@ -32,7 +32,8 @@ class WriterThread:
                  on_written: Callable[[PreparedChunk, Path], None] | None = None) -> None:
         self.writer = writer
         self.publish_interval_s = publish_interval_s
-        self._published_at = time.monotonic()
+        # The first chunk is always published at once: readers start on it.
+        self._published_at = float("-inf")
         self.on_written = on_written
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
         self._error: BaseException | None = None
