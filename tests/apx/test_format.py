@@ -459,3 +459,20 @@ def test_small_take_scans_a_small_window(
     parser.feed(ApxHeader(4000).preamble_bytes() + big.to_bytes())
     assert list(parser.take(200)) == list(big)[:200]
     assert list(parser.take()) == list(big)[200:]
+
+
+def test_a_header_formatted_by_another_writer_round_trips(tmp_path):
+    """Compact separators, readout_uid last, raw UTF-8: kept byte for byte."""
+    from flyprep.apx.format import ApxHeader, open_apx
+
+    text = '{"note":"✓","readout_uid":4000}'.encode()
+    header = ApxHeader.from_bytes(text)
+    assert header.readout_uid == 4000 and header.content == {"note": "✓"}
+    assert header.to_bytes() == text
+    src = tmp_path / "other.apx"
+    with open_apx(src, "w", header=header) as w:
+        w.write(7, 123, b"\xbc\xbc")
+    with open_apx(src) as r:
+        assert r.header.to_bytes() == text
+        assert [tuple(x) for x in r] == [(7, 123, b"\xbc\xbc")]
+    assert ApxHeader(4000, {"note": "✓"}).to_bytes() == b'{"readout_uid": 4000, "note": "\\u2713"}'

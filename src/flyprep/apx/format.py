@@ -111,6 +111,9 @@ class ApxHeader:
 
     readout_uid: int
     content: dict = field(default_factory=dict)
+    #: The header text exactly as read from a file (None for a header built in code), so
+    #: that a header another writer formatted differently still round-trips byte for byte.
+    raw: Optional[bytes] = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.readout_uid, bool) or not isinstance(self.readout_uid, int):
@@ -119,7 +122,10 @@ class ApxHeader:
             raise ValueError("content must not repeat 'readout_uid'")
 
     def to_bytes(self) -> bytes:
-        """The header text as the reference writes it (``readout_uid`` first, ASCII)."""
+        """The header text: as read, or as the reference writes it (``readout_uid``
+        first, ASCII)."""
+        if self.raw is not None:
+            return self.raw
         return json.dumps({"readout_uid": self.readout_uid, **self.content}).encode("ascii")
 
     @classmethod
@@ -140,7 +146,7 @@ class ApxHeader:
             raise ApxFormatError(
                 path, offset, f"header has no integer 'readout_uid' (found {uid!r})"
             )
-        return cls(uid, obj)
+        return cls(uid, obj, bytes(data))
 
     def preamble_bytes(self) -> bytes:
         """Magic, header length and header: the first bytes of a file with this header."""
