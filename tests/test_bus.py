@@ -45,7 +45,7 @@ ANY_PORT = "tcp://127.0.0.1:*"
 
 SAMPLES = [
     ScanStarted(scan="s1", master=Path("/data/s1/master.h5"), num_frames=300, chunk_frames=100),
-    ChunkWritten(scan="s1", key="chunk00000", frame_start=0, n_frames=100, path="/out/s1.ptyd",
+    ChunkWritten(scan="s1", key=0, frame_start=0, n_frames=100, path="/out/s1.ptyd",
                  frames_missing=2, latency_s=0.25),
     FrameMissing(scan="s1", index=7, path="/data/s1/f7.h5", reason="never arrived"),
     FrameFailed(scan="s1", index=8, path="/data/s1/f8.h5", reason="truncated file"),
@@ -183,7 +183,7 @@ def test_subscriber_receives_every_event_in_order(ctx: zmq.Context) -> None:
         assert pub.endpoint and pub.endpoint.startswith("tcp://127.0.0.1:")
         sub = subscriber(ctx, pub.endpoint)
         wait_joined(pub, sub)
-        events = [ChunkWritten(scan="s", key=f"chunk{i:05d}", frame_start=100 * i, n_frames=100,
+        events = [ChunkWritten(scan="s", key=i, frame_start=100 * i, n_frames=100,
                                path="/out/s.ptyd") for i in range(200)] + SAMPLES
         for event in events:
             pub.emit(event)

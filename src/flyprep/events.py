@@ -85,7 +85,7 @@ class ChunkWritten(_EventBase):
     kind: ClassVar[str] = "chunk.written"
     _path_fields: ClassVar[tuple[str, ...]] = ("path",)
     scan: str
-    key: str
+    key: int  # the chunk's key under chunks/ in the master (PtyPy reads chunks in key order)
     frame_start: int
     n_frames: int
     path: str
