@@ -364,3 +364,10 @@ def test_status_command_unreachable_daemon(capsys: pytest.CaptureFixture[str]) -
     assert "is the flyprep daemon running" in capsys.readouterr().err
     assert status_command.run(parse("status", "--endpoint", "localhost:5571")) == 2
     assert parse("status").endpoint == "tcp://127.0.0.1:5571"
+
+
+def test_memory_sink_keeps_only_the_most_recent_events_when_bounded():
+    sink = MemorySink(maxlen=3)
+    for i in range(10):
+        sink.emit(FrameMissing(scan="s", index=i, path="f", reason="r"))
+    assert [e.index for e in sink.events] == [7, 8, 9]

@@ -138,7 +138,8 @@ class EventPublisher:
     ``emit()`` may be called from any thread and never blocks: the event goes into a
     bounded queue (``queue_size``); when that is full the event is dropped and counted.
     The thread sends with ``NOBLOCK`` and ``SNDHWM = sndhwm``: a subscriber that is slow
-    or gone loses messages (subscribers see gaps in ``seq``), the pipeline never waits.
+    or gone loses messages, the pipeline never waits. Those losses are ZeroMQ's and are
+    not counted here: subscribers see them as gaps in ``seq``.
     """
 
     def __init__(self, endpoint: str = DEFAULT_EVENTS_ENDPOINT, *, allow_remote: bool = False,
@@ -280,9 +281,9 @@ class EventPublisher:
               arrays: Sequence[np.ndarray]) -> None:
         try:
             frames = encode_message(event, seq=seq, emit_time=emit_time, arrays=arrays)
+            # A PUB socket never blocks and never says when a slow subscriber's queue is
+            # full: it discards the message for that subscriber (who sees a gap in seq).
             sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            outcome = "dropped"
         except Exception as exc:  # noqa: BLE001 - collected into stats, never raised
             outcome = "errors"
             with self._lock:

@@ -11,6 +11,7 @@ The pipeline emits to an :class:`EventSink`. :class:`MemorySink` keeps events in
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -174,11 +175,12 @@ class EventSink(Protocol):
 
 
 class MemorySink:
-    """Keeps every event in memory, in order; thread-safe. For tests and status."""
+    """Keeps events in memory, in order; thread-safe. For tests and status: with
+    ``maxlen`` only the most recent events are kept, so memory stays bounded."""
 
-    def __init__(self) -> None:
+    def __init__(self, maxlen: int | None = None) -> None:
         self._lock = threading.Lock()
-        self._events: list[Event] = []
+        self._events: collections.deque[Event] = collections.deque(maxlen=maxlen)
 
     def emit(self, event: Event) -> None:
         with self._lock:

@@ -210,6 +210,7 @@ def test_nothing_valid_removes_master_and_starts_over(tmp_path, meta, reference)
     (tmp_path / "scan.ptyd.chunk00000").unlink()
     state = do_reconcile(path, meta)
     assert state.next_key == 0 and state.master_removed and not path.exists()
+    assert state.generation == 2, "the generation goes on from the removed master's"
     assert state.orphaned[0][1] == "scan.ptyd.chunk00001.orphaned-0"
     resume_and_check(path, meta, state, reference)
 

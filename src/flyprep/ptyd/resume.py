@@ -193,6 +193,8 @@ def _read_old_master(master: Path) -> OldMaster:
                     links.append(link.filename if isinstance(link, h5py.ExternalLink) else "")
     except (OSError, KeyError, ValueError, TypeError):
         return OldMaster(exists=True)
+    if not isinstance(status, dict):
+        return OldMaster(exists=True)
     return OldMaster(exists=True, readable=True, state=status.get("state"),
                      generation=int(status.get("generation", 0)),
                      created=status.get("created"), chunk_files=tuple(links),
@@ -277,7 +279,8 @@ def apply_reconcile(plan: ReconcilePlan) -> ResumeState:
             # A master without chunk 0 breaks the format: gone before any chunk moves.
             master.unlink()
             master_removed = True
-            generation = 0
+            # The generation goes on from the old master's: a reader that saw N must
+            # recognise the next master as newer.
         orphaned = []
         for name, reason in plan.orphans:
             new = _orphan_name(master.parent, name)

@@ -85,7 +85,9 @@ class FileGrew:
 
 @dataclass(frozen=True)
 class EndMarkerSeen:
-    """The end marker appeared in ``scan_dir``; sent after the scan's pending files."""
+    """The end marker appeared in ``scan_dir``; sent after the files the watcher is
+    waiting on (quiet window). A frame file still open for writing in native mode is not
+    among them: a consumer must still wait for its frames by count, not by this event."""
 
     scan_dir: Path
 
@@ -189,6 +191,7 @@ class ScanWatcher:
             observer.join(timeout_s)
         if timer is not None:
             timer.join(timeout_s)
+        self._watched_dirs.clear()  # a later start() schedules its watches anew
 
     def __enter__(self) -> ScanWatcher:  # noqa: PYI034 (Self needs Python 3.11)
         return self.start()
