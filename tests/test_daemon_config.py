@@ -298,3 +298,36 @@ def test_add_parser_registers_check_config(tmp_path: Path) -> None:
 
 def test_daemon_config_is_frozen_model() -> None:
     assert DaemonConfig.model_config["frozen"] and DaemonConfig.model_config["extra"] == "forbid"
+
+
+def test_env_values_take_the_type_of_their_setting(tmp_path):
+    from flyprep.config import load_daemon_config
+
+    root = tmp_path / "incoming"
+    root.mkdir()
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'[watch]\nroots = ["{root}"]\n')
+    config = load_daemon_config(cfg, env={"FLYPREP__SCAN__LABEL": "123",
+                                          "FLYPREP__LIMITS__CHUNK_BUFFERS": "4",
+                                          "FLYPREP__WATCH__ROOTS": f'["{root}"]'})
+    assert config.scan.label == "123" and config.limits.chunk_buffers == 4
+    with pytest.raises(ConfigError, match="inactivity_timeout_s = inf.*finite"):
+        load_daemon_config(cfg, env={"FLYPREP__WATCH__INACTIVITY_TIMEOUT_S": "inf"})
+
+
+def test_relative_calibration_maps_are_taken_from_the_config_or_scan_directory(tmp_path):
+    from flyprep.config import load_daemon_config, load_scan_description
+
+    root = tmp_path / "incoming"
+    root.mkdir()
+    cfg = tmp_path / "etc" / "d.toml"
+    cfg.parent.mkdir()
+    cfg.write_text(f'[watch]\nroots = ["{root}"]\n[prep]\ndark = "calib/dark.npy"\n'
+                   f'flat = "/abs/flat.h5::/data"\n')
+    config = load_daemon_config(cfg, env={})
+    assert str(config.prep.dark) == str(tmp_path / "etc" / "calib" / "dark.npy")
+    assert str(config.prep.flat) == "/abs/flat.h5::/data"
+    scan = root / "s1"
+    scan.mkdir()
+    (scan / "flyprep-scan.toml").write_text('[prep]\nbad_pixels = "mask.npy"\n')
+    assert str(load_scan_description(scan / "flyprep-scan.toml").prep.bad_pixels) == str(scan / "mask.npy")

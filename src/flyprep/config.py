@@ -12,6 +12,8 @@ import json
 import os
 import re
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Tuple, Union
 
@@ -39,7 +41,7 @@ Compression = Literal["none", "gzip", "lzf", "bitshuffle-lz4"]
 class Section(BaseModel):
     """Base of every config section: immutable, unknown keys refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class GeometryConfig(Section):
@@ -435,12 +437,30 @@ class DaemonConfig(Section):
         return self
 
 
-def parse_env_value(text: str) -> Any:
-    """A TOML scalar or array (``8``, ``1.5``, ``true``, ``["a", "b"]``), else the text itself."""
+def parse_env_value(text: str, *, section: str | None = None, key: str | None = None) -> Any:
+    """A TOML scalar or array (``8``, ``1.5``, ``true``, ``["a", "b"]``), else the text
+    itself; for a setting that takes text or a path, always the text (a label ``123``
+    stays a string)."""
+    if section is not None and key is not None and _takes_text(section, key):
+        return text
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+
+
+def _takes_text(section: str, key: str) -> bool:
+    """True when ``[section] key`` of the daemon config holds a string or a path."""
+    outer = DaemonConfig.model_fields.get(section)
+    fields = getattr(outer.annotation, "model_fields", {}) if outer is not None else {}
+    inner = fields.get(key)
+    if inner is None:
+        return False
+    annotation = inner.annotation
+    if typing.get_origin(annotation) not in (None, typing.Union, getattr(types, "UnionType", None)):
+        return False  # list[...], tuple[...]: TOML arrays
+    kinds = typing.get_args(annotation) or (annotation,)
+    return all(kind in (str, Path, type(None)) for kind in kinds)
 
 
 def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[str, str], str]]:
@@ -454,7 +474,7 @@ def env_overrides(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[tuple[st
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"environment: {name}: expected FLYPREP__SECTION__KEY")
         section, key = parts
-        data.setdefault(section, {})[key] = parse_env_value(env[name])
+        data.setdefault(section, {})[key] = parse_env_value(env[name], section=section, key=key)
         origin[(section, key)] = name
     return data, origin
 
@@ -485,6 +505,7 @@ def parse_daemon_config(data: dict[str, Any], *, source: str = "<config>",
                         base_dir: str | Path | None = None,
                         origin: Mapping[tuple[str, str], str] | None = None) -> DaemonConfig:
     """Validate a nested dict into a :class:`DaemonConfig`, or raise :class:`ConfigError`."""
+    data = _anchor_calibration(data, base_dir)
     try:
         return DaemonConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
@@ -535,9 +556,26 @@ class ScanDescription(Section):
     prep: PrepConfig = PrepConfig()
 
 
+CALIBRATION_KEYS = ("dark", "flat", "bad_pixels")
+
+
+def _anchor_calibration(data: dict[str, Any], base_dir: str | Path | None) -> dict[str, Any]:
+    """``[prep]`` calibration maps given as relative paths, taken from ``base_dir``."""
+    prep = data.get("prep")
+    if base_dir is None or not isinstance(prep, dict):
+        return data
+    prep = dict(prep)
+    for key in CALIBRATION_KEYS:
+        value = prep.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            prep[key] = str(Path(base_dir) / value)
+    return {**data, "prep": prep}
+
+
 def load_scan_description(path: str | Path) -> ScanDescription:
-    """Read and validate a scan description file, or raise :class:`ConfigError`."""
-    data = load_toml(path)
+    """Read and validate a scan description file, or raise :class:`ConfigError`. Relative
+    calibration paths in its ``[prep]`` are taken from the scan directory."""
+    data = _anchor_calibration(load_toml(path), Path(path).resolve().parent)
     try:
         return ScanDescription.model_validate(data)
     except ValidationError as exc:
