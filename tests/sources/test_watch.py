@@ -275,3 +275,18 @@ def test_stop_is_idempotent_and_joins_threads(tmp_path: Path) -> None:
         watcher.start()
     watcher.stop()
     watcher.stop()
+
+
+def test_apx_pattern_is_configurable(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    scan = root / "scan_c"
+    scan.mkdir(parents=True)
+    rec = Recorder()
+    with ScanWatcher(make_config(root), rec, apx_pattern="*.daq", grow_debounce_s=0.01):
+        rec.wait_for(lambda ev: ScanDirectoryAppeared(scan) in ev)
+        write_in_pieces(scan / "run.daq", b"\x00" * 4000, pieces=4, pause_s=0.05)
+        write_in_pieces(scan / "run.apx", b"\x00" * 4000, pieces=4, pause_s=0.05)
+        rec.wait_for(lambda ev: FileCompleted(scan / "run.daq", scan) in ev)
+        time.sleep(0.3)
+    assert FileGrew(scan / "run.daq") in rec.events
+    assert not [e for e in rec.events if getattr(e, "path", None) == scan / "run.apx"]

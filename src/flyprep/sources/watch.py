@@ -126,12 +126,16 @@ class ScanWatcher:
 
     ``start()``/``stop()`` or use as a context manager. ``grow_debounce_s``: at most one
     :class:`FileGrew` per file per interval. ``max_tracked``: bound on the per-file state
-    (pending files and completed paths; the oldest are forgotten beyond it).
+    (pending files and completed paths; the oldest are forgotten beyond it, with a
+    warning; the daemon passes ``limits.max_pending_files``). ``apx_pattern``: the names
+    of AstroPix files, which grow while written (the daemon passes ``apx.pattern``).
     """
 
     def __init__(self, config: WatchConfig, on_event: Callable[[WatchEvent], None], *,
-                 grow_debounce_s: float = 0.25, max_tracked: int = 100_000) -> None:
+                 grow_debounce_s: float = 0.25, max_tracked: int = 100_000,
+                 apx_pattern: str = APX_PATTERN) -> None:
         self.config = config
+        self._apx_pattern = apx_pattern
         self._on_event = on_event
         self._roots = [Path(r) for r in config.roots]
         self._grow_debounce_s = grow_debounce_s
@@ -230,7 +234,7 @@ class ScanWatcher:
             return None
         if c.end_marker is not None and name == c.end_marker:
             return _MARKER
-        if name == c.positions_file or fnmatch.fnmatchcase(name, APX_PATTERN):
+        if name == c.positions_file or fnmatch.fnmatchcase(name, self._apx_pattern):
             return _GROWING
         if name == c.scan_file or any(fnmatch.fnmatchcase(name, p) for p in c.frame_patterns):
             return _FILE
