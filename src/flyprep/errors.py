@@ -34,3 +34,8 @@ class PtydError(FlyprepError):
 
 class OutputError(FlyprepError):
     """Prepared data could not be written (disk full, permissions, existing output)."""
+
+
+class ScanInterrupted(FlyprepError):
+    """A scan was stopped before its end (the daemon is shutting down): what is written
+    stays as it is, the master still says ``acquiring``, and a restart resumes it."""

@@ -17,9 +17,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 import numpy as np
 
 from .config import GeometryConfig, PrepareConfig, PrepConfig, parse_config
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError, OutputError, ScanInterrupted
 from .prep import Calibration, Preparation, PreparedChunk, center_from_spec, mass_center
-from .ptyd.layout import ScanMeta
+from .ptyd.layout import ScanMeta, ScanState
+from .ptyd.resume import ResumeState
 from .ptyd.writer import PtydWriter
 from .ptyd.writer_thread import WriterThread
 from .scan import FrameBook, RawChunk, Scan
@@ -52,7 +53,31 @@ class ChunkPreparer:
         self.chunk_frames = chunk_frames
         self.buffers = buffers
         self.preparation: Preparation | None = None
+        self._allocated = False
         self._free: queue.Queue[tuple[np.ndarray, np.ndarray]] = queue.Queue()
+
+    def resolved(self) -> dict[str, Any]:
+        """What the first chunk decided (raw frame shape and dtype, ROI side, centre), as
+        JSON data: stored in the output's provenance so that a resumed scan prepares its
+        remaining chunks exactly as the first ones."""
+        p = self.preparation
+        if p is None:
+            raise RuntimeError("nothing resolved before the first chunk")
+        return {"raw_shape": list(p.raw_shape), "raw_dtype": p.raw_dtype.str,
+                "side": p.side, "center": list(p.center)}
+
+    def preset(self, resolved: dict[str, Any]) -> Preparation:
+        """Fix the preparation from :meth:`resolved` data (a resumed scan) instead of
+        from the first chunk; ConfigError if it does not fit the config."""
+        try:
+            shape = tuple(int(v) for v in resolved["raw_shape"])
+            dtype = np.dtype(resolved["raw_dtype"])
+            side = int(resolved["side"])
+            center = np.asarray([float(v) for v in resolved["center"]])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"resolved preparation {resolved!r} is unusable: {exc}") from exc
+        self.preparation = self._build(shape, dtype, side, center)
+        return self.preparation
 
     def plan(self, raw: RawChunk) -> Preparation:
         """Resolve ROI side and centre from the config and the first chunk's frames."""
@@ -73,9 +98,14 @@ class ChunkPreparer:
             center = center_from_spec(cfg.center, shape)
         if not ((center > 0).all() and (np.asarray(shape) - center > 0).all()):
             raise ConfigError(f"centre {tuple(center)} lies outside the {shape} raw frame")
+        return self._build(shape, raw.dtype, side, center)
+
+    def _build(self, shape: tuple[int, ...], dtype: np.dtype, side: int,
+               center: np.ndarray) -> Preparation:
+        cfg = self.config
         try:
             return Preparation(
-                raw_shape=shape, raw_dtype=raw.dtype, side=side, center=center,
+                raw_shape=shape, raw_dtype=dtype, side=side, center=center,
                 orientation=cfg.orientation, rebin=cfg.rebin, rebin_mode=cfg.rebin_mode,
                 saturation=cfg.saturation, out_dtype=cfg.dtype, calibration=self.calibration,
                 max_frames=self.chunk_frames)
@@ -85,6 +115,8 @@ class ChunkPreparer:
     def __call__(self, raw: RawChunk) -> PreparedChunk:
         if self.preparation is None:
             self.preparation = self.plan(raw)
+        if not self._allocated:
+            self._allocated = True
             for _ in range(self.buffers):
                 self._free.put(self.preparation.allocate())
         buffers = self._free.get()
@@ -172,11 +204,23 @@ def run_scan(
     allow_missing: bool = False,
     overwrite: bool = False,
     on_chunk: Callable[[PreparedChunk], Any] | None = None,
+    resume: ResumeState | None = None,
+    resolved: dict[str, Any] | None = None,
+    final_state: Callable[[], ScanState] | None = None,
 ) -> PrepareSummary:
     """Prepare and write a scan whose frames come in index order: the one code path of
-    ``flyprep prepare`` (and of the benchmarks). Frames never yielded are missing; a frame
-    of the wrong shape or dtype raises :class:`InputError`, or with ``allow_missing`` is
-    filled as missing.
+    ``flyprep prepare``, of the daemon's scans and of the benchmarks. Frames never yielded
+    are missing; a frame of the wrong shape or dtype raises :class:`InputError`, or with
+    ``allow_missing`` is filled as missing. An item may carry the frame's position as a
+    fourth element (else ``positions`` gives it).
+
+    ``resume`` continues a reconciled output at its next chunk (frames before it are not
+    expected); ``resolved`` fixes the preparation as the kept chunks had it (see
+    :meth:`ChunkPreparer.resolved`). ``final_state`` says what the master says at the end
+    (default ``complete``).
+
+    :class:`~flyprep.errors.ScanInterrupted` raised by ``frames`` stops the run with the
+    whole chunks written and the master still ``acquiring``, ready to be resumed.
 
     If the run fails after the output was started, every chunk whose frames are all in is
     still written, the rest of the scan is filled with missing frames (zero weights, no
@@ -187,13 +231,18 @@ def run_scan(
     chunk; ``on_chunk`` is called from that thread once a chunk is on disk."""
     t0 = time.perf_counter()
     require_geometry(config.geometry)
-    if Path(output).exists() and not overwrite:
+    if Path(output).exists() and not overwrite and resume is None:
         raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
     out_cfg = config.output
     book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames, buffer_chunks=1,
-                     positions=positions, frame_shape=frame_shape, dtype=dtype)
+                     positions=positions, frame_shape=frame_shape, dtype=dtype,
+                     start_key=0 if resume is None else resume.next_key)
+    if resume is not None:
+        book.missing_total = len(resume.missing_indices)
     preparer = ChunkPreparer(config.prep, calibration=calibration,
                              chunk_frames=out_cfg.chunk_frames, buffers=QUEUED_CHUNKS + 2)
+    if resolved is not None:
+        preparer.preset(resolved)
     scan = Scan(book, preparer)
     writer: WriterThread | None = None
     bytes_written = 0
@@ -203,14 +252,15 @@ def run_scan(
         while isinstance(chunk := scan.auto(), PreparedChunk):
             if writer is None:
                 writer = WriterThread(
-                    _open_writer(output, config, preparer.preparation, num_frames, overwrite),
+                    _open_writer(output, config, preparer, num_frames, overwrite, resume),
                     max_queued=QUEUED_CHUNKS,
                     on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
             bytes_written += chunk.data.nbytes + chunk.weights.nbytes
             writer.submit(chunk)
 
     try:
-        for index, frame, name in frames:
+        for item in frames:
+            index, frame, name = item[0], item[1], item[2]
             if not book.accepts(index):
                 flush_ready()
                 if not book.accepts(index):
@@ -218,7 +268,7 @@ def run_scan(
                                            f"(expected frames {book.window.start}..)")
             if frame is not None:
                 try:
-                    book.add(index, frame, source=name)
+                    book.add(index, frame, item[3] if len(item) > 3 else None, source=name)
                     continue
                 except ValueError as exc:
                     if not allow_missing:
@@ -227,7 +277,14 @@ def run_scan(
         book.end()
         flush_ready()
         assert writer is not None, "a scan has at least one chunk"
-        writer.close("complete")
+        writer.close("complete" if final_state is None else final_state())
+    except ScanInterrupted:
+        if writer is not None:
+            try:
+                flush_ready()
+            finally:
+                writer.suspend()
+        raise
     except BaseException:
         if writer is not None:
             _finish_aborted(book, flush_ready, writer)
@@ -302,15 +359,26 @@ def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np
     raise InputError(source.root, "no frame of the scan could be read")
 
 
-def _open_writer(output: Path, config: PrepareConfig, preparation: Preparation,
-                 num_frames: int, overwrite: bool) -> PtydWriter:
+def writer_params(config: PrepareConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The provenance stored with every chunk (and hashed): the settings and what the
+    first chunk resolved."""
+    return {**config.model_dump(mode="json"), "resolved": resolved}
+
+
+def _open_writer(output: Path, config: PrepareConfig, preparer: ChunkPreparer,
+                 num_frames: int, overwrite: bool, resume: ResumeState | None) -> PtydWriter:
     out_cfg = config.output
-    meta = scan_meta(preparation, num_frames=num_frames, geometry=config.geometry,
+    assert preparer.preparation is not None
+    meta = scan_meta(preparer.preparation, num_frames=num_frames, geometry=config.geometry,
                      label=config.scan.label)
-    return PtydWriter(output, meta=meta, save=out_cfg.save, chunk_frames=out_cfg.chunk_frames,
-                      chunk_format=out_cfg.chunk_format, compression=out_cfg.compression,
-                      compression_level=out_cfg.compression_level,
-                      params=config.model_dump(mode="json"), overwrite=overwrite)
+    kwargs: dict[str, Any] = dict(
+        meta=meta, save=out_cfg.save, chunk_frames=out_cfg.chunk_frames,
+        chunk_format=out_cfg.chunk_format, compression=out_cfg.compression,
+        compression_level=out_cfg.compression_level,
+        params=writer_params(config, preparer.resolved()))
+    if resume is not None and resume.next_key > 0:
+        return PtydWriter.resume(output, resume, **kwargs)
+    return PtydWriter(output, overwrite=overwrite, **kwargs)
 
 
 def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:

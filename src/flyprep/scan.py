@@ -64,17 +64,21 @@ class FrameBook:
         frame_shape: tuple[int, int] | None = None,
         dtype: np.dtype | str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        start_key: int = 0,
     ) -> None:
         """``frame_shape`` and ``dtype`` may be given up front (so that a chunk whose frames
-        all went missing can still be released); otherwise the first frame sets them."""
+        all went missing can still be released); otherwise the first frame sets them.
+        ``start_key``: the first chunk still to release (a resumed scan's next chunk)."""
         if num_frames < 1 or chunk_frames < 1 or buffer_chunks < 1:
             raise ValueError("num_frames, chunk_frames and buffer_chunks must be positive")
+        if start_key < 0 or start_key * chunk_frames > num_frames:
+            raise ValueError(f"start_key {start_key} outside the scan's chunks")
         self.num_frames = num_frames
         self.chunk_frames = chunk_frames
         self.buffer_chunks = buffer_chunks
         self.frame_timeout_s = frame_timeout_s
         self.clock = clock
-        self.next_key = 0
+        self.next_key = start_key
         self.ended = False
         self.missing_total = 0
         self._table = None if positions is None else np.asarray(positions, np.float64)

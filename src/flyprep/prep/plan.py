@@ -82,6 +82,7 @@ class Preparation:
         if rebin_mode not in ("mean", "sum"):
             raise ValueError(f"rebin_mode must be 'mean' or 'sum', got {rebin_mode!r}")
         self.side = side
+        self.center = (float(center[0]), float(center[1]))
         self.rebin = rebin
         self.rebin_mode = rebin_mode
         self.saturation = saturation

@@ -75,7 +75,7 @@ class ReconcilePlan:
     master: Path
     chunk_format: str
     chunk_frames: int
-    meta: ScanMeta
+    meta: ScanMeta | None
     old: OldMaster
     kept: tuple[KeptChunk, ...]
     orphans: tuple[tuple[str, str], ...]  # (chunk file name, why it is not kept)
@@ -111,16 +111,17 @@ class ResumeState:
     master_removed: bool = False
 
 
-def reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: ScanMeta,
+def reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: ScanMeta | None,
               chunk_frames: int, params_hash: str | None) -> ResumeState:
-    """Plan, then act: bring ``master``'s directory to a state a writer can continue."""
+    """Plan, then act: bring ``master``'s directory to a state a writer can continue.
+    ``meta`` None (the scan cannot say what its chunks should hold): nothing is kept."""
     plan = plan_reconcile(master, chunk_format=chunk_format, meta=meta,
                           chunk_frames=chunk_frames, params_hash=params_hash)
     return apply_reconcile(plan)
 
 
 # -- planning (read only) -------------------------------------------------------------
-def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: ScanMeta,
+def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: ScanMeta | None,
                    chunk_frames: int, params_hash: str | None,
                    deep: bool = False) -> ReconcilePlan:
     """Decide what to keep, move aside and remove. With ``deep``, every frame of every
@@ -141,7 +142,9 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
     orphans: list[tuple[str, str]] = []
     broken: str | None = None  # why the prefix ended
     key = 0
-    while broken is None:
+    if meta is None and chunk_names:
+        broken = "chunk 0: the scan's preparation could not be recovered from it"
+    while broken is None and meta is not None:
         start = key * chunk_frames
         if start >= meta.num_frames:
             break
@@ -163,14 +166,15 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
         key += 1
     if broken is not None:
         after = f"after the invalid {broken}"
-    elif len(kept) * chunk_frames >= meta.num_frames:
+    elif meta is not None and len(kept) * chunk_frames >= meta.num_frames:
         after = f"beyond the scan's {meta.num_frames} frames"
     else:
         after = f"after the missing chunk {len(kept)}"
     for name in sorted(by_name):
         orphans.append((name, after))
     frames = kept[-1].frame_stop if kept else 0
-    finished = (old.state in ("complete", "aborted") and frames == meta.num_frames
+    finished = (meta is not None and old.state in ("complete", "aborted")
+                and frames == meta.num_frames
                 and not orphans and old.chunk_files == tuple(c.name for c in kept))
     return ReconcilePlan(master, chunk_format, chunk_frames, meta, old, tuple(kept),
                          tuple(orphans), tuple(tmp_files), finished)

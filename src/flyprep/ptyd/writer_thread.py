@@ -67,6 +67,13 @@ class WriterThread:
         self._raise_if_failed()
         self.writer.close(state)
 
+    def suspend(self) -> None:
+        """Write what is queued, stop the thread and publish, leaving the scan
+        ``acquiring`` (a later run resumes it)."""
+        self._stop()
+        self._raise_if_failed()
+        self.writer.publish()
+
     def abort(self) -> None:
         """Stop after what is queued and publish the master as aborted."""
         self._stop()

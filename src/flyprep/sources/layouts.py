@@ -351,3 +351,14 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int) -> np.ndarray:
         raise InputError(ref.path, f"no dataset {dataset!r}") from None
     except OSError as exc:
         raise InputError(f"{ref.path}[{lo}:{hi}]", f"unreadable frames: {exc}") from None
+
+
+def read_stack(path: Path, dataset: str, lo: int, hi: int) -> np.ndarray:
+    """Frames ``[lo, hi)`` of an HDF5 stack (as many as the file holds); InputError names
+    the file for anything wrong."""
+    return _read_stack(FrameRef(lo, Path(path), lo), dataset, lo, hi)
+
+
+def natural_key(path: Path) -> list[tuple[tuple[str | int, ...], str]]:
+    """Sort key comparing digit runs as numbers (``frame_2`` before ``frame_10``)."""
+    return _natural_key(path)

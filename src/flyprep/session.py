@@ -1,0 +1,523 @@
+"""One running scan inside the daemon: its settings, its frames, its ``.ptyd``.
+
+A :class:`ScanSession` owns one thread. The daemon hands it news (a finished file, the
+positions file grew, the end marker, a control command) through a queue; the thread turns
+the scan's files into frames in index order and runs them through
+:func:`flyprep.pipeline.run_scan`, the same code path as ``flyprep prepare``.
+
+Life of a session: ``waiting`` (for its settings: the scan file, or the config's defaults
+once frames come) -> ``acquiring`` -> ``complete`` | ``aborted`` (the master says so) |
+``failed`` (nothing could be written: bad settings, no frame) | ``stopped`` (the daemon
+shut down; the output stays ``acquiring`` and the next start resumes it).
+
+A scan ends when ``num_frames`` frames are handed on, when its end marker appears
+(``complete``), after ``inactivity_timeout_s`` without news (``aborted``), or by the
+``end_scan`` control command. A frame that has not come while a later one has waited
+``frame_timeout_s`` is missing; one that cannot be read after ``read_retries`` is
+quarantined and failed. Either way it is written with weight 0 and the scan goes on.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
+from .errors import ConfigError, FlyprepError, InputError, ScanInterrupted
+from .events import ChunkWritten, EventSink, FrameFailed, FrameMissing, ScanEnded, ScanStarted
+from .pipeline import (
+    ChunkPreparer,
+    effective_config,
+    load_calibration,
+    require_geometry,
+    run_scan,
+    scan_meta,
+    writer_params,
+)
+from .prep import PreparedChunk
+from .ptyd.layout import chunk_file_name, params_hash
+from .ptyd.resume import ResumeState, reconcile
+from .sources.layouts import ScanSource, parse_geometry
+from .sources.live import LiveFrames
+
+log = logging.getLogger(__name__)
+
+#: How often a waiting session looks at its clock (timeouts) and its positions file.
+TICK_S = 0.05
+
+
+class SessionState(str, enum.Enum):
+    """Where a session is in its life (see the module docstring)."""
+
+    WAITING = "waiting"
+    ACQUIRING = "acquiring"
+    COMPLETE = "complete"
+    ABORTED = "aborted"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+    @property
+    def finished(self) -> bool:
+        """True once the session's thread has nothing more to do."""
+        return self not in (SessionState.WAITING, SessionState.ACQUIRING)
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    arrived: float
+
+
+@dataclass(frozen=True)
+class _End:
+    reason: str
+    state: str  # "complete" or "aborted"
+
+
+_POKE = object()
+_STOP = object()
+
+
+def output_path(config: DaemonConfig, scan_dir: Path) -> Path:
+    """Where a scan's ``.ptyd`` goes: ``output.directory`` (or next to the scan directory)
+    and ``output.name`` with ``{scan}`` the scan directory's name."""
+    directory = config.output.directory or scan_dir.parent
+    return Path(directory) / config.output.name.format(scan=scan_dir.name)
+
+
+class ScanSession:
+    """A scan being prepared; its methods may be called from any thread."""
+
+    def __init__(self, scan_dir: Path, config: DaemonConfig, *, events: EventSink,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.scan_dir = Path(scan_dir)
+        self.name = self.scan_dir.name
+        self.config = config
+        self.events = events
+        self.clock = clock
+        self.output = output_path(config, self.scan_dir)
+        self.state = SessionState.WAITING
+        self.error: str | None = None
+        self.num_frames: int | None = None
+        self.frames_done = 0  # handed on to preparation (including missing ones)
+        self.frames_written = 0  # in chunks on disk
+        self.frames_missing = 0
+        self.frames_failed = 0
+        self.chunks_written = 0
+        self.resumed_at: int | None = None
+        self.end_reason: str | None = None
+        self.started_at = time.time()
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._end: _End | None = None
+        self._stop = False
+        self._described = False
+        self._files_seen = 0
+        self._last_news = clock()
+        self._arrivals: dict[int, float] = {}
+        self._live: LiveFrames | None = None
+        self._frame_shape: tuple[tuple[int, ...], np.dtype] | None = None
+        self._early_files: list[_File] = []  # before the settings are known
+
+    # ---- from the daemon (any thread)
+
+    def start(self) -> ScanSession:
+        """Start the session's thread."""
+        self._thread = threading.Thread(target=self._run, name=f"scan:{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def file_completed(self, path: Path, arrived: float | None = None) -> None:
+        """A file of the scan is finished (frame, positions or scan file)."""
+        self._inbox.put(_File(Path(path), self.clock() if arrived is None else arrived))
+
+    def poke(self) -> None:
+        """Something grew (the positions file): look again soon."""
+        self._inbox.put(_POKE)
+
+    def end(self, reason: str, *, state: str = "complete") -> None:
+        """End the scan: frames not yet arrived are missing; the master says ``state``."""
+        if state not in ("complete", "aborted"):
+            raise ValueError(f"state must be 'complete' or 'aborted', got {state!r}")
+        self._inbox.put(_End(reason, state))
+
+    def stop(self) -> None:
+        """Stop without ending the scan (daemon shutdown): the output stays resumable."""
+        self._stop = True
+        self._inbox.put(_STOP)
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the thread; True if it has finished."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        """True while the session's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot for ``flyprep status``."""
+        with self._lock:
+            live = self._live
+            return {
+                "scan": self.name, "directory": str(self.scan_dir), "output": str(self.output),
+                "state": self.state.value, "num_frames": self.num_frames,
+                "frames_done": self.frames_done, "frames_written": self.frames_written,
+                "frames_missing": self.frames_missing, "frames_failed": self.frames_failed,
+                "chunks_written": self.chunks_written, "resumed_at_frame": self.resumed_at,
+                "end_reason": self.end_reason, "error": self.error,
+                "files_seen": self._files_seen,
+                "pending_frames": 0 if live is None else live.pending,
+                "ignored_files": [] if live is None else [f"{p}: {why}" for p, why in live.ignored],
+            }
+
+    # ---- the thread
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except ScanInterrupted:
+            self._set_state(SessionState.STOPPED)
+            log.info("%s: stopped at frame %d; the next start resumes it", self.name,
+                     self.frames_done)
+        except FlyprepError as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # a bug must not take the daemon down
+            log.exception("%s: unexpected error", self.name)
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.error = message
+            started = self.frames_written > 0 or self.chunks_written > 0
+        if started:
+            # run_scan published what it had as 'aborted' with every frame filled in.
+            self._set_state(SessionState.ABORTED)
+            self._emit_end("aborted")
+        else:
+            self._set_state(SessionState.FAILED)
+        log.error("%s: %s", self.name, message)
+
+    def _serve(self) -> None:
+        settings = self._settings()
+        num_frames = settings.scan.num_frames
+        assert num_frames is not None
+        live = self._live
+        assert live is not None
+        calibration = load_calibration(settings.prep)
+        resume, resolved = self._reconcile(settings, calibration, num_frames)
+        if resume is not None and resume.finished:
+            with self._lock:
+                self.frames_done = self.frames_written = num_frames
+                self.frames_missing = len(resume.missing_indices)
+                self.end_reason = "finished before this start"
+            self._set_state(SessionState.COMPLETE)
+            log.info("%s: %s is finished already", self.name, self.output)
+            return
+        start = 0 if resume is None else resume.next_frame
+        live.start_at(start)
+        with self._lock:
+            self.frames_done = self.frames_written = start
+            self.chunks_written = 0 if resume is None else resume.next_key
+            self.frames_missing = 0 if resume is None else len(resume.missing_indices)
+            self.resumed_at = start if start else None
+        self._set_state(SessionState.ACQUIRING)
+        self.events.emit(ScanStarted(scan=self.name, master=str(self.output),
+                                     num_frames=num_frames,
+                                     chunk_frames=settings.output.chunk_frames))
+        run_scan(self._frames(start, num_frames, settings.output.chunk_frames),
+                 num_frames=num_frames, positions=None, config=settings, output=self.output,
+                 calibration=calibration, allow_missing=True, on_chunk=self._chunk_written,
+                 resume=resume, resolved=resolved, final_state=self._final_state)
+        state = self._final_state()
+        self._set_state(SessionState(state))
+        self._emit_end(state)
+        log.info("%s: %s (%s), %d frames, %d missing", self.name, state,
+                 self.end_reason or "all frames", num_frames, self.frames_missing)
+
+    def _final_state(self) -> Any:
+        return "complete" if self._end is None else self._end.state
+
+    def _emit_end(self, state: str) -> None:
+        self.events.emit(ScanEnded(scan=self.name, state=state,
+                                   frames=self.num_frames or 0,
+                                   frames_missing=self.frames_missing))
+
+    def _set_state(self, state: SessionState) -> None:
+        with self._lock:
+            self.state = state
+
+    # ---- settings
+
+    def _settings(self) -> Any:
+        """Wait for the scan file (or the first frame file without one), then build the
+        scan's PrepareConfig and its LiveFrames."""
+        cfg = self.config
+        scan_file = self.scan_dir / cfg.watch.scan_file
+        description: ScanDescription | None = None
+        while True:
+            if scan_file.is_file():
+                description = load_scan_description(scan_file)
+                self._described = True
+            settings = scan_settings(cfg, description, source=str(scan_file))
+            settings = self._with_geometry_file(settings)
+            ready = self._described or self._files_seen > 0
+            if ready and settings.scan.num_frames is not None:
+                break
+            if self._end is not None:
+                raise ConfigError(
+                    f"{self.scan_dir}: the scan ended before its number of frames was known "
+                    f"(set num_frames in {cfg.watch.scan_file} or [scan] of the config)")
+            self._wait_news(TICK_S * 4)
+        require_geometry(settings.geometry)
+        with self._lock:
+            self.num_frames = settings.scan.num_frames
+        self._make_live()
+        return settings
+
+    def _with_geometry_file(self, settings: Any) -> Any:
+        """PtyPy's tutorial layout may state geometry in ``geometry.txt``: it fills what the
+        config and scan file leave open."""
+        path = self.scan_dir / "geometry.txt"
+        if not path.is_file():
+            return settings
+        source = ScanSource(self.scan_dir, "ptypy", (), np.zeros((0, 2)), parse_geometry(path))
+        return effective_config(settings, source)
+
+    def _make_live(self) -> None:
+        cfg = self.config
+        live = LiveFrames(
+            self.scan_dir, layout=cfg.input.layout, positions_file=cfg.watch.positions_file,
+            dataset=cfg.input.dataset, positions_dataset=cfg.input.positions_dataset,
+            units=cfg.input.positions_units, frame_patterns=tuple(cfg.watch.frame_patterns),
+            quarantine_dir=cfg.watch.quarantine_dir, read_retries=cfg.watch.read_retries,
+            retry_delay_s=cfg.watch.retry_delay_s, clock=self.clock)
+        with self._lock:
+            self._live = live
+        for item in self._early_files:
+            live.add_file(item.path, item.arrived)
+        self._early_files.clear()
+
+    # ---- resume
+
+    def _reconcile(self, settings: Any, calibration: Any, num_frames: int
+                   ) -> tuple[ResumeState | None, dict[str, Any] | None]:
+        """Bring an output left by an earlier run to a state to continue from."""
+        out = self.output
+        if not out.parent.is_dir():
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(f"{out.parent}: cannot create the output directory: {exc}") \
+                    from exc
+        if not out.exists() and not any(out.parent.glob(out.name + "*")):
+            return None, None
+        resolved = _resolved_of_first_chunk(out, settings.output.chunk_format)
+        meta, expected_hash = None, None
+        if resolved is not None:
+            preparer = ChunkPreparer(settings.prep, calibration=calibration,
+                                     chunk_frames=settings.output.chunk_frames)
+            try:
+                preparation = preparer.preset(resolved)
+                meta = scan_meta(preparation, num_frames=num_frames, geometry=settings.geometry,
+                                 label=settings.scan.label)
+                expected_hash = params_hash(writer_params(settings, resolved))
+            except (ConfigError, InputError, ValueError) as exc:
+                log.warning("%s: earlier chunks do not fit this configuration (%s)",
+                            self.name, exc)
+                meta, resolved = None, None
+        state = reconcile(out, chunk_format=settings.output.chunk_format, meta=meta,
+                          chunk_frames=settings.output.chunk_frames, params_hash=expected_hash)
+        for old, new, reason in state.orphaned:
+            log.warning("%s: %s moved aside to %s: %s", self.name, old, new, reason)
+        if state.next_key == 0:
+            return (state if state.finished else None), None
+        log.info("%s: resuming %s at chunk %d (frame %d)", self.name, out, state.next_key,
+                 state.next_frame)
+        return state, resolved
+
+    # ---- frames in index order
+
+    def _frames(self, start: int, num_frames: int, chunk_frames: int) -> Iterator[tuple]:
+        live = self._live
+        assert live is not None
+        timeout_s = self.config.watch.frame_timeout_s
+        index = start
+        while index < num_frames:
+            self._drain()
+            if self._stop:
+                raise ScanInterrupted(f"{self.name}: stopped at frame {index}")
+            item = self._next_frame(live, index, num_frames, chunk_frames, timeout_s)
+            if item is None:
+                if self._end is not None:
+                    self._ended_early(live, index, num_frames)
+                    return
+                self._wait_news(TICK_S)
+                continue
+            with self._lock:
+                self.frames_done = index + 1
+            live.consume(index)
+            yield item
+            index += 1
+
+    def _next_frame(self, live: LiveFrames, index: int, num_frames: int, chunk_frames: int,
+                    timeout_s: float) -> tuple | None:
+        """Frame ``index`` as a run_scan item, a missing/failed item, or None (wait)."""
+        if index in live.failed:
+            return self._failed(index, str(live.expected_path(index) or self.scan_dir),
+                                live.failed[index])
+        frame = live.get(index)
+        if frame is None:
+            if self._end is None and live.overdue(index, timeout_s):
+                return self._missing(live, index, f"not finished within {timeout_s:g} s of a "
+                                                  "later frame")
+            return None
+        position = live.position(index)
+        if position is None:
+            live.refresh()
+            position = live.position(index)
+        if position is None:
+            if self._end is None and live.overdue(index, timeout_s):
+                live.fail(index, "no position for it in the positions file")
+                return self._failed(index, frame.describe(), live.failed[index])
+            return None
+        chunk_stop = min(num_frames, (index // chunk_frames + 1) * chunk_frames)
+        try:
+            data = live.read(index, stop=chunk_stop)
+        except InputError as exc:
+            where = live.quarantine_file(frame.path, exc.reason)
+            note = f"; moved to {where}" if where is not None else ""
+            return self._failed(index, frame.describe(), f"{exc.reason}{note}")
+        expected = self._frame_shape
+        if expected is None:
+            self._frame_shape = (data.shape, data.dtype)
+        elif (data.shape, data.dtype) != expected:
+            live.fail(index, "wrong frame")
+            return self._failed(index, frame.describe(),
+                                f"frame is {data.shape} {data.dtype}, the scan's frames are "
+                                f"{expected[0]} {expected[1]}")
+        self._arrivals[index] = frame.arrived
+        return index, data, frame.describe(), position
+
+    def _failed(self, index: int, path: str, reason: str) -> tuple:
+        with self._lock:
+            self.frames_failed += 1
+        log.warning("%s: frame %d failed: %s: %s", self.name, index, path, reason)
+        self.events.emit(FrameFailed(scan=self.name, index=index, path=path, reason=reason))
+        return index, None, path
+
+    def _missing(self, live: LiveFrames, index: int, reason: str) -> tuple:
+        expected = live.expected_path(index)
+        path = str(expected) if expected is not None else str(self.scan_dir)
+        if expected is not None and expected.exists():
+            # Unfinished: listed in the quarantine, left where it is (a writer may hold it).
+            live.quarantine_file(expected, f"frame {index}: {reason}", move=False)
+        self.events.emit(FrameMissing(scan=self.name, index=index, path=path, reason=reason))
+        return index, None, path
+
+    def _ended_early(self, live: LiveFrames, index: int, num_frames: int) -> None:
+        assert self._end is not None
+        reason = f"scan ended ({self._end.reason}) before this frame arrived"
+        for i in range(index, num_frames):
+            expected = live.expected_path(i)
+            self.events.emit(FrameMissing(scan=self.name, index=i, reason=reason,
+                                          path=str(expected or self.scan_dir)))
+
+    def _chunk_written(self, chunk: PreparedChunk) -> None:
+        """Called by the writer thread once a chunk is on disk."""
+        now = self.clock()
+        arrivals = [self._arrivals.pop(i, None) for i in range(chunk.frame_start,
+                                                              chunk.frame_start + chunk.n_frames)]
+        known = [t for t in arrivals if t is not None]
+        missing = int(np.count_nonzero(chunk.missing))
+        with self._lock:
+            self.frames_written = chunk.frame_start + chunk.n_frames
+            self.frames_missing += missing
+            self.chunks_written += 1
+        self.events.emit(ChunkWritten(scan=self.name, key=chunk.key, frame_start=chunk.frame_start,
+                                      n_frames=chunk.n_frames, path=str(self.output),
+                                      frames_missing=missing,
+                                      latency_s=(now - max(known)) if known else None))
+
+    # ---- news
+
+    def _wait_news(self, timeout_s: float) -> None:
+        try:
+            item = self._inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            self._check_inactivity()
+            return
+        self._take(item)
+        self._drain()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            self._take(item)
+        self._check_inactivity()
+
+    def _take(self, item: Any) -> None:
+        if item is _STOP:
+            self._stop = True
+            return
+        if isinstance(item, _End):
+            if self._end is None:
+                self._end = item
+                with self._lock:
+                    self.end_reason = item.reason
+                if self._live is not None:
+                    self._live.refresh()
+            return
+        self._last_news = self.clock()
+        if item is _POKE:
+            if self._live is not None:
+                self._live.refresh()
+            return
+        if isinstance(item, _File):
+            if item.path.name == self.config.watch.scan_file and \
+                    item.path.parent == self.scan_dir:
+                self._described = True
+                return
+            self._files_seen += 1
+            if self._live is None:
+                self._early_files.append(item)
+            else:
+                try:
+                    self._live.add_file(item.path, item.arrived)
+                except InputError as exc:
+                    log.error("%s: %s", self.name, exc)
+
+    def _check_inactivity(self) -> None:
+        limit = self.config.watch.inactivity_timeout_s
+        if self._end is None and self.clock() - self._last_news >= limit:
+            self._take(_End(f"no new file for {limit:g} s", "aborted"))
+
+
+def _resolved_of_first_chunk(master: Path, chunk_format: str) -> dict[str, Any] | None:
+    """What the first chunk of an earlier run resolved (its provenance), or None."""
+    path = master.with_name(chunk_file_name(master.name, chunk_format, 0))
+    try:
+        with h5py.File(path, "r") as f:
+            prov = json.loads(f.attrs["flyprep"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    resolved = prov.get("params", {}).get("resolved") if isinstance(prov, dict) else None
+    return resolved if isinstance(resolved, dict) else None
