@@ -241,8 +241,9 @@ class Daemon:
         if self._apx is None:
             return
         if path not in self._apx_files:
+            if not self._apx.follow(path, scan=None if scan_dir is None else scan_dir.name):
+                return  # refused (too many files followed): logged and counted there
             self._apx_files[path] = scan_dir or path.parent
-            self._apx.follow(path, scan=None if scan_dir is None else scan_dir.name)
         if grew:
             self._apx.poke(path)
 

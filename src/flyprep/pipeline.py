@@ -242,7 +242,9 @@ def run_scan(
     preparer = ChunkPreparer(config.prep, calibration=calibration,
                              chunk_frames=out_cfg.chunk_frames, buffers=QUEUED_CHUNKS + 2)
     if resolved is not None:
-        preparer.preset(resolved)
+        preparation = preparer.preset(resolved)
+        # Known even if no frame of the rest of the scan ever comes.
+        book.set_frame_type(preparation.raw_shape, preparation.raw_dtype)
     scan = Scan(book, preparer)
     writer: WriterThread | None = None
     bytes_written = 0
@@ -273,16 +275,16 @@ def run_scan(
                 except ValueError as exc:
                     if not allow_missing:
                         raise InputError(name, str(exc)) from None
-            book.mark_missing([index])
+            book.mark_missing([index], [item[3] if len(item) > 3 else None])
         book.end()
         flush_ready()
         assert writer is not None, "a scan has at least one chunk"
         writer.close("complete" if final_state is None else final_state())
     except ScanInterrupted:
-        if writer is not None:
-            try:
-                flush_ready()
-            finally:
+        try:
+            flush_ready()  # the chunks whose frames are all in
+        finally:
+            if writer is not None:
                 writer.suspend()
         raise
     except BaseException:

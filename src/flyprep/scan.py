@@ -95,6 +95,11 @@ class FrameBook:
         self._sources: list[str] = [""] * slots
         self._last_position = np.zeros(2)
 
+    def set_frame_type(self, shape: tuple[int, int], dtype: np.dtype | str) -> None:
+        """Fix the frames' shape and dtype before any frame arrives."""
+        if self._shape is None:
+            self._shape, self._dtype = tuple(shape), np.dtype(dtype)
+
     @property
     def n_chunks(self) -> int:
         """Number of chunks the scan will have."""
@@ -143,13 +148,17 @@ class FrameBook:
             self._positions[slot] = position
         return True
 
-    def mark_missing(self, indices: Sequence[int]) -> None:
-        """Declare frames that will never arrive (within the window)."""
-        for index in indices:
+    def mark_missing(self, indices: Sequence[int],
+                     positions: Sequence[Sequence[float] | None] | None = None) -> None:
+        """Declare frames that will never arrive (within the window), with their
+        positions where known (else the table's, or the previous frame's)."""
+        for k, index in enumerate(indices):
             if index in self.window:
                 slot = index % self._present.size
                 if not self._present[slot]:
                     self._missing[slot] = True
+                    if positions is not None and positions[k] is not None:
+                        self._positions[slot] = positions[k]
 
     def end(self) -> None:
         """The scan is over: every frame not yet arrived is missing."""

@@ -305,6 +305,7 @@ class ScanSession:
             self.scan_dir, layout=cfg.input.layout, positions_file=cfg.watch.positions_file,
             dataset=cfg.input.dataset, positions_dataset=cfg.input.positions_dataset,
             units=cfg.input.positions_units, frame_patterns=tuple(cfg.watch.frame_patterns),
+            ignore_patterns=tuple(cfg.watch.ignore_patterns),
             quarantine_dir=cfg.watch.quarantine_dir, read_retries=cfg.watch.read_retries,
             retry_delay_s=cfg.watch.retry_delay_s, clock=self.clock)
         with self._lock:
@@ -419,7 +420,13 @@ class ScanSession:
             self.frames_failed += 1
         log.warning("%s: frame %d failed: %s: %s", self.name, index, path, reason)
         self.events.emit(FrameFailed(scan=self.name, index=index, path=path, reason=reason))
-        return index, None, path
+        return self._blank(index, path)
+
+    def _blank(self, index: int, path: str) -> tuple:
+        """A run_scan item for a frame that will not come, at its position if known."""
+        live = self._live
+        position = None if live is None else live.position(index)
+        return (index, None, path) if position is None else (index, None, path, position)
 
     def _missing(self, live: LiveFrames, index: int, reason: str) -> tuple:
         expected = live.expected_path(index)
@@ -428,7 +435,7 @@ class ScanSession:
             # Unfinished: listed in the quarantine, left where it is (a writer may hold it).
             live.quarantine_file(expected, f"frame {index}: {reason}", move=False)
         self.events.emit(FrameMissing(scan=self.name, index=index, path=path, reason=reason))
-        return index, None, path
+        return self._blank(index, path)
 
     def _ended_early(self, live: LiveFrames, index: int, num_frames: int) -> None:
         assert self._end is not None

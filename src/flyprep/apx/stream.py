@@ -78,7 +78,7 @@ class _File:
 
     def urgent(self) -> bool:
         """True if the file must be polled now, whatever the timer says."""
-        return self.poked or self.finish_requested
+        return self.poked or self.behind or self.finish_requested
 
     def to_status(self) -> dict[str, Any]:
         """Plain JSON data for :meth:`ApxStreamer.status`."""

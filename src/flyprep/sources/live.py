@@ -23,6 +23,7 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .positions import GrowingPositions
 log = logging.getLogger(__name__)
 
 QUARANTINE_LIST = "quarantine.jsonl"
+_LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class LiveFrames:
     def __init__(self, scan_dir: Path, *, layout: str = "auto", positions_file: str | None,
                  dataset: str = "/entry/data/data", positions_dataset: str | None = None,
                  units: float = 1.0, frame_patterns: tuple[str, ...] = ("*.h5",),
+                 ignore_patterns: tuple[str, ...] = (".*", "*.tmp", "*.part"),
                  exclude: tuple[str, ...] = DEFAULT_EXCLUDE, quarantine_dir: str,
                  read_retries: int = 3, retry_delay_s: float = 0.5,
                  clock: Callable[[], float] = time.monotonic,
@@ -73,6 +76,7 @@ class LiveFrames:
         self.positions_dataset = positions_dataset
         self.units = units
         self.frame_patterns = frame_patterns
+        self.ignore_patterns = ignore_patterns
         self.exclude = exclude
         self.quarantine = self.scan_dir / quarantine_dir
         self.read_retries = read_retries
@@ -104,6 +108,8 @@ class LiveFrames:
         self._quarantined: list[tuple[list[Any], int]] = []  # hdf5: (file key, next index)
         self._next_index = 0  # hdf5: index of the next file's first frame
         self._last_key: list[Any] | None = None
+        self._last_path: Path | None = None
+        self._held: dict[Path, tuple[list[Any], float]] = {}  # hdf5: finished, not placed
         self._last_length = 1
         self._stack: tuple[Path, int, np.ndarray] | None = None  # (file, first slot, frames)
         self._load_quarantine()
@@ -135,7 +141,7 @@ class LiveFrames:
     @property
     def pending(self) -> int:
         """Frames placed but not consumed, plus files waiting to be placed."""
-        return len(self._frames) + len(self._waiting) + len(self._early)
+        return len(self._frames) + len(self._waiting) + len(self._early) + len(self._held)
 
     def overdue(self, index: int, timeout_s: float) -> bool:
         """True when a later frame has been waiting for ``timeout_s`` while frame
@@ -175,6 +181,8 @@ class LiveFrames:
         new = self.positions.refresh()
         if self.layout is None and len(self.positions):
             self.layout = "ptypy" if self.positions.names is not None else "hdf5"
+            if self.layout == "ptypy":
+                self._place_listed()
             early, self._early = self._early, []
             for path, arrived in sorted(early, key=lambda e: natural_key(self._rel_path(e[0]))):
                 self.add_file(path, arrived)
@@ -305,18 +313,64 @@ class LiveFrames:
         self._frames[index] = LiveFrame(path, None, arrived)
 
     def _add_hdf5(self, path: Path, arrived: float) -> None:
-        if not any(fnmatch.fnmatchcase(path.name, p) for p in self.frame_patterns) or \
-                any(path.match(x) for x in self.exclude):
+        if not self._is_frame_file(path.name) or any(path.match(x) for x in self.exclude):
             return
         key = natural_key(self._rel_path(path))
         if self._last_key is not None and key <= self._last_key:
-            self._note_ignored(path, "finished after a file that sorts after it; frame files "
+            self._note_ignored(path, "finished after a later file was placed; frame files "
                                      "must be finished in name order")
             return
+        self._held[path] = (key, arrived)
+        self._place_held()
+
+    def _is_frame_file(self, name: str) -> bool:
+        return (any(fnmatch.fnmatchcase(name, p) for p in self.frame_patterns)
+                and not any(fnmatch.fnmatchcase(name, p) for p in self.ignore_patterns))
+
+    def _place_held(self) -> None:
+        """Place finished files in name order: a file waits while an earlier-named frame
+        file exists that is not finished yet (its frames come first)."""
+        while self._held:
+            path = min(self._held, key=lambda p: self._held[p][0])
+            key, arrived = self._held[path]
+            if not self._is_successor(path) and self._unfinished_before(path, key):
+                return
+            del self._held[path]
+            self._place_file(path, key, arrived)
+
+    def _is_successor(self, path: Path) -> bool:
+        """True when ``path`` is the file right after the last one placed (same name with
+        the number one higher): the usual case, decided without listing the directory."""
+        last = self._last_path
+        if last is None or last.parent != path.parent:
+            return False
+        match = _LAST_NUMBER.match(last.name)
+        if match is None:
+            return False
+        head, digits, tail = match.groups()
+        return path.name == f"{head}{int(digits) + 1:0{len(digits)}d}{tail}"
+
+    def _unfinished_before(self, path: Path, key: list[Any]) -> bool:
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            return False
+        for name in names:
+            other = path.parent / name
+            if other == path or other in self._held or not self._is_frame_file(name) \
+                    or any(other.match(x) for x in self.exclude):
+                continue
+            other_key = natural_key(self._rel_path(other))
+            if other_key < key and (self._last_key is None or other_key > self._last_key):
+                return True
+        return False
+
+    def _place_file(self, path: Path, key: list[Any], arrived: float) -> None:
         for qkey, after in self._quarantined:
             if qkey < key and (self._last_key is None or qkey > self._last_key):
                 # a file quarantined before a restart: its frames keep their indices
                 self._next_index = max(self._next_index, after)
+        self._last_key, self._last_path = key, path
         try:
             n, stack, positions = self._probe(path)
         except InputError as exc:
@@ -327,7 +381,6 @@ class LiveFrames:
             for i in range(max(start, self.floor), start + n):
                 self._frames[i] = LiveFrame(path, None, arrived)
             self._next_index += n
-            self._last_key = key
             self.quarantine_file(path, f"unreadable: {exc.reason}")
             return
         start = self._next_index
@@ -337,7 +390,6 @@ class LiveFrames:
             pos = None if positions is None else (float(positions[j][0]), float(positions[j][1]))
             self._frames[start + j] = LiveFrame(path, j if stack else None, arrived, pos)
         self._next_index += n
-        self._last_key = key
         self._last_length = n
 
     def _probe(self, path: Path) -> tuple[int, bool, np.ndarray | None]:

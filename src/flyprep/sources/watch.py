@@ -283,8 +283,7 @@ class ScanWatcher:
                 self._watch_dir(path)
         if not self.config.recursive and not new_scan:
             return
-        for file in self._list_files(path):
-            self._found(file, initial=False)
+        self._found_all(self._list_files(path), initial=False)
 
     def _file_finished(self, path: Path) -> None:
         kind, scan_dir = self._kind(path), self.scan_dir_of(path)
@@ -387,13 +386,24 @@ class ScanWatcher:
                         self._announce(root / entry.name)
                     if not self.config.recursive:
                         self._watch_dir(root / entry.name)
-            for file in self._list_files(root, nested=self.config.recursive):
-                self._found(file, initial=True)
+            self._found_all(self._list_files(root, nested=self.config.recursive), initial=True)
             if not self.config.recursive:
                 for entry in entries:
                     if (root / entry.name) in self._appeared:
-                        for file in self._list_files(root / entry.name, nested=False):
-                            self._found(file, initial=True)
+                        self._found_all(self._list_files(root / entry.name, nested=False),
+                                        initial=True)
+
+    def _found_all(self, files: Iterable[Path], *, initial: bool) -> None:
+        """:meth:`_found` for each file, end markers last: a marker listed before the
+        files it follows must still wait for them."""
+        markers = []
+        for file in files:
+            if self.config.end_marker is not None and file.name == self.config.end_marker:
+                markers.append(file)
+            else:
+                self._found(file, initial=initial)
+        for file in markers:
+            self._found(file, initial=initial)
 
     def _list_files(self, top: Path, *, nested: bool | None = None) -> Iterable[Path]:
         nested = self.config.recursive if nested is None else nested
