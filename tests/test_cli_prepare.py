@@ -1,4 +1,4 @@
-"""``flyprep prepare`` / ``inspect`` / ``verify`` / ``demo`` end to end on real files.
+"""``flyprep prepare`` / ``inspect`` / ``verify`` end to end on real files.
 
 Stored frames are compared with a straightforward reference: the raw frames read with
 numpy/h5py, cropped (or zero padded) around the fftshift centre, rebinned by hand.
@@ -421,30 +421,6 @@ def test_inspect_prints_meta_and_chunks(link_output, cli):
 def test_inspect_of_a_missing_file_exits_2(tmp_path, cli):
     res = cli("inspect", tmp_path / "absent.ptyd")
     assert res.code == 2 and "absent.ptyd" in res.err
-
-
-def test_demo_exits_1_when_its_output_does_not_verify(tmp_path, cli, monkeypatch):
-    import flyprep.commands
-    from flyprep.ptyd.verify import Finding
-
-    broken = [Finding("error", "layout", "/chunks/0", "simulated breakage")]
-    monkeypatch.setattr(flyprep.commands, "verify", lambda path: broken)
-    res = cli("demo", "--dir", tmp_path / "demo", "--frames", 10, "--no-progress")
-    assert res.code == 1
-    assert "simulated breakage" in res.err
-
-
-def test_demo_as_a_process(flyprep_process, tmp_path):
-    root = tmp_path / "demo"
-    res = flyprep_process("demo", "--dir", root, "--frames", 120, "--no-progress")
-    assert res.code == 0, res.err
-    assert "OK" in res.out and "PtydScan" in res.out
-    ptyd = open_ptyd(root / "demo.ptyd")
-    assert ptyd.meta.num_frames == 120 and ptyd.n_frames == 120
-    assert ptyd.meta.shape == (128, 128)
-    assert [c.n_frames for c in ptyd.chunks] == [100, 20]
-    assert ptyd.state == "complete"
-    assert len(list((root / "scan" / "ccd").glob("*.npy"))) == 120
 
 
 def test_prepare_refuses_to_start_without_geometry(hdf5_scan, tmp_path, cli):

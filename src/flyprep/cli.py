@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from importlib import import_module
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -105,10 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check a .ptyd against every rule of the format")
     ver.add_argument("file", type=Path)
 
-    demo = sub.add_parser("demo", help="generate an example scan and prepare it")
-    demo.add_argument("--dir", type=Path, help="where to put it (default: a new temporary dir)")
-    demo.add_argument("--frames", type=int, default=400)
-    demo.add_argument("--no-progress", action="store_true")
 
     ex = sub.add_parser("example", help="write a synthetic finished scan directory")
     ex.add_argument("dir", type=Path)
@@ -176,13 +171,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return run_verify(args.file)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .commands import run_demo
-
-    root = args.dir or Path(tempfile.mkdtemp(prefix="flyprep-demo-"))
-    return run_demo(root, frames=args.frames, progress=not args.no_progress)
-
-
 def cmd_example(args: argparse.Namespace) -> int:
     from .example import write_example
 
@@ -198,12 +186,12 @@ def cmd_apx(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "verify": cmd_verify,
-            "demo": cmd_demo, "example": cmd_example, "apx": cmd_apx}
+            "example": cmd_example, "apx": cmd_apx}
 
 #: Modules that bring their own sub-command: ``add_parser(subparsers)`` registers it and
 #: ``run(args) -> int`` runs it.
 _EXTENSIONS = {"simulate": "flyprep.simulate", "check-config": "flyprep.config_command",
-               "status": "flyprep.status_command", "run": "flyprep.run_command"}
+               "status": "flyprep.status_command", "run": "flyprep.run_command", "demo": "flyprep.demo"}
 for _name, _module in _EXTENSIONS.items():
     COMMANDS[_name] = lambda args, _module=_module: import_module(_module).run(args)
 

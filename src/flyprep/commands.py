@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import h5py
-import numpy as np
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
                            TextColumn, TimeRemainingColumn)
@@ -149,29 +148,4 @@ def run_verify(path: Path) -> int:
                       markup=False)
         return 1
     out.print(f"{path}: OK ({len(findings)} warning(s))", markup=False)
-    return 0
-
-
-def run_demo(root: Path, *, frames: int, progress: bool) -> int:
-    """``flyprep demo``: write an example scan, prepare it, verify it, say what to do next."""
-    from .config import parse_config
-    from .example import write_example
-
-    scan_dir = root / "scan"
-    out.print(f"writing a {frames}-frame example scan to {scan_dir} ...")
-    write_example(scan_dir, layout="ptypy", num_frames=frames)
-    config = parse_config({"prep": {"shape": 128}, "output": {"chunk_frames": 100}})
-    output = root / "demo.ptyd"
-    run_prepare(scan_dir, output, config, overwrite=True, allow_missing=False, progress=progress)
-    if run_verify(output) != 0:
-        return 1
-    ptyd = open_ptyd(output)
-    first = next(ptyd.iter_chunks())
-    out.print(f"first chunk: frames {first.frame_start}..{first.frame_start + first.data.shape[0] - 1}, "
-              f"sum of counts {int(np.sum(first.data))}")
-    out.print("\nPoint PtyPy at it with:\n"
-              f"  p.scans.demo.data.name = 'PtydScan'\n"
-              f"  p.scans.demo.data.source = 'file'\n"
-              f"  p.scans.demo.data.dfile = '{output}'\n"
-              f"Look inside with: flyprep inspect {output}")
     return 0
