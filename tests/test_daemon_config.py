@@ -89,6 +89,8 @@ def test_watch_section_is_required(tmp_path: Path) -> None:
     ('observer = "inotify"', "watch.observer", "'inotify'", "'native' or 'polling'"),
     ('observer = "polling"\npoll_interval_s = 5\nquiet_window_s = 1',
      "watch.quiet_window_s", "1", "at least poll_interval_s"),
+    ('quiet_window_s = 5\nframe_timeout_s = 8', "watch.frame_timeout_s", "8",
+     "more than twice the quiet window"),
     ('end_marker = "../done"', "watch.end_marker", "'../done'", "plain file name"),
     ('frame_patterns = []', "watch.frame_patterns", "[]", "at least 1 item"),
     ('frame_patterns = ["sub/*.h5"]', "watch.frame_patterns", "['sub/*.h5']", "without '/'"),

@@ -262,9 +262,10 @@ class WatchConfig(Section):
                                   description="polling: a file unchanged this long is finished")
     frame_patterns: list[str] = Field(["*.h5"], min_length=1)
     ignore_patterns: list[str] = [".*", "*.tmp", "*.part"]
-    positions_file: Optional[str] = "positions.txt"
+    positions_file: Optional[str] = Field("positions.txt", description='"": positions come '
+                                          "per frame, from input.positions_dataset")
     scan_file: str = "flyprep-scan.toml"
-    end_marker: Optional[str] = "flyprep-scan.done"
+    end_marker: Optional[str] = Field("flyprep-scan.done", description='"": no end marker')
     inactivity_timeout_s: float = Field(600.0, gt=0, description="scan ends after this long "
                                                                  "without a new frame")
     frame_timeout_s: float = Field(60.0, gt=0, description="a file still unfinished after this "
@@ -296,6 +297,12 @@ class WatchConfig(Section):
             raise ValueError("patterns must be non-empty file-name globs without '/'")
         return v
 
+    @field_validator("positions_file", "end_marker", mode="before")
+    @classmethod
+    def _none_as_empty(cls, v: Any) -> Any:
+        # TOML has no null: "" turns these off (per-frame positions; no end marker).
+        return None if v == "" else v
+
     @field_validator("positions_file", "scan_file", "end_marker", "quarantine_dir")
     @classmethod
     def _names(cls, v: Optional[str]) -> Optional[str]:
@@ -307,6 +314,18 @@ class WatchConfig(Section):
         if info.data.get("observer") == "polling" and v < info.data.get("poll_interval_s", 0):
             raise ValueError(f"must be at least poll_interval_s ({info.data['poll_interval_s']}) "
                              "with the polling observer")
+        return v
+
+    @field_validator("frame_timeout_s")
+    @classmethod
+    def _timeout_after_quiet(cls, v: float, info: ValidationInfo) -> float:
+        # A file can need the quiet window to count as finished while later ones are
+        # finished at once: it must not be declared missing meanwhile.
+        quiet = info.data.get("quiet_window_s", 0) + (
+            info.data.get("poll_interval_s", 0) if info.data.get("observer") == "polling" else 0)
+        if v <= 2 * quiet:
+            raise ValueError(f"must be more than twice the quiet window ({quiet:g} s with the "
+                             "poll interval): a file in its quiet window is not missing")
         return v
 
 

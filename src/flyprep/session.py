@@ -47,7 +47,7 @@ from .pipeline import (
 )
 from .prep import PreparedChunk
 from .ptyd.layout import chunk_file_name, params_hash
-from .ptyd.resume import ResumeState, reconcile
+from .ptyd.resume import ResumeState, finished_state, reconcile
 from .sources.layouts import ScanSource, parse_geometry
 from .sources.live import LiveFrames
 
@@ -214,6 +214,14 @@ class ScanSession:
         log.error("%s: %s", self.name, message)
 
     def _serve(self) -> None:
+        finished = finished_state(self.output)
+        if finished is not None:
+            # Made by an earlier run, maybe with other settings: never redone on its own.
+            with self._lock:
+                self.end_reason = "finished before this start"
+            self._set_state(SessionState(finished))
+            log.info("%s: %s is finished already (%s)", self.name, self.output, finished)
+            return
         settings = self._settings()
         num_frames = settings.scan.num_frames
         assert num_frames is not None
@@ -221,14 +229,6 @@ class ScanSession:
         assert live is not None
         calibration = load_calibration(settings.prep)
         resume, resolved = self._reconcile(settings, calibration, num_frames)
-        if resume is not None and resume.finished:
-            with self._lock:
-                self.frames_done = self.frames_written = num_frames
-                self.frames_missing = len(resume.missing_indices)
-                self.end_reason = "finished before this start"
-            self._set_state(SessionState.COMPLETE)
-            log.info("%s: %s is finished already", self.name, self.output)
-            return
         start = 0 if resume is None else resume.next_frame
         live.start_at(start)
         with self._lock:
@@ -328,6 +328,7 @@ class ScanSession:
                     from exc
         if not out.exists() and not any(out.parent.glob(out.name + "*")):
             return None, None
+
         resolved = _resolved_of_first_chunk(out, settings.output.chunk_format)
         meta, expected_hash = None, None
         if resolved is not None:
@@ -347,7 +348,7 @@ class ScanSession:
         for old, new, reason in state.orphaned:
             log.warning("%s: %s moved aside to %s: %s", self.name, old, new, reason)
         if state.next_key == 0:
-            return (state if state.finished else None), None
+            return None, None
         log.info("%s: resuming %s at chunk %d (frame %d)", self.name, out, state.next_key,
                  state.next_frame)
         return state, resolved
@@ -369,6 +370,7 @@ class ScanSession:
                     self._ended_early(live, index, num_frames)
                     return
                 self._wait_news(TICK_S)
+                live.refresh()  # growth reports are debounced: do not wait for them
                 continue
             with self._lock:
                 self.frames_done = index + 1

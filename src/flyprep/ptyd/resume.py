@@ -180,6 +180,13 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
                          tuple(orphans), tuple(tmp_files), finished)
 
 
+def finished_state(master: str | os.PathLike[str]) -> str | None:
+    """``complete`` or ``aborted`` when ``master`` is a readable, finished master (whatever
+    settings it was made with), else None."""
+    old = _read_old_master(Path(master))
+    return old.state if old.readable and old.state in ("complete", "aborted") else None
+
+
 def _read_old_master(master: Path) -> OldMaster:
     if not master.exists():
         return OldMaster()

@@ -1,0 +1,179 @@
+"""The daemon in-process (real watcher, files, writer; events into memory): how scans end,
+frames that never come, settings, limits, restarts, AstroPix files."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from daemon_helpers import master_state, wait_for
+
+from flyprep.events import ApxReadouts, ChunkWritten, FrameMissing, ScanEnded
+from flyprep.ptyd.reader import open_ptyd
+from flyprep.simulate import simulate_scan
+
+
+def _ptypy_scan(scan_dir: Path, n: int, *, skip: set[int] = frozenset(), num_frames: int | None = None,
+                marker: bool = False, side: int = 64) -> None:
+    """A PtyPy-layout scan written by hand (frames in ``skip`` are never written)."""
+    (scan_dir / "ccd").mkdir(parents=True)
+    if num_frames is not None:
+        (scan_dir / "flyprep-scan.toml").write_text(f"num_frames = {num_frames}\n")
+    rng = np.random.default_rng(0)
+    with open(scan_dir / "positions.txt", "w") as pos:
+        for i in range(n):
+            if i not in skip:
+                np.save(scan_dir / f"ccd/f_{i:03d}.npy", rng.poisson(3, (side, side)).astype(np.int32))
+            pos.write(f"ccd/f_{i:03d}.npy {i * 1e-7:.6e} {i * 2e-7:.6e}\n")
+    if marker:
+        (scan_dir / "flyprep-scan.done").touch()
+
+
+def test_a_frame_that_never_comes_is_missing_after_the_frame_timeout(inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon(watch={"frame_timeout_s": 1.0, "quiet_window_s": 0.2}) as d:
+        _ptypy_scan(root / "scan_gap", 50, skip={5}, num_frames=50)
+        d.wait_state("scan_gap", ("complete",))
+        missing = d.sink.of_kind(FrameMissing)
+        assert [(e.index, e.scan) for e in missing] == [(5, "scan_gap")]
+        assert "not finished within 1 s" in missing[0].reason
+        assert missing[0].path.endswith("ccd/f_005.npy")
+    f = open_ptyd(out / "scan_gap.ptyd")
+    chunk = next(f.iter_chunks())
+    assert not chunk.weights[5].any() and chunk.weights[6].all()
+    assert chunk.positions[5].tolist() == [5e-7, 1e-6]  # its position from the file
+    assert f.state == "complete"
+
+
+def test_inactivity_ends_the_scan_aborted_and_readers_still_reach_the_end(inprocess_daemon,
+                                                                         daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon(watch={"inactivity_timeout_s": 1.0}) as d:
+        _ptypy_scan(root / "scan_idle", 30, num_frames=70)
+        info = d.wait_state("scan_idle", ("aborted",))
+        assert info["end_reason"] == "no new file for 1 s"
+        ended = d.sink.of_kind(ScanEnded)
+        assert ended[0].state == "aborted" and ended[0].frames_missing == 40
+    f = open_ptyd(out / "scan_idle.ptyd")
+    assert f.state == "aborted" and f.n_frames == 70 == f.meta.num_frames
+    weights = np.concatenate([c.weights for c in f.iter_chunks()])
+    assert weights[:30].reshape(30, -1).all(axis=1).all() and not weights[30:].any()
+
+
+def test_a_scan_without_a_frame_count_fails_clearly_and_the_daemon_goes_on(inprocess_daemon,
+                                                                          daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon() as d:
+        _ptypy_scan(root / "scan_nocount", 10, marker=True)
+        info = d.wait_state("scan_nocount", ("failed",))
+        assert "number of frames was known" in info["error"]
+        assert "num_frames in flyprep-scan.toml" in info["error"]
+        assert not (out / "scan_nocount.ptyd").exists()
+        _ptypy_scan(root / "scan_ok", 10, num_frames=10, marker=True)
+        d.wait_state("scan_ok", ("complete",))
+
+
+def test_a_bad_scan_file_fails_that_scan_naming_file_and_key(inprocess_daemon, daemon_dirs):
+    root, _, _ = daemon_dirs
+    staging = root.parent / "staging" / "scan_badtoml"
+    _ptypy_scan(staging, 5, marker=True)
+    (staging / "flyprep-scan.toml").write_text("num_frames = -3\n")
+    with inprocess_daemon() as d:
+        staging.rename(root / "scan_badtoml")
+        info = d.wait_state("scan_badtoml", ("failed",))
+        assert "flyprep-scan.toml" in info["error"] and "num_frames = -3" in info["error"]
+
+
+def test_hdf5_frames_with_their_own_positions(inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon(watch={"positions_file": ""},
+                          input={"positions_dataset": "/entry/positions"}) as d:
+        scan = root / "scan_perframe"
+        scan.mkdir()
+        (scan / "flyprep-scan.toml").write_text("num_frames = 25\n")
+        rng = np.random.default_rng(1)
+        for k in range(5):  # 5 stacks of 5 frames, each with its positions
+            with h5py.File(scan / f"data_{k:03d}.h5", "w") as f:
+                f["/entry/data/data"] = rng.poisson(2, (5, 64, 64)).astype(np.uint16)
+                f["/entry/positions"] = np.arange(10 * k, 10 * k + 10, dtype=float).reshape(5, 2)
+        (scan / "flyprep-scan.done").touch()
+        d.wait_state("scan_perframe", ("complete",))
+    f = open_ptyd(out / "scan_perframe.ptyd")
+    positions = np.concatenate([c.positions for c in f.iter_chunks()])
+    np.testing.assert_array_equal(positions, np.arange(50, dtype=float).reshape(25, 2))
+
+
+def test_scans_beyond_max_scans_wait_their_turn(inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon(limits={"max_scans": 1}, watch={"inactivity_timeout_s": 30}) as d:
+        _ptypy_scan(root / "scan_1", 20, num_frames=40)  # stays open: half its frames
+        wait_for(lambda: (s := d.scan("scan_1")) and s["frames_done"] == 20, 20, "scan_1 taking")
+        _ptypy_scan(root / "scan_2", 10, num_frames=10, marker=True)
+        wait_for(lambda: d.scan("scan_2"), 10, "scan_2 seen")
+        assert d.scan("scan_2")["state"] == "queued"
+        (root / "scan_1" / "flyprep-scan.done").touch()
+        d.wait_state("scan_1", ("complete",))
+        d.wait_state("scan_2", ("complete",))
+    assert master_state(out / "scan_2.ptyd") == "complete"
+
+
+def test_a_restart_leaves_finished_scans_alone_and_moves_aside_chunks_of_other_settings(
+        inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    _ptypy_scan(root / "scan_done", 30, num_frames=30, marker=True)
+    _ptypy_scan(root / "scan_open", 45, num_frames=90)
+    with inprocess_daemon() as d:
+        d.wait_state("scan_done", ("complete",))
+        wait_for(lambda: master_state(out / "scan_open.ptyd") == "acquiring", 20, "scan_open")
+        wait_for(lambda: d.scan("scan_open")["frames_written"] == 40, 20, "a whole chunk")
+    done_before = (out / "scan_done.ptyd").stat().st_mtime_ns
+    # Restart with another ROI: the kept chunks no longer fit and are moved aside.
+    with inprocess_daemon(prep={"shape": 32}) as d:
+        info = d.wait_state("scan_done", ("complete",))
+        assert info["end_reason"] == "finished before this start"
+        for i in range(45, 90):
+            np.save(root / "scan_open" / f"ccd/f_{i:03d}.npy", np.ones((64, 64), np.int32))
+        with open(root / "scan_open" / "positions.txt", "a") as pos:
+            pos.writelines(f"ccd/f_{i:03d}.npy 0 0\n" for i in range(45, 90))
+        (root / "scan_open" / "flyprep-scan.done").touch()
+        d.wait_state("scan_open", ("complete",))
+    assert (out / "scan_done.ptyd").stat().st_mtime_ns == done_before
+    f = open_ptyd(out / "scan_open.ptyd")
+    assert f.meta.shape == (32, 32) and f.n_frames == 90
+    assert any(".orphaned-" in p.name for p in out.iterdir())
+
+
+def test_apx_files_are_followed_and_their_readouts_reported(inprocess_daemon, daemon_dirs):
+    root, _, _ = daemon_dirs
+    with inprocess_daemon(apx={"follow": True}) as d:
+        result = simulate_scan(root / "scan_apx", num_frames=40, frame_side=64, rate_hz=200,
+                               apx=True, readouts_per_frame=25)
+        d.wait_state("scan_apx", ("complete",))
+        batches = wait_for(
+            lambda: (b := d.sink.of_kind(ApxReadouts)) and
+            sum(e.n_readouts for e in b) == result.apx_records and b, 20, "all readouts")
+        ids = [(e.first_readout, e.last_readout) for e in batches]
+        assert ids[0][0] == 0 and ids[-1][1] == result.apx_records - 1
+        assert all(a[1] + 1 == b[0] for a, b in zip(ids, ids[1:]))  # none twice, none lost
+        assert all(e.scan == "scan_apx" for e in batches)
+        files = d.daemon.status()["apx"]["files"]
+        assert [f["state"] for f in files.values()] == ["finished"]
+
+
+def test_chunk_events_carry_latency_and_status_shows_progress(inprocess_daemon, daemon_dirs):
+    root, _, _ = daemon_dirs
+    with inprocess_daemon() as d:
+        simulate_scan(root / "scan_ev", num_frames=100, frame_side=64, rate_hz=0)
+        d.wait_state("scan_ev", ("complete",))
+        chunks = d.sink.of_kind(ChunkWritten)
+        assert [(c.key, c.frame_start, c.n_frames) for c in chunks] == [(0, 0, 40), (1, 40, 40),
+                                                                      (2, 80, 20)]
+        assert all(c.latency_s is not None and 0 <= c.latency_s < 30 for c in chunks)
+        status = d.daemon.status()
+        json.dumps(status)  # what the control socket sends
+        scan = d.scan("scan_ev")
+        assert scan["frames_written"] == 100 and scan["chunks_written"] == 3
+        assert status["uptime_s"] > 0 and time.time() > 0
