@@ -191,7 +191,8 @@ COMMANDS = {"prepare": cmd_prepare, "inspect": cmd_inspect, "verify": cmd_verify
 #: Modules that bring their own sub-command: ``add_parser(subparsers)`` registers it and
 #: ``run(args) -> int`` runs it.
 _EXTENSIONS = {"simulate": "flyprep.simulate", "check-config": "flyprep.config_command",
-               "status": "flyprep.status_command", "run": "flyprep.run_command", "demo": "flyprep.demo"}
+               "status": "flyprep.status_command", "run": "flyprep.run_command", "demo": "flyprep.demo",
+               "end-scan": "flyprep.end_scan_command"}
 for _name, _module in _EXTENSIONS.items():
     COMMANDS[_name] = lambda args, _module=_module: import_module(_module).run(args)
 

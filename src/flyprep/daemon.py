@@ -293,7 +293,8 @@ class Daemon:
             raise ValueError('end_scan needs "scan": the scan directory\'s name')
         abort = bool(params.get("abort", False))
         with self._lock:
-            matches = [s for s in self._sessions.values() if s.name == name]
+            matches = [s for s in self._sessions.values()
+                       if s.name == name and not s.state.finished]
         if not matches:
             raise ValueError(f"no running scan named {name!r}")
         for session in matches:

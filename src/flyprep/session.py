@@ -307,7 +307,8 @@ class ScanSession:
             units=cfg.input.positions_units, frame_patterns=tuple(cfg.watch.frame_patterns),
             ignore_patterns=tuple(cfg.watch.ignore_patterns),
             quarantine_dir=cfg.watch.quarantine_dir, read_retries=cfg.watch.read_retries,
-            retry_delay_s=cfg.watch.retry_delay_s, clock=self.clock)
+            retry_delay_s=cfg.watch.retry_delay_s, hold_timeout_s=cfg.watch.frame_timeout_s,
+            clock=self.clock)
         with self._lock:
             self._live = live
         for item in self._early_files:

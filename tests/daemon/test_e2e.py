@@ -232,7 +232,8 @@ def test_a_corrupt_frame_file_is_quarantined_and_the_daemon_goes_on(daemon_proce
 
 
 def test_a_scan_ended_early_by_command_still_lets_readers_reach_the_end(daemon_process,
-                                                                        daemon_dirs, tmp_path):
+                                                                        daemon_dirs, tmp_path,
+                                                                        flyprep_process):
     root, out, sockets = daemon_dirs
     daemon = daemon_process().start()
     master = out / "scan_short.ptyd"
@@ -243,8 +244,8 @@ def test_a_scan_ended_early_by_command_still_lets_readers_reach_the_end(daemon_p
     assert sim.finish().frames_written == 70
     wait_for(lambda: (s := daemon.scan("scan_short")) and s["frames_done"] >= 70, 20,
              "the daemon to take the 70 frames")
-    reply = request(f"ipc://{sockets}/ctl", "end_scan", params={"scan": "scan_short"})
-    assert reply["ok"], reply
+    ended = flyprep_process("end-scan", "scan_short", "--endpoint", f"ipc://{sockets}/ctl")
+    assert ended.code == 0 and "master will say complete" in ended.out, ended.err
     report, got = reader.result()
     assert report["n_errors"] == 0 and report["frames"] == 200  # EOS: num_frames frames
     assert got["weights"][:70].reshape(70, -1).all(axis=1).all()
@@ -254,6 +255,8 @@ def test_a_scan_ended_early_by_command_still_lets_readers_reach_the_end(daemon_p
     assert scan["frames_missing"] == 130 and scan["end_reason"] == "end_scan command"
     bad = request(f"ipc://{sockets}/ctl", "end_scan", params={"scan": "no_such_scan"})
     assert not bad["ok"] and "no_such_scan" in bad["error"]
+    refused = flyprep_process("end-scan", "scan_short", "--endpoint", f"ipc://{sockets}/ctl")
+    assert refused.code == 1 and "no running scan named 'scan_short'" in refused.err
     assert daemon.stop() == 0
 
 

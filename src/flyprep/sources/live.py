@@ -69,6 +69,7 @@ class LiveFrames:
                  ignore_patterns: tuple[str, ...] = (".*", "*.tmp", "*.part"),
                  exclude: tuple[str, ...] = DEFAULT_EXCLUDE, quarantine_dir: str,
                  read_retries: int = 3, retry_delay_s: float = 0.5,
+                 hold_timeout_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] = time.sleep) -> None:
         self.scan_dir = Path(scan_dir)
@@ -80,6 +81,7 @@ class LiveFrames:
         self.exclude = exclude
         self.quarantine = self.scan_dir / quarantine_dir
         self.read_retries = read_retries
+        self.hold_timeout_s = hold_timeout_s
         self.retry_delay_s = retry_delay_s
         self.clock = clock
         self.sleep = sleep
@@ -174,8 +176,11 @@ class LiveFrames:
             self._add_hdf5(path, arrived)
 
     def refresh(self) -> int:
-        """Read what the positions file gained; place the files it now names. Returns the
-        number of new positions."""
+        """Read what the positions file gained; place the files it now names (and HDF5
+        files that waited long enough for an earlier one). Returns the number of new
+        positions."""
+        if self._held:
+            self._place_held()
         if self.positions is None:
             return 0
         new = self.positions.refresh()
@@ -251,10 +256,10 @@ class LiveFrames:
         try:
             self.quarantine.mkdir(parents=True, exist_ok=True)
             if move and path.exists():
-                target = self.quarantine / self._rel(path).replace("/", "__")
-                k = 1
+                base = self.quarantine / self._rel(path).replace("/", "__")
+                target, k = base, 1
                 while target.exists():
-                    target = target.with_name(f"{target.name}.{k}")
+                    target = base.with_name(f"{base.name}.{k}")
                     k += 1
                 os.replace(path, target)
             entry = {"file": self._rel(path), "moved_to": None if target is None else target.name,
@@ -333,10 +338,29 @@ class LiveFrames:
         while self._held:
             path = min(self._held, key=lambda p: self._held[p][0])
             key, arrived = self._held[path]
-            if not self._is_successor(path) and self._unfinished_before(path, key):
-                return
+            if not self._is_successor(path):
+                earlier = self._unfinished_before(path, key)
+                if earlier:
+                    if self.clock() - arrived < self.hold_timeout_s:
+                        return
+                    for other in sorted(earlier, key=lambda p: natural_key(self._rel_path(p))):
+                        self._give_up_on(other)
             del self._held[path]
             self._place_file(path, key, arrived)
+
+    def _give_up_on(self, path: Path) -> None:
+        """An earlier file never finished while a later one waited ``hold_timeout_s``: its
+        frames (as many as the previous file's) fail, and it is listed in the quarantine
+        (left in place: a writer may still hold it)."""
+        n = self._last_length
+        start = self._next_index
+        arrived = self.clock()
+        for i in range(start, start + n):
+            self._frames[i] = LiveFrame(path, None, arrived)
+        self._next_index += n
+        self._last_key, self._last_path = natural_key(self._rel_path(path)), path
+        self.quarantine_file(path, f"not finished within {self.hold_timeout_s:g} s while a "
+                                   "later file was", move=False)
 
     def _is_successor(self, path: Path) -> bool:
         """True when ``path`` is the file right after the last one placed (same name with
@@ -344,26 +368,34 @@ class LiveFrames:
         last = self._last_path
         if last is None or last.parent != path.parent:
             return False
-        match = _LAST_NUMBER.match(last.name)
+        # the last number before the extension (the 5 of '.h5' is no frame number)
+        stem, suffix = last.stem, last.suffix
+        match = _LAST_NUMBER.match(stem)
         if match is None:
-            return False
+            stem, suffix = last.name, ""
+            match = _LAST_NUMBER.match(stem)
+            if match is None:
+                return False
         head, digits, tail = match.groups()
-        return path.name == f"{head}{int(digits) + 1:0{len(digits)}d}{tail}"
+        return path.name == f"{head}{int(digits) + 1:0{len(digits)}d}{tail}{suffix}"
 
-    def _unfinished_before(self, path: Path, key: list[Any]) -> bool:
+    def _unfinished_before(self, path: Path, key: list[Any]) -> list[Path]:
+        """Frame files named between the last placed file and ``path`` that exist but are
+        not finished."""
         try:
             names = os.listdir(path.parent)
         except OSError:
-            return False
+            return []
+        found = []
         for name in names:
             other = path.parent / name
-            if other == path or other in self._held or not self._is_frame_file(name) \
-                    or any(other.match(x) for x in self.exclude):
+            if other == path or other in self._held or other == self.positions_path \
+                    or not self._is_frame_file(name) or any(other.match(x) for x in self.exclude):
                 continue
             other_key = natural_key(self._rel_path(other))
             if other_key < key and (self._last_key is None or other_key > self._last_key):
-                return True
-        return False
+                found.append(other)
+        return found
 
     def _place_file(self, path: Path, key: list[Any], arrived: float) -> None:
         for qkey, after in self._quarantined:
@@ -375,10 +407,12 @@ class LiveFrames:
             n, stack, positions = self._probe(path)
         except InputError as exc:
             # Its frame count is unknown: assume the previous file's (stack writers use
-            # a fixed number of frames per file).
+            # a fixed number of frames per file). Placed even below the floor, only so
+            # that the quarantine list records its whole range for a restart; the
+            # quarantine takes them out again at once.
             n = self._last_length
             start = self._next_index
-            for i in range(max(start, self.floor), start + n):
+            for i in range(start, start + n):
                 self._frames[i] = LiveFrame(path, None, arrived)
             self._next_index += n
             self.quarantine_file(path, f"unreadable: {exc.reason}")

@@ -63,9 +63,9 @@ class GrowingPositions:
         except OSError as exc:
             raise InputError(self.path, f"cannot stat positions file: {exc}") from None
         if self._hdf5 is None:
-            if st.st_size < 8:
+            if st.st_size < len(_HDF5_SIGNATURE) and self._may_become_hdf5():
                 return 0
-            self._hdf5 = h5py.is_hdf5(self.path)
+            self._hdf5 = st.st_size >= len(_HDF5_SIGNATURE) and h5py.is_hdf5(self.path)
         if self._hdf5:
             return self._refresh_hdf5(st)
         identity = (st.st_dev, st.st_ino)
@@ -84,7 +84,19 @@ class GrowingPositions:
         if end < 0:
             return 0
         before = len(self._rows)
-        self._parse(data[: end + 1])
+        n_names = None if self._names is None else len(self._names)
+        lineno = self._lineno
+        try:
+            self._parse(data[: end + 1])
+        except InputError:
+            # Keep nothing of a piece with a bad line: a later refresh reads it again.
+            del self._rows[before:]
+            if n_names is None:
+                self._names = None
+            else:
+                del self._names[n_names:]
+            self._lineno = lineno
+            raise
         self._offset += end + 1
         self._table = np.asarray(self._rows, np.float64).reshape(-1, 2) * self.units
         return len(self._rows) - before
@@ -94,6 +106,16 @@ class GrowingPositions:
         self._names = None
         self._offset = 0
         self._lineno = 0
+        self._table = np.zeros((0, 2))
+
+    def _may_become_hdf5(self) -> bool:
+        """True while a file too short to tell could still be the start of an HDF5 file."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(_HDF5_SIGNATURE))
+        except OSError:
+            return True
+        return _HDF5_SIGNATURE.startswith(head)
 
     def _parse(self, data: bytes) -> None:
         try:
@@ -144,6 +166,9 @@ class GrowingPositions:
         self._table = arr[:n] * self.units
         self._h5_state = state
         return self._table.shape[0] - before
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _is_number(text: str) -> bool:
