@@ -183,9 +183,10 @@ def effective_config(config: PrepareConfig, source: ScanSource) -> PrepareConfig
                                      f"{source.root / 'geometry.txt'}")
 
 
-#: Chunks waiting for the writer thread: absorbs fsync stalls. Memory: (this + 2) chunk
-#: buffers of prepared data and weights.
-QUEUED_CHUNKS = 2
+#: Prepared chunk buffers of a run by default (``limits.chunk_buffers`` in the daemon): one
+#: being prepared, one being written, the rest queued for the writer thread to absorb
+#: fsync stalls. When all are in use, preparation waits (back-pressure).
+CHUNK_BUFFERS = 4
 
 #: One frame of a scan in index order: (index, frame or None if missing, source name).
 FrameInput = Tuple[int, Optional[np.ndarray], str]
@@ -207,6 +208,7 @@ def run_scan(
     resume: ResumeState | None = None,
     resolved: dict[str, Any] | None = None,
     final_state: Callable[[], ScanState] | None = None,
+    chunk_buffers: int = CHUNK_BUFFERS,
 ) -> PrepareSummary:
     """Prepare and write a scan whose frames come in index order: the one code path of
     ``flyprep prepare``, of the daemon's scans and of the benchmarks. Frames never yielded
@@ -217,7 +219,7 @@ def run_scan(
     ``resume`` continues a reconciled output at its next chunk (frames before it are not
     expected); ``resolved`` fixes the preparation as the kept chunks had it (see
     :meth:`ChunkPreparer.resolved`). ``final_state`` says what the master says at the end
-    (default ``complete``).
+    (default ``complete``). ``chunk_buffers`` bounds the prepared chunks in memory.
 
     :class:`~flyprep.errors.ScanInterrupted` raised by ``frames`` stops the run with the
     whole chunks written and the master still ``acquiring``, ready to be resumed.
@@ -240,7 +242,7 @@ def run_scan(
     if resume is not None:
         book.missing_total = len(resume.missing_indices)
     preparer = ChunkPreparer(config.prep, calibration=calibration,
-                             chunk_frames=out_cfg.chunk_frames, buffers=QUEUED_CHUNKS + 2)
+                             chunk_frames=out_cfg.chunk_frames, buffers=max(2, chunk_buffers))
     if resolved is not None:
         preparation = preparer.preset(resolved)
         # Known even if no frame of the rest of the scan ever comes.
@@ -255,7 +257,7 @@ def run_scan(
             if writer is None:
                 writer = WriterThread(
                     _open_writer(output, config, preparer, num_frames, overwrite, resume),
-                    max_queued=QUEUED_CHUNKS,
+                    max_queued=max(1, chunk_buffers - 2),
                     on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
             bytes_written += chunk.data.nbytes + chunk.weights.nbytes
             writer.submit(chunk)

@@ -243,7 +243,8 @@ class ScanSession:
         run_scan(self._frames(start, num_frames, settings.output.chunk_frames),
                  num_frames=num_frames, positions=None, config=settings, output=self.output,
                  calibration=calibration, allow_missing=True, on_chunk=self._chunk_written,
-                 resume=resume, resolved=resolved, final_state=self._final_state)
+                 resume=resume, resolved=resolved, final_state=self._final_state,
+                 chunk_buffers=self.config.limits.chunk_buffers)
         state = self._final_state()
         self._set_state(SessionState(state))
         self._emit_end(state)
