@@ -200,6 +200,9 @@ class Daemon:
         files directly in a root and for scans finished in this run."""
         if scan_dir in self.config.watch.roots:
             return None
+        out = self.config.output.directory
+        if out is not None and (Path(out) == scan_dir or scan_dir in Path(out).parents):
+            return None  # the output directory inside a watched root is no scan
         with self._lock:
             session = self._sessions.get(scan_dir)
             if session is not None:

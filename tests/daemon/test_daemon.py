@@ -159,8 +159,9 @@ def test_apx_files_are_followed_and_their_readouts_reported(inprocess_daemon, da
         assert ids[0][0] == 0 and ids[-1][1] == result.apx_records - 1
         assert all(a[1] + 1 == b[0] for a, b in zip(ids, ids[1:]))  # none twice, none lost
         assert all(e.scan == "scan_apx" for e in batches)
-        files = d.daemon.status()["apx"]["files"]
-        assert [f["state"] for f in files.values()] == ["finished"]
+        files = wait_for(lambda: [f["state"] for f in d.daemon.status()["apx"]["files"].values()]
+                         == ["finished"], 20, "the .apx file finished with its scan")
+        assert files
 
 
 def test_chunk_events_carry_latency_and_status_shows_progress(inprocess_daemon, daemon_dirs):
@@ -177,3 +178,25 @@ def test_chunk_events_carry_latency_and_status_shows_progress(inprocess_daemon, 
         scan = d.scan("scan_ev")
         assert scan["frames_written"] == 100 and scan["chunks_written"] == 3
         assert status["uptime_s"] > 0 and time.time() > 0
+
+
+def test_the_polling_observer_for_network_file_systems(inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon(watch={"observer": "polling", "poll_interval_s": 0.1,
+                                 "quiet_window_s": 0.3, "frame_timeout_s": 30}) as d:
+        result = simulate_scan(root / "scan_nfs", layout="hdf5", num_frames=60, frame_side=64,
+                               rate_hz=300, frames_per_file=20)
+        d.wait_state("scan_nfs", ("complete",))
+        assert d.scan("scan_nfs")["frames_missing"] == 0
+    f = open_ptyd(out / "scan_nfs.ptyd")
+    assert f.n_frames == result.frames_written == 60
+
+
+def test_an_output_directory_inside_a_watched_root_is_not_a_scan(inprocess_daemon, daemon_dirs):
+    root, _, _ = daemon_dirs
+    with inprocess_daemon(output={"directory": str(root / "prepared")}) as d:
+        _ptypy_scan(root / "scan_in", 10, num_frames=10, marker=True)
+        d.wait_state("scan_in", ("complete",))
+        assert (root / "prepared" / "scan_in.ptyd").exists()
+        time.sleep(0.3)  # the output's own files were seen by the watcher meanwhile
+        assert [s["scan"] for s in d.daemon.status()["scans"]] == ["scan_in"]

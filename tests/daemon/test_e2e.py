@@ -97,6 +97,7 @@ class Events:
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(endpoint)
         self.events: list[dict[str, Any]] = []
+        self.received: list[tuple[dict[str, Any], list[np.ndarray]]] = []
         time.sleep(0.3)  # let the subscription reach the publisher
 
     def collect(self) -> list[dict[str, Any]]:
@@ -104,6 +105,13 @@ class Events:
             received = decode_message(self.sock.recv_multipart())
             self.events.append(received.body)
         return self.events
+
+    def messages(self) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
+        """(body, arrays) of every message received so far (array-carrying streams)."""
+        while self.sock.poll(0):
+            received = decode_message(self.sock.recv_multipart())
+            self.received.append((received.body, received.arrays))
+        return self.received
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.collect() if e["kind"] == kind]
@@ -116,18 +124,20 @@ class Events:
 def test_live_scan_is_read_by_a_ptypy_reader_while_it_runs(daemon_process, daemon_dirs, flyprep_process,
                                                            tmp_path):
     root, out, sockets = daemon_dirs
-    daemon = daemon_process().start()
+    daemon = daemon_process(apx={"follow": True, "stream": f"ipc://{sockets}/apx"}).start()
     events = Events(f"ipc://{sockets}/ev")
+    hits = Events(f"ipc://{sockets}/apx")
     master = out / "scan_live.ptyd"
     reader = Reader(master, tmp_path / "read.npz")
-    sim = Simulation(root / "scan_live", num_frames=240, rate_hz=150, apx=False)
+    sim = Simulation(root / "scan_live", num_frames=240, rate_hz=150, apx=True,
+                     readouts_per_frame=10)
     sim.start()
-    sim.finish()
+    result = sim.finish()
     report, got = reader.result()
     assert report["errors"] == [] and report["n_errors"] == 0
     assert report["num_frames"] == 240 and report["frames"] == 240  # EOS reached
     # A reconstruction could start long before the scan ended.
-    assert report["first_read"] < sim.ended_at - 0.5
+    assert report["first_read"] < sim.ended_at - 0.2
     wait_for(lambda: master_state(master) == "complete", 20, "the master to say complete")
     meta, data, weights, positions = ptyd_contents(reference(root / "scan_live",
                                                              tmp_path / "ref.ptyd"))
@@ -142,6 +152,15 @@ def test_live_scan_is_read_by_a_ptypy_reader_while_it_runs(daemon_process, daemo
     assert events.of("scan.started")[0]["num_frames"] == 240
     assert events.of("scan.ended")[0]["state"] == "complete"
     events.close()
+    # The AstroPix stream: every readout once, in order, with its hits as an array.
+    stream = wait_for(lambda: (m := hits.messages()) and
+                      sum(b["n_readouts"] for b, _ in m) == result.apx_records and m, 20,
+                      "every .apx readout on the stream")
+    ranges = [(b["first_readout"], b["last_readout"]) for b, _ in stream]
+    assert ranges[0][0] == 0 and all(a[1] + 1 == b[0] for a, b in zip(ranges, ranges[1:]))
+    all_hits = np.concatenate([arrays[0] for _, arrays in stream])
+    assert all_hits.size == sum(b["n_hits"] for b, _ in stream) > 0
+    hits.close()
     status = flyprep_process("status", "--endpoint", f"ipc://{sockets}/ctl")
     assert status.code == 0 and "scan_live: complete, 240/240 frames" in status.out
     assert daemon.stop() == 0
