@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from importlib import import_module
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flyprep: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (ConfigError, InputError, PtydError) as exc:
         print(f"flyprep: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
