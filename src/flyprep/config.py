@@ -284,7 +284,8 @@ class WatchConfig(Section):
     def _existing_roots(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
         roots = [_resolve(p, info) for p in v]
         for root in roots:
-            if not root.is_dir():
+            # `flyprep run` checks at startup instead (a mount may come late: exit 3, retried)
+            if (info.context or {}).get("require_roots", True) and not root.is_dir():
                 raise ValueError(f"root {str(root)!r} does not exist or is not a directory")
         if len(set(roots)) != len(roots):
             raise ValueError("a root is listed twice")
@@ -349,7 +350,8 @@ class DaemonOutputConfig(OutputConfig):
     """:class:`OutputConfig` plus where each scan's ``.ptyd`` goes."""
 
     directory: Optional[Path] = Field(None, description="None: next to the scan directory")
-    name: str = Field("{scan}.ptyd", description="{scan} is the scan directory's name")
+    name: str = Field("{scan}.ptyd", description="{scan}: the scan directory's name; {root}: "
+                                                 "the watched root's name")
 
     @field_validator("directory", mode="before")
     @classmethod
@@ -372,9 +374,9 @@ class DaemonOutputConfig(OutputConfig):
         if "/" in v or not v.endswith(".ptyd") or "{scan}" not in v:
             raise ValueError("must contain {scan}, end in .ptyd and have no '/'")
         try:
-            v.format(scan="x")
+            v.format(scan="x", root="y")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"only {{scan}} may be substituted ({exc!r})") from exc
+            raise ValueError(f"only {{scan}} and {{root}} may be substituted ({exc!r})") from exc
         return v
 
 
@@ -522,24 +524,29 @@ def format_daemon_errors(exc: ValidationError, source: str,
 
 def parse_daemon_config(data: dict[str, Any], *, source: str = "<config>",
                         base_dir: str | Path | None = None,
-                        origin: Mapping[tuple[str, str], str] | None = None) -> DaemonConfig:
+                        origin: Mapping[tuple[str, str], str] | None = None,
+                        require_roots: bool = True) -> DaemonConfig:
     """Validate a nested dict into a :class:`DaemonConfig`, or raise :class:`ConfigError`."""
     data = _anchor_calibration(data, base_dir)
     try:
-        return DaemonConfig.model_validate(data, context={"base_dir": base_dir})
+        return DaemonConfig.model_validate(data, context={"base_dir": base_dir,
+                                                          "require_roots": require_roots})
     except ValidationError as exc:
         raise ConfigError(format_daemon_errors(exc, source, origin)) from exc
 
 
-def load_daemon_config(path: str | Path, env: Mapping[str, str] | None = None) -> DaemonConfig:
+def load_daemon_config(path: str | Path, env: Mapping[str, str] | None = None, *,
+                       require_roots: bool = True) -> DaemonConfig:
     """The TOML file, then ``FLYPREP__SECTION__KEY`` variables from ``env`` (default
     ``os.environ``), validated together. Relative paths are taken from the file's directory.
-    Raises :class:`ConfigError` listing every bad key with its value and the reason."""
+    Raises :class:`ConfigError` listing every bad key with its value and the reason.
+    ``require_roots=False`` leaves the existence of ``watch.roots`` to be checked later."""
     path = Path(path)
     data = load_toml(path)
     overrides, origin = env_overrides(os.environ if env is None else env)
     return parse_daemon_config(merge(data, overrides), source=str(path),
-                               base_dir=path.resolve().parent, origin=origin)
+                               base_dir=path.resolve().parent, origin=origin,
+                               require_roots=require_roots)
 
 
 def _toml_value(value: Any) -> str:

@@ -31,8 +31,10 @@ from . import __version__
 from .apx.stream import ApxStreamer
 from .bus import ControlServer, EventPublisher
 from .config import DaemonConfig
+from .errors import InputError
 from .events import ApxReadouts, EventSink, FanoutSink
-from .session import ScanSession, SessionState
+from .ptyd.resume import finished_state
+from .session import ScanSession, SessionState, output_path
 from .sources.watch import (
     EndMarkerSeen,
     FileCompleted,
@@ -75,12 +77,19 @@ class Daemon:
         self._finished: OrderedDict[Path, ScanSession] = OrderedDict()
         self._started = time.time()
         self._apx_files: dict[Path, Path] = {}  # .apx file -> its scan directory
+        watch = config.watch
+        # The end marker can come just before the close of the last files it follows.
+        self._marker_grace_s = min(watch.frame_timeout_s, 2 * watch.quiet_window_s + (
+            watch.poll_interval_s if watch.observer == "polling" else 0.0) + 0.5)
 
     # ---- lifecycle
 
     def startup(self) -> None:
         """Bind the sockets, start the watcher. Raises (and cleans up) if anything fails."""
         cfg = self.config
+        for root in cfg.watch.roots:
+            if not Path(root).is_dir():  # e.g. a network mount not there yet
+                raise InputError(root, "watched root does not exist or is not a directory")
         try:
             if self._publish:
                 self._events = EventPublisher(cfg.bus.events, allow_remote=cfg.bus.allow_remote,
@@ -180,6 +189,7 @@ class Daemon:
             session = self._session_for(event.scan_dir)
             if session is not None:
                 session.file_completed(event.path)
+                self._admit(session)
         elif isinstance(event, FileGrew):
             if self._is_apx(event.path):
                 scan_dir = self._watcher.scan_dir_of(event.path) if self._watcher else None
@@ -192,7 +202,8 @@ class Daemon:
         elif isinstance(event, EndMarkerSeen):
             session = self._sessions.get(event.scan_dir)
             if session is not None:
-                session.end("end marker")
+                session.end("end marker", grace_s=self._marker_grace_s)
+                self._admit(session)
             self._finish_apx(event.scan_dir)
 
     def _session_for(self, scan_dir: Path) -> ScanSession | None:
@@ -211,19 +222,26 @@ class Daemon:
                 return None
             session = ScanSession(scan_dir, self.config, events=self._sink)
             self._sessions[scan_dir] = session
+        return session
+
+    def _admit(self, session: ScanSession) -> None:
+        """Start the session's thread on its first file (a directory without scan files
+        takes no thread and no slot), or queue it while ``limits.max_scans`` run."""
+        with self._lock:
+            if session.started or session.scan_dir in self._queued:
+                return
             running = sum(1 for s in self._sessions.values() if s.alive)
             if running < self.config.limits.max_scans:
                 session.start()
             else:
-                self._queued.append(scan_dir)
+                self._queued.append(session.scan_dir)
                 log.info("%s: queued (%d scans running, limits.max_scans)", session.name,
                          running)
-        return session
 
     def _housekeeping(self) -> None:
         with self._lock:
             for scan_dir, session in list(self._sessions.items()):
-                if session.state.finished and not session.alive and scan_dir not in self._queued:
+                if session.started and session.state.finished and not session.alive:
                     del self._sessions[scan_dir]
                     self._finished[scan_dir] = session
                     while len(self._finished) > FINISHED_KEPT:
@@ -244,9 +262,16 @@ class Daemon:
         if self._apx is None:
             return
         if path not in self._apx_files:
+            owner = scan_dir or path.parent
+            if owner not in self._finished and \
+                    finished_state(output_path(self.config, owner)) is not None:
+                return  # a scan finished before this start: its file was streamed then
             if not self._apx.follow(path, scan=None if scan_dir is None else scan_dir.name):
                 return  # refused (too many files followed): logged and counted there
-            self._apx_files[path] = scan_dir or path.parent
+            self._apx_files[path] = owner
+            if owner in self._finished:
+                self._finish_apx(owner)  # its scan ended already: read it to the end
+                return
         if grew:
             self._apx.poke(path)
 

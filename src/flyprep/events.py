@@ -96,7 +96,7 @@ class ChunkWritten(_EventBase):
 
 @dataclass(frozen=True)
 class FrameMissing(_EventBase):
-    """Frame ``index`` never arrived; it is written with weight 0."""
+    """Frames ``index .. index + count - 1`` never arrived; written with weight 0."""
 
     kind: ClassVar[str] = "frame.missing"
     _path_fields: ClassVar[tuple[str, ...]] = ("path",)
@@ -104,6 +104,7 @@ class FrameMissing(_EventBase):
     index: int
     path: str
     reason: str
+    count: int = 1  # frames index .. index + count - 1 (a scan ended early: one event)
 
 
 @dataclass(frozen=True)

@@ -250,38 +250,55 @@ def run_scan(
     scan = Scan(book, preparer)
     writer: WriterThread | None = None
     bytes_written = 0
+    chunk_frames = out_cfg.chunk_frames
+
+    def open_writer() -> WriterThread:
+        nonlocal writer
+        if writer is None:
+            writer = WriterThread(
+                _open_writer(output, config, preparer, num_frames, overwrite, resume),
+                max_queued=max(1, chunk_buffers - 2),
+                on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
+        return writer
 
     def flush_ready() -> None:
-        nonlocal writer, bytes_written
+        nonlocal bytes_written
         while isinstance(chunk := scan.auto(), PreparedChunk):
-            if writer is None:
-                writer = WriterThread(
-                    _open_writer(output, config, preparer, num_frames, overwrite, resume),
-                    max_queued=max(1, chunk_buffers - 2),
-                    on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
             bytes_written += chunk.data.nbytes + chunk.weights.nbytes
-            writer.submit(chunk)
+            open_writer().submit(chunk)
+
+    def resumed_writer() -> WriterThread | None:
+        # A resumed scan has a master to finish even when no new chunk was written.
+        if writer is None and resume is not None and resume.next_key > 0 \
+                and preparer.preparation is not None:
+            return open_writer()
+        return writer
 
     try:
         for item in frames:
             index, frame, name = item[0], item[1], item[2]
+            position = item[3] if len(item) > 3 else None
             if not book.accepts(index):
                 flush_ready()
                 if not book.accepts(index):
                     raise InputError(name, f"frame {index} arrived out of order "
                                            f"(expected frames {book.window.start}..)")
+            added = False
             if frame is not None:
                 try:
-                    book.add(index, frame, item[3] if len(item) > 3 else None, source=name)
-                    continue
+                    added = book.add(index, frame, position, source=name)
                 except ValueError as exc:
                     if not allow_missing:
                         raise InputError(name, str(exc)) from None
-            book.mark_missing([index], [item[3] if len(item) > 3 else None])
+            if not added:
+                book.mark_missing([index], [position])
+            if (index + 1) % chunk_frames == 0:
+                flush_ready()  # the chunk is whole: on disk now, not at the next frame
         book.end()
         flush_ready()
-        assert writer is not None, "a scan has at least one chunk"
-        writer.close("complete" if final_state is None else final_state())
+        finisher = resumed_writer()
+        assert finisher is not None, "a scan has at least one chunk"
+        finisher.close("complete" if final_state is None else final_state())
     except ScanInterrupted:
         try:
             flush_ready()  # the chunks whose frames are all in
@@ -290,8 +307,11 @@ def run_scan(
                 writer.suspend()
         raise
     except BaseException:
-        if writer is not None:
-            _finish_aborted(book, flush_ready, writer)
+        finisher = None
+        with contextlib.suppress(Exception):
+            finisher = resumed_writer()
+        if finisher is not None:
+            _finish_aborted(book, flush_ready, finisher)
         raise
     return PrepareSummary(output=Path(output), frames=num_frames, chunks=book.n_chunks,
                           frames_missing=book.missing_total,

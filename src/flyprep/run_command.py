@@ -6,8 +6,9 @@ crash-safe either way: the next start reconciles it). Under systemd (``Type=noti
 daemon reports ``READY=1`` once its sockets are bound and its watcher runs, and
 ``STOPPING=1`` when it begins to stop.
 
-Exit codes: 0 stopped cleanly, 2 bad configuration, 3 could not start (an endpoint in use,
-a root missing), 130/143 forced stop by a second signal.
+Exit codes: 0 stopped cleanly, 2 bad configuration (not retried by the systemd unit),
+3 could not start (an endpoint in use, a watched root missing: e.g. a network mount not
+there yet; retried), 130/143 forced stop by a second signal.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
 
     try:
-        config = load_daemon_config(args.config)
+        config = load_daemon_config(args.config, require_roots=False)
     except ConfigError as exc:
         print(f"flyprep: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

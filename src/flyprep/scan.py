@@ -71,7 +71,7 @@ class FrameBook:
         ``start_key``: the first chunk still to release (a resumed scan's next chunk)."""
         if num_frames < 1 or chunk_frames < 1 or buffer_chunks < 1:
             raise ValueError("num_frames, chunk_frames and buffer_chunks must be positive")
-        if start_key < 0 or start_key * chunk_frames > num_frames:
+        if start_key < 0 or start_key > -(-num_frames // chunk_frames):
             raise ValueError(f"start_key {start_key} outside the scan's chunks")
         self.num_frames = num_frames
         self.chunk_frames = chunk_frames

@@ -20,6 +20,7 @@ quarantined and failed. Either way it is written with weight 0 and the scan goes
 from __future__ import annotations
 
 import enum
+import fcntl
 import json
 import logging
 import queue
@@ -34,7 +35,7 @@ import h5py
 import numpy as np
 
 from .config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
-from .errors import ConfigError, FlyprepError, InputError, ScanInterrupted
+from .errors import ConfigError, FlyprepError, InputError, OutputError, ScanInterrupted
 from .events import ChunkWritten, EventSink, FrameFailed, FrameMissing, ScanEnded, ScanStarted
 from .pipeline import (
     ChunkPreparer,
@@ -83,6 +84,7 @@ class _File:
 class _End:
     reason: str
     state: str  # "complete" or "aborted"
+    grace_s: float = 0.0  # frames still absent this long after the end are missing
 
 
 _POKE = object()
@@ -91,9 +93,11 @@ _STOP = object()
 
 def output_path(config: DaemonConfig, scan_dir: Path) -> Path:
     """Where a scan's ``.ptyd`` goes: ``output.directory`` (or next to the scan directory)
-    and ``output.name`` with ``{scan}`` the scan directory's name."""
+    and ``output.name`` with ``{scan}`` the scan directory's name and ``{root}`` the name
+    of the watched root holding it."""
     directory = config.output.directory or scan_dir.parent
-    return Path(directory) / config.output.name.format(scan=scan_dir.name)
+    return Path(directory) / config.output.name.format(scan=scan_dir.name,
+                                                       root=scan_dir.parent.name)
 
 
 class ScanSession:
@@ -122,7 +126,11 @@ class ScanSession:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._end: _End | None = None
+        self._end_at = 0.0
+        self._gap_run: list[Any] | None = None  # [first index, count, path, reason]
+        self._final: dict[str, Any] = {"pending_frames": 0, "ignored_files": []}
         self._stop = False
+        self._output_lock: Any = None
         self._described = False
         self._files_seen = 0
         self._last_news = clock()
@@ -139,6 +147,11 @@ class ScanSession:
         self._thread.start()
         return self
 
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` was called."""
+        return self._thread is not None
+
     def file_completed(self, path: Path, arrived: float | None = None) -> None:
         """A file of the scan is finished (frame, positions or scan file)."""
         self._inbox.put(_File(Path(path), self.clock() if arrived is None else arrived))
@@ -147,11 +160,12 @@ class ScanSession:
         """Something grew (the positions file): look again soon."""
         self._inbox.put(_POKE)
 
-    def end(self, reason: str, *, state: str = "complete") -> None:
-        """End the scan: frames not yet arrived are missing; the master says ``state``."""
+    def end(self, reason: str, *, state: str = "complete", grace_s: float = 0.0) -> None:
+        """End the scan: every frame already finished is still prepared; frames absent
+        ``grace_s`` after the end are missing; the master says ``state``."""
         if state not in ("complete", "aborted"):
             raise ValueError(f"state must be 'complete' or 'aborted', got {state!r}")
-        self._inbox.put(_End(reason, state))
+        self._inbox.put(_End(reason, state, grace_s))
 
     def stop(self) -> None:
         """Stop without ending the scan (daemon shutdown): the output stays resumable."""
@@ -182,8 +196,9 @@ class ScanSession:
                 "chunks_written": self.chunks_written, "resumed_at_frame": self.resumed_at,
                 "end_reason": self.end_reason, "error": self.error,
                 "files_seen": self._files_seen,
-                "pending_frames": 0 if live is None else live.pending,
-                "ignored_files": [] if live is None else [f"{p}: {why}" for p, why in live.ignored],
+                "pending_frames": self._final["pending_frames"] if live is None else live.pending,
+                "ignored_files": (self._final["ignored_files"] if live is None else
+                                  [f"{p}: {why}" for p, why in live.ignored]),
             }
 
     # ---- the thread
@@ -200,6 +215,40 @@ class ScanSession:
         except Exception as exc:  # a bug must not take the daemon down
             log.exception("%s: unexpected error", self.name)
             self._fail(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._release()
+
+    def _lock_output(self) -> None:
+        """Hold an exclusive lock on the output for the session's life: another scan (of
+        the same name in another root) or another daemon must not write it too. The
+        kernel drops the lock when the process dies, however it dies."""
+        out = self.output
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(out.parent / f".{out.name}.lock", "a")  # noqa: SIM115 - held
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot create the output's lock file: {exc}") from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise OutputError(f"{out}: already being written by another scan or flyprep "
+                              "process (give each watched root its own output.directory, or "
+                              "put {root} in output.name)") from None
+        self._output_lock = handle
+
+    def _release(self) -> None:
+        """The thread is done: keep a summary for status, drop the scan's tables."""
+        if self._output_lock is not None:
+            self._output_lock.close()  # releases the lock
+            self._output_lock = None
+        with self._lock:
+            live, self._live = self._live, None
+            if live is not None:
+                self._final = {"pending_frames": live.pending,
+                               "ignored_files": [f"{p}: {why}" for p, why in live.ignored]}
+        self._arrivals.clear()
+        self._early_files.clear()
 
     def _fail(self, message: str) -> None:
         with self._lock:
@@ -223,6 +272,7 @@ class ScanSession:
             log.info("%s: %s is finished already (%s)", self.name, self.output, finished)
             return
         settings = self._settings()
+        self._lock_output()
         num_frames = settings.scan.num_frames
         assert num_frames is not None
         live = self._live
@@ -230,6 +280,8 @@ class ScanSession:
         calibration = load_calibration(settings.prep)
         resume, resolved = self._reconcile(settings, calibration, num_frames)
         start = 0 if resume is None else resume.next_frame
+        if resolved is not None:  # frames must match those of the kept chunks
+            self._frame_shape = (tuple(resolved["raw_shape"]), np.dtype(resolved["raw_dtype"]))
         live.start_at(start)
         with self._lock:
             self.frames_done = self.frames_written = start
@@ -266,30 +318,48 @@ class ScanSession:
     # ---- settings
 
     def _settings(self) -> Any:
-        """Wait for the scan file (or the first frame file without one), then build the
-        scan's PrepareConfig and its LiveFrames."""
+        """Wait until the scan's first frame file is finished (and its scan file, if it has
+        one), then build the scan's PrepareConfig and its LiveFrames. Files written before
+        the frames (the scan file, ``geometry.txt``) are complete by then."""
         cfg = self.config
         scan_file = self.scan_dir / cfg.watch.scan_file
-        description: ScanDescription | None = None
         while True:
-            if scan_file.is_file():
-                description = load_scan_description(scan_file)
-                self._described = True
-            settings = scan_settings(cfg, description, source=str(scan_file))
-            settings = self._with_geometry_file(settings)
-            ready = self._described or self._files_seen > 0
-            if ready and settings.scan.num_frames is not None:
-                break
-            if self._end is not None:
-                raise ConfigError(
-                    f"{self.scan_dir}: the scan ended before its number of frames was known "
-                    f"(set num_frames in {cfg.watch.scan_file} or [scan] of the config)")
+            if self._stop:
+                raise ScanInterrupted(f"{self.name}: stopped while waiting for its settings")
+            described = self._described or (self._end is not None and scan_file.is_file())
+            ready = self._files_seen > 0 and (described or not scan_file.exists())
+            if ready or self._end is not None:
+                description = self._read_description(scan_file) if described else None
+                settings = scan_settings(cfg, description, source=str(scan_file))
+                settings = self._with_geometry_file(settings)
+                if self._files_seen == 0:
+                    raise ConfigError(f"{self.scan_dir}: the scan ended before any frame file "
+                                      "was finished")
+                if settings.scan.num_frames is not None:
+                    break
+                if self._end is not None:
+                    raise ConfigError(
+                        f"{self.scan_dir}: the scan ended before its number of frames was "
+                        f"known (set num_frames in {cfg.watch.scan_file} or [scan] of the "
+                        "config)")
             self._wait_news(TICK_S * 4)
         require_geometry(settings.geometry)
         with self._lock:
             self.num_frames = settings.scan.num_frames
         self._make_live()
         return settings
+
+    def _read_description(self, path: Path) -> ScanDescription:
+        """The scan file; read again a few times if it does not parse (it may be being
+        rewritten in place), then its error stands."""
+        for attempt in range(3):
+            try:
+                return load_scan_description(path)
+            except ConfigError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
 
     def _with_geometry_file(self, settings: Any) -> Any:
         """PtyPy's tutorial layout may state geometry in ``geometry.txt``: it fills what the
@@ -322,12 +392,6 @@ class ScanSession:
                    ) -> tuple[ResumeState | None, dict[str, Any] | None]:
         """Bring an output left by an earlier run to a state to continue from."""
         out = self.output
-        if not out.parent.is_dir():
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise ConfigError(f"{out.parent}: cannot create the output directory: {exc}") \
-                    from exc
         if not out.exists() and not any(out.parent.glob(out.name + "*")):
             return None, None
 
@@ -366,23 +430,29 @@ class ScanSession:
             self._drain()
             if self._stop:
                 raise ScanInterrupted(f"{self.name}: stopped at frame {index}")
-            item = self._next_frame(live, index, num_frames, chunk_frames, timeout_s)
+            ending = self._end is not None and self.clock() - self._end_at >= self._end.grace_s
+            item = self._next_frame(live, index, num_frames, chunk_frames, timeout_s, ending)
             if item is None:
-                if self._end is not None:
-                    self._ended_early(live, index, num_frames)
-                    return
-                self._wait_news(TICK_S)
-                live.refresh()  # growth reports are debounced: do not wait for them
-                continue
+                if not ending:
+                    self._flush_gaps()
+                    self._wait_news(TICK_S)
+                    live.refresh()  # growth reports are debounced: do not wait for them
+                    continue
+                item = self._gap(live, index)
+            else:
+                self._flush_gaps()
             with self._lock:
                 self.frames_done = index + 1
+            self._last_news = self.clock()  # handing frames on is activity too
             live.consume(index)
             yield item
             index += 1
+        self._flush_gaps()
 
     def _next_frame(self, live: LiveFrames, index: int, num_frames: int, chunk_frames: int,
-                    timeout_s: float) -> tuple | None:
-        """Frame ``index`` as a run_scan item, a missing/failed item, or None (wait)."""
+                    timeout_s: float, ending: bool) -> tuple | None:
+        """Frame ``index`` as a run_scan item, a missing/failed item, or None (not there:
+        wait, or once the scan has ended, a gap)."""
         if index in live.failed:
             return self._failed(index, str(live.expected_path(index) or self.scan_dir),
                                 live.failed[index])
@@ -397,7 +467,7 @@ class ScanSession:
             live.refresh()
             position = live.position(index)
         if position is None:
-            if self._end is None and live.overdue(index, timeout_s):
+            if ending or (self._end is None and live.overdue(index, timeout_s)):
                 live.fail(index, "no position for it in the positions file")
                 return self._failed(index, frame.describe(), live.failed[index])
             return None
@@ -441,13 +511,25 @@ class ScanSession:
         self.events.emit(FrameMissing(scan=self.name, index=index, path=path, reason=reason))
         return self._blank(index, path)
 
-    def _ended_early(self, live: LiveFrames, index: int, num_frames: int) -> None:
+    def _gap(self, live: LiveFrames, index: int) -> tuple:
+        """Frame ``index`` never came before the scan ended: missing. Consecutive gaps are
+        reported as one event (a scan ended early can leave thousands)."""
         assert self._end is not None
-        reason = f"scan ended ({self._end.reason}) before this frame arrived"
-        for i in range(index, num_frames):
-            expected = live.expected_path(i)
-            self.events.emit(FrameMissing(scan=self.name, index=i, reason=reason,
-                                          path=str(expected or self.scan_dir)))
+        path = str(live.expected_path(index) or self.scan_dir)
+        run = self._gap_run
+        if run is not None and run[0] + run[1] == index:
+            run[1] += 1
+        else:
+            self._flush_gaps()
+            self._gap_run = [index, 1, path,
+                             f"scan ended ({self._end.reason}) before this frame arrived"]
+        return self._blank(index, path)
+
+    def _flush_gaps(self) -> None:
+        run, self._gap_run = self._gap_run, None
+        if run is not None:
+            self.events.emit(FrameMissing(scan=self.name, index=run[0], count=run[1],
+                                          path=run[2], reason=run[3]))
 
     def _chunk_written(self, chunk: PreparedChunk) -> None:
         """Called by the writer thread once a chunk is on disk."""
@@ -492,6 +574,7 @@ class ScanSession:
         if isinstance(item, _End):
             if self._end is None:
                 self._end = item
+                self._end_at = self.clock()
                 with self._lock:
                     self.end_reason = item.reason
                 if self._live is not None:

@@ -200,3 +200,116 @@ def test_an_output_directory_inside_a_watched_root_is_not_a_scan(inprocess_daemo
         assert (root / "prepared" / "scan_in.ptyd").exists()
         time.sleep(0.3)  # the output's own files were seen by the watcher meanwhile
         assert [s["scan"] for s in d.daemon.status()["scans"]] == ["scan_in"]
+
+
+# -- found by review: each of these was a real failure ---------------------------------------
+
+
+def test_at_the_end_every_finished_frame_is_still_prepared_only_gaps_are_missing(
+        inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon() as d:  # frame_timeout_s 60: frame 5 is not timed out
+        _ptypy_scan(root / "scan_endgap", 50, skip={5, 6, 30}, num_frames=60, marker=True)
+        info = d.wait_state("scan_endgap", ("complete",))
+        assert info["frames_missing"] == 13  # 5, 6, 30 and 50..59
+        missing = [(e.index, e.count) for e in d.sink.of_kind(FrameMissing)]
+        assert missing == [(5, 2), (30, 1), (50, 10)]  # runs, one event each
+    weights = np.concatenate([c.weights for c in open_ptyd(out / "scan_endgap.ptyd").iter_chunks()])
+    has = weights.reshape(60, -1).any(axis=1)
+    assert np.flatnonzero(~has).tolist() == [5, 6, 30, *range(50, 60)]
+
+
+def test_a_restart_after_the_last_chunk_but_before_the_final_master_finishes_it(
+        inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    _ptypy_scan(root / "scan_last", 50, num_frames=50)  # 40 + 10: the last chunk is short
+    with inprocess_daemon() as d:
+        d.wait_state("scan_last", ("complete",))
+    # As if the daemon died after the last chunk file, before any later master: every
+    # chunk is on disk, no final master.
+    (out / "scan_last.ptyd").unlink()
+    with inprocess_daemon() as d:
+        info = d.wait_state("scan_last", ("complete",))
+        assert info["resumed_at_frame"] == 50
+    f = open_ptyd(out / "scan_last.ptyd")
+    assert f.state == "complete" and f.n_frames == 50
+
+
+def test_a_malformed_hdf5_frame_file_is_quarantined_not_fatal(inprocess_daemon, daemon_dirs):
+    root, out, _ = daemon_dirs
+    staging = root.parent / "staging" / "scan_group"
+    staging.mkdir(parents=True)
+    (staging / "flyprep-scan.toml").write_text("num_frames = 20\n")
+    (staging / "positions.txt").write_text("".join(f"{i} {i}\n" for i in range(20)))
+    for k in range(4):
+        with h5py.File(staging / f"d_{k}.h5", "w") as f:
+            if k == 2:
+                f.create_group("/entry/data/data")  # a group where the frames should be
+            else:
+                f["/entry/data/data"] = np.ones((5, 64, 64), np.uint16)
+    (staging / "flyprep-scan.done").touch()
+    with inprocess_daemon() as d:
+        staging.rename(root / "scan_group")
+        info = d.wait_state("scan_group", ("complete",))
+        assert info["frames_failed"] == 5 and info["error"] is None
+    listed = (root / "scan_group" / "flyprep-quarantine" / "quarantine.jsonl").read_text()
+    assert "d_2.h5" in listed and "no dataset '/entry/data/data'" in listed
+    weights = np.concatenate([c.weights for c in open_ptyd(out / "scan_group.ptyd").iter_chunks()])
+    assert np.flatnonzero(~weights.reshape(20, -1).any(axis=1)).tolist() == list(range(10, 15))
+
+
+def test_same_named_scans_in_two_roots_never_share_an_output(tmp_path, daemon_dirs):
+    from daemon_helpers import InProcessDaemon, daemon_settings
+
+    root, out, sockets = daemon_dirs
+    other = tmp_path / "root2"
+    other.mkdir()
+    data = daemon_settings(root, out, sockets)
+    data["watch"]["roots"] = [str(root), str(other)]
+    with InProcessDaemon(data) as d:
+        _ptypy_scan(root / "scan_0042", 30, num_frames=60)  # stays open
+        wait_for(lambda: (s := d.scan("scan_0042")) and s["state"] == "acquiring", 20, "first")
+        _ptypy_scan(other / "scan_0042", 10, num_frames=10, marker=True)
+        failed = wait_for(lambda: [s for s in d.daemon.status()["scans"]
+                                   if s["state"] == "failed"], 20, "the second refused")
+        assert failed[0]["directory"] == str(other / "scan_0042")
+        assert "already being written by another scan" in failed[0]["error"]
+        assert "{root}" in failed[0]["error"]
+    data["output"]["name"] = "{root}-{scan}.ptyd"
+    with InProcessDaemon(data) as d:
+        (other / "scan_0042" / "flyprep-scan.done").touch()
+        wait_for(lambda: master_state(out / "root2-scan_0042.ptyd") == "complete", 20, "named")
+
+
+def test_a_whole_chunk_is_written_without_waiting_for_the_next_frame(inprocess_daemon,
+                                                                    daemon_dirs):
+    root, out, _ = daemon_dirs
+    with inprocess_daemon() as d:
+        _ptypy_scan(root / "scan_pause", 40, num_frames=80)  # exactly one chunk, then a pause
+        wait_for(lambda: (s := d.scan("scan_pause")) and s["chunks_written"] == 1, 10,
+                 "the first chunk during the pause")
+        assert open_ptyd(out / "scan_pause.ptyd").n_frames == 40
+
+
+def test_shutdown_does_not_wait_for_scans_still_waiting_for_their_settings(inprocess_daemon,
+                                                                          daemon_dirs):
+    root, _, _ = daemon_dirs
+    d = inprocess_daemon()
+    with d:
+        _ptypy_scan(root / "scan_nocount2", 3)  # no num_frames anywhere: it waits
+        wait_for(lambda: (s := d.scan("scan_nocount2")) and s["files_seen"] > 0, 10, "seen")
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 5
+    session = d.daemon._sessions[root / "scan_nocount2"]
+    assert not session.alive and session.state.value == "stopped"
+
+
+def test_directories_without_scan_files_take_no_slot(inprocess_daemon, daemon_dirs):
+    root, _, _ = daemon_dirs
+    with inprocess_daemon(limits={"max_scans": 1}) as d:
+        (root / "notes").mkdir()
+        (root / "notes" / "readme.txt").write_text("not a scan")
+        wait_for(lambda: d.scan("notes"), 10, "notes seen")
+        _ptypy_scan(root / "scan_real", 10, num_frames=10, marker=True)
+        d.wait_state("scan_real", ("complete",), timeout_s=10)
+        assert d.scan("notes")["state"] == "waiting"

@@ -92,3 +92,13 @@ def test_unit_files_run_commands_that_exist(unit, tmp_path, daemon_dirs):
         res = subprocess.run([sys.executable, "-m", "flyprep.cli", *args], capture_output=True,
                              text=True, timeout=60)
         assert res.returncode == 0, (key, res.stderr)
+
+
+def test_a_missing_root_exits_3_so_that_systemd_retries(tmp_path, daemon_dirs):
+    root, out, sockets = daemon_dirs
+    data = daemon_settings(root, out, sockets)
+    data["watch"]["roots"] = [str(tmp_path / "mount-not-there-yet")]
+    proc = _run(write_toml(tmp_path / "d.toml", data))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3
+    assert "mount-not-there-yet" in err and "does not exist" in err

@@ -183,7 +183,7 @@ def test_bad_line_again_reports_the_same_line_and_keeps_rows(tmp_path: Path) -> 
         with pytest.raises(InputError, match="line 4:"):
             pos.refresh()
     np.testing.assert_array_equal(pos.positions, [[1, 2]])
-    assert len(pos._rows) == 1
+    assert len(pos) == 1
 
 
 def test_bad_first_ptypy_line_again_reports_the_same(tmp_path: Path) -> None:

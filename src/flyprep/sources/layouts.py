@@ -282,6 +282,8 @@ def _read_2d(path: Path, dataset: str, slot: int | None, label: str, words: _Wor
         else:
             with h5py.File(path, "r") as f:
                 dset = f[dataset]
+                if not isinstance(dset, h5py.Dataset):
+                    raise InputError(path, f"{dataset!r} is a group, not a dataset")
                 arr = dset[slot] if slot is not None else dset[()]
     except FileNotFoundError:
         raise InputError(path, words.not_found) from None
@@ -341,6 +343,8 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int) -> np.ndarray:
     try:
         with h5py.File(ref.path, "r") as f:
             dset = f[dataset]
+            if not isinstance(dset, h5py.Dataset):
+                raise InputError(ref.path, f"{dataset!r} is a group, not a dataset")
             if dset.ndim != 3:
                 raise InputError(ref.path, f"dataset {dataset!r} has shape {dset.shape}; "
                                            "expected a stack (n, H, W) as at discovery")

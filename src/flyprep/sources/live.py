@@ -108,6 +108,7 @@ class LiveFrames:
         self._placed_names = 0  # ptypy: positions names already indexed
         self._index_of: dict[str, int] = {}  # ptypy: frame file name -> index
         self._quarantined: list[tuple[list[Any], int]] = []  # hdf5: (file key, next index)
+        self._reserved_names: set[str] = set()  # hdf5: files given an index range earlier
         self._next_index = 0  # hdf5: index of the next file's first frame
         self._last_key: list[Any] | None = None
         self._last_path: Path | None = None
@@ -221,6 +222,9 @@ class LiveFrames:
             except InputError as exc:
                 last = exc
                 self._stack = None
+            except (OSError, KeyError, TypeError, ValueError, AttributeError, EOFError) as exc:
+                last = InputError(frame.describe(), f"unreadable frame: {exc}")
+                self._stack = None
         assert last is not None
         raise last
 
@@ -243,9 +247,12 @@ class LiveFrames:
         self._stack = (frame.path, frame.slot, block)
         return block[0]
 
-    def quarantine_file(self, path: Path, reason: str, *, move: bool = True) -> Path | None:
+    def quarantine_file(self, path: Path, reason: str, *, move: bool = True,
+                        reserve: bool = False) -> Path | None:
         """Move ``path`` into the quarantine directory (or only list it) and fail every frame
-        it holds; returns where it went (None if only listed). Never deletes anything."""
+        it holds; returns where it went (None if only listed). Never deletes anything.
+        ``reserve``: the frames were given an assumed index range that a restart must keep
+        (a listed HDF5 file that finishes later is not placed again)."""
         indices = sorted(i for i, f in self._frames.items() if f.path == path)
         for i in indices:
             self.failed[i] = reason
@@ -263,7 +270,8 @@ class LiveFrames:
                     k += 1
                 os.replace(path, target)
             entry = {"file": self._rel(path), "moved_to": None if target is None else target.name,
-                     "indices": indices, "reason": reason, "time": time.time()}
+                     "indices": indices, "reason": reason, "time": time.time(),
+                     "reserved": bool(reserve or target is not None)}
             with open(self.quarantine / QUARANTINE_LIST, "a") as f:
                 f.write(json.dumps(entry) + "\n")
         except OSError as exc:
@@ -320,6 +328,9 @@ class LiveFrames:
     def _add_hdf5(self, path: Path, arrived: float) -> None:
         if not self._is_frame_file(path.name) or any(path.match(x) for x in self.exclude):
             return
+        if self._rel(path) in self._reserved_names:
+            self._note_ignored(path, "quarantined before; its frames were failed then")
+            return
         key = natural_key(self._rel_path(path))
         if self._last_key is not None and key <= self._last_key:
             self._note_ignored(path, "finished after a later file was placed; frame files "
@@ -360,7 +371,7 @@ class LiveFrames:
         self._next_index += n
         self._last_key, self._last_path = natural_key(self._rel_path(path)), path
         self.quarantine_file(path, f"not finished within {self.hold_timeout_s:g} s while a "
-                                   "later file was", move=False)
+                                   "later file was", move=False, reserve=True)
 
     def _is_successor(self, path: Path) -> bool:
         """True when ``path`` is the file right after the last one placed (same name with
@@ -390,6 +401,7 @@ class LiveFrames:
         for name in names:
             other = path.parent / name
             if other == path or other in self._held or other == self.positions_path \
+                    or self._rel(other) in self._reserved_names \
                     or not self._is_frame_file(name) or any(other.match(x) for x in self.exclude):
                 continue
             other_key = natural_key(self._rel_path(other))
@@ -443,17 +455,21 @@ class LiveFrames:
     def _probe_once(self, path: Path) -> tuple[int, bool, np.ndarray | None]:
         try:
             with h5py.File(path, "r") as f:
-                if self.dataset not in f:
+                data = f.get(self.dataset)
+                if not isinstance(data, h5py.Dataset):
                     raise InputError(path, f"no dataset {self.dataset!r}")
-                shape = f[self.dataset].shape
+                shape = data.shape
                 pos = None
                 if self.positions is None:
                     assert self.positions_dataset is not None
-                    if self.positions_dataset not in f:
+                    found = f.get(self.positions_dataset)
+                    if not isinstance(found, h5py.Dataset):
                         raise InputError(path, f"no positions dataset {self.positions_dataset!r}")
-                    pos = np.asarray(f[self.positions_dataset][()], np.float64).reshape(-1, 2)
-        except OSError as exc:
-            raise InputError(path, f"not a readable HDF5 file: {exc}") from None
+                    pos = np.asarray(found[()], np.float64).reshape(-1, 2)
+        except InputError:
+            raise
+        except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(path, f"not a readable HDF5 frame file: {exc}") from None
         if len(shape) == 2:
             n, stack = 1, False
         elif len(shape) == 3:
@@ -483,7 +499,8 @@ class LiveFrames:
                 indices = [int(i) for i in entry.get("indices", [])]
                 for i in indices:
                     self.failed[i] = f"quarantined earlier: {entry.get('reason', '')}"
-                if indices and entry.get("moved_to"):
+                if indices and (entry.get("moved_to") or entry.get("reserved")):
                     self._quarantined.append((natural_key(Path(entry["file"])), max(indices) + 1))
+                    self._reserved_names.add(str(entry["file"]))
             except (ValueError, TypeError, AttributeError):
                 log.warning("%s: line %d is not a quarantine entry", listing, lineno)

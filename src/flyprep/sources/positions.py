@@ -37,7 +37,8 @@ class GrowingPositions:
         self._lineno = 0
         self._identity: tuple[int, int] | None = None
         self._hdf5: bool | None = None
-        self._table = np.zeros((0, 2))
+        self._buf = np.empty((0, 2))
+        self._table = self._buf[:0]
         self._h5_state: tuple[int, int] | None = None
 
     @property
@@ -98,15 +99,28 @@ class GrowingPositions:
             self._lineno = lineno
             raise
         self._offset += end + 1
-        self._table = np.asarray(self._rows, np.float64).reshape(-1, 2) * self.units
-        return len(self._rows) - before
+        new = np.asarray(self._rows[before:], np.float64).reshape(-1, 2) * self.units
+        del self._rows[before:]  # kept only until committed: the table holds them
+        self._append(new)
+        return new.shape[0]
+
+    def _append(self, rows: np.ndarray) -> None:
+        """Add rows to the table; storage grows by doubling (amortised, no re-copy of the
+        whole table per line)."""
+        n = self._table.shape[0]
+        if n + rows.shape[0] > self._buf.shape[0]:
+            grown = np.empty((max(2 * self._buf.shape[0], n + rows.shape[0], 64), 2))
+            grown[:n] = self._buf[:n]
+            self._buf = grown
+        self._buf[n:n + rows.shape[0]] = rows
+        self._table = self._buf[:n + rows.shape[0]]
 
     def _restart(self) -> None:
         self._rows.clear()
         self._names = None
         self._offset = 0
         self._lineno = 0
-        self._table = np.zeros((0, 2))
+        self._table = self._buf[:0]
 
     def _may_become_hdf5(self) -> bool:
         """True while a file too short to tell could still be the start of an HDF5 file."""
@@ -128,7 +142,7 @@ class GrowingPositions:
             if not line:
                 continue
             parts = line.split()
-            if self._names is None and not self._rows:
+            if self._names is None and not self._rows and not self._table.shape[0]:
                 self._names = [] if len(parts) == 3 and not _is_number(parts[0]) else None
             want = 3 if self._names is not None else 2
             if len(parts) != want:
