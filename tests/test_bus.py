@@ -371,3 +371,33 @@ def test_memory_sink_keeps_only_the_most_recent_events_when_bounded():
     for i in range(10):
         sink.emit(FrameMissing(scan="s", index=i, path="f", reason="r"))
     assert [e.index for e in sink.events] == [7, 8, 9]
+
+
+def test_subscriber_class_receives_structured_arrays_with_their_fields(tmp_path: Path) -> None:
+    from flyprep.bus import Subscriber
+
+    hits = np.zeros(4, [("chip", "u1"), ("row", "<u2"), ("tot_us", "<f8")])
+    hits["row"] = [1, 2, 3, 4]
+    hits["tot_us"] = 0.5
+    with EventPublisher(f"ipc://{tmp_path}/s.sock") as pub, \
+            Subscriber(pub.endpoint or "", topics=[b"chunk."]) as sub:
+        deadline = time.monotonic() + 5
+        while (got := sub.receive(timeout_s=0.02)) is None:  # slow joiner
+            assert time.monotonic() < deadline
+            pub.emit(SAMPLES[1])
+        pub.flush()
+        while sub.receive(timeout_s=0.05) is not None:
+            pass
+        pub.emit(SAMPLES[0])  # scan.started: not subscribed
+        pub.emit(SAMPLES[1], arrays=[hits])
+        got = sub.receive(timeout_s=2)
+        assert got is not None and got.event == SAMPLES[1]
+        assert got.arrays[0].dtype == hits.dtype and got.arrays[0]["row"].tolist() == [1, 2, 3, 4]
+        assert sub.receive(timeout_s=0.1) is None  # nothing else, and no wait beyond it
+
+
+def test_subscriber_refuses_a_malformed_endpoint() -> None:
+    from flyprep.bus import BusError, Subscriber
+
+    with pytest.raises(BusError, match="cannot connect to nonsense"):
+        Subscriber("nonsense")

@@ -105,8 +105,21 @@ def encode_message(event: Event, *, seq: int, emit_time: float,
     body["seq"] = seq
     body["time"] = emit_time
     if arrays:
-        body["arrays"] = [{"dtype": a.dtype.str, "shape": list(a.shape)} for a in arrays]
+        body["arrays"] = [{"dtype": _dtype_spec(a.dtype), "shape": list(a.shape)}
+                          for a in arrays]
     return [event.kind.encode(), json.dumps(body).encode(), *arrays]
+
+
+def _dtype_spec(dtype: np.dtype) -> Any:
+    """A JSON form of ``dtype``: its type string, or numpy's field list for a structured
+    dtype (so that field names travel too)."""
+    return dtype.descr if dtype.names else dtype.str
+
+
+def _dtype_of(spec: Any) -> np.dtype:
+    if isinstance(spec, str):
+        return np.dtype(spec)
+    return np.dtype([tuple(field) for field in spec])
 
 
 def decode_message(frames: Sequence[Any]) -> Received:
@@ -121,10 +134,53 @@ def decode_message(frames: Sequence[Any]) -> Received:
     specs = body.get("arrays", [])
     if len(specs) != len(raw) - 2:
         raise ValueError(f"body announces {len(specs)} array(s), message has {len(raw) - 2}")
-    arrays = [np.frombuffer(buf, dtype=np.dtype(s["dtype"])).reshape(s["shape"])
+    arrays = [np.frombuffer(buf, dtype=_dtype_of(s["dtype"])).reshape(s["shape"])
               for s, buf in zip(specs, raw[2:])]
     return Received(event_from_dict(body), int(body.get("seq", -1)), float(body.get("time", 0.0)),
                     arrays, body)
+
+
+# ---------------------------------------------------------------------------- subscriber
+
+
+class Subscriber:
+    """A SUB socket on a daemon's events (or ``apx.stream``) endpoint, for reconstruction
+    code and monitors: ``receive()`` returns the next :class:`Received` or None.
+
+    ``topics``: topic prefixes (``b"chunk."``; default everything). Messages published
+    before the subscription reaches the publisher (a few ms after connecting) are not
+    received: that is ZeroMQ's PUB/SUB.
+    """
+
+    def __init__(self, endpoint: str, *, topics: Sequence[bytes] = (b"",),
+                 context: zmq.Context | None = None) -> None:
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise BusError(f"cannot connect to {endpoint}: {exc}") from exc
+
+    def receive(self, timeout_s: float | None = None) -> Received | None:
+        """The next message, waiting up to ``timeout_s`` (None: forever); None on timeout."""
+        timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
+        if not self._sock.poll(timeout_ms):
+            return None
+        return decode_message(self._sock.recv_multipart(copy=False))
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self._sock.close(0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------- publisher

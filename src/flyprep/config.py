@@ -559,10 +559,12 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def to_toml(config: BaseModel) -> str:
-    """The effective config as TOML, one ``[section]`` each; unset values as comments."""
+def to_toml(config: BaseModel | Mapping[str, Mapping[str, Any]]) -> str:
+    """A config (model, or ``{section: {key: value}}``) as TOML, one ``[section]`` each;
+    unset values as comments."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     out: list[str] = []
-    for section, values in config.model_dump(mode="json").items():
+    for section, values in data.items():
         out.append(f"[{section}]")
         for key, value in values.items():
             out.append(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")

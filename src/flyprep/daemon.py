@@ -105,9 +105,11 @@ class Daemon:
                                                       sndhwm=cfg.bus.send_hwm).start()
                 self._apx = ApxStreamer(publish, events=self._sink)
                 self._apx.start()
+            # Sessions re-read their positions file and the streamer its .apx files on a
+            # short period: growth reports would only cost a kernel event per write().
             self._watcher = ScanWatcher(cfg.watch, self._inbox.put,
                                         max_tracked=cfg.limits.max_pending_files,
-                                        apx_pattern=cfg.apx.pattern)
+                                        apx_pattern=cfg.apx.pattern, report_growth=False)
             self._watcher.start()
         except BaseException:
             self.shutdown()

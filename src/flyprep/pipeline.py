@@ -112,13 +112,35 @@ class ChunkPreparer:
         except ValueError as exc:
             raise ConfigError(f"prep: {exc}") from exc
 
-    def __call__(self, raw: RawChunk) -> PreparedChunk:
-        if self.preparation is None:
-            self.preparation = self.plan(raw)
-        if not self._allocated:
+    def warm(self, frame_shape: tuple[int, ...], dtype: np.dtype) -> None:
+        """Plan and allocate from the first frame already, when the centre does not need a
+        whole chunk (no auto centre): the first chunk then costs no more than the others."""
+        if self.preparation is not None or self.config.center is None:
+            return
+        shape = tuple(frame_shape)
+        side = self.config.shape if self.config.shape is not None else min(shape)
+        maps = (getattr(self.calibration, k) for k in ("dark", "flat", "bad_pixels"))
+        if any(m is not None and tuple(m.shape) != shape for m in maps):
+            return  # the first chunk plans again and reports the error
+        try:
+            center = center_from_spec(self.config.center, shape)
+            if not ((center > 0).all() and (np.asarray(shape) - center > 0).all()):
+                return
+            self.preparation = self._build(shape, np.dtype(dtype), side, center)
+        except (ConfigError, ValueError):
+            return
+        self._allocate()
+
+    def _allocate(self) -> None:
+        if not self._allocated and self.preparation is not None:
             self._allocated = True
             for _ in range(self.buffers):
                 self._free.put(self.preparation.allocate())
+
+    def __call__(self, raw: RawChunk) -> PreparedChunk:
+        if self.preparation is None:
+            self.preparation = self.plan(raw)
+        self._allocate()
         buffers = self._free.get()
         if self.buffers == 1:
             self._free.put(buffers)
@@ -290,6 +312,8 @@ def run_scan(
                 except ValueError as exc:
                     if not allow_missing:
                         raise InputError(name, str(exc)) from None
+                if added and preparer.preparation is None:
+                    preparer.warm(frame.shape, frame.dtype)
             if not added:
                 book.mark_missing([index], [position])
             if (index + 1) % chunk_frames == 0:

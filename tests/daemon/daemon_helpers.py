@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flyprep.bus import BusError, request
-from flyprep.config import parse_daemon_config
+from flyprep.config import parse_daemon_config, to_toml
 from flyprep.daemon import Daemon
 from flyprep.events import MemorySink
 from flyprep.ptyd.reader import open_ptyd
@@ -40,11 +39,7 @@ def daemon_settings(root: Path, out: Path, sockets: Path, **sections: dict[str, 
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {json.dumps(v)}" for k, v in values.items())
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(to_toml(data))
     return path
 
 

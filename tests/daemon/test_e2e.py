@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zmq
 from compare import assert_same_ptyd, ptyd_contents
 from daemon_helpers import GEOMETRY, master_state, wait_for
 
-from flyprep.bus import decode_message, request
+from flyprep.bus import Subscriber, request
 from flyprep.config import parse_config
 from flyprep.pipeline import prepare_scan
 from flyprep.simulate import simulate_scan
@@ -88,37 +87,24 @@ class Reader:
 
 
 class Events:
-    """A SUB socket on the daemon's events endpoint, collecting every event."""
+    """The daemon's events (or AstroPix stream), everything received so far."""
 
     def __init__(self, endpoint: str) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.connect(endpoint)
-        self.events: list[dict[str, Any]] = []
+        self.sub = Subscriber(endpoint)
         self.received: list[tuple[dict[str, Any], list[np.ndarray]]] = []
         time.sleep(0.3)  # let the subscription reach the publisher
 
-    def collect(self) -> list[dict[str, Any]]:
-        while self.sock.poll(0):
-            received = decode_message(self.sock.recv_multipart())
-            self.events.append(received.body)
-        return self.events
-
     def messages(self) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
-        """(body, arrays) of every message received so far (array-carrying streams)."""
-        while self.sock.poll(0):
-            received = decode_message(self.sock.recv_multipart())
-            self.received.append((received.body, received.arrays))
+        """(body, arrays) of every message received so far."""
+        while (msg := self.sub.receive(timeout_s=0)) is not None:
+            self.received.append((msg.body, msg.arrays))
         return self.received
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.collect() if e["kind"] == kind]
+        return [body for body, _ in self.messages() if body["kind"] == kind]
 
     def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+        self.sub.close()
 
 
 def test_live_scan_is_read_by_a_ptypy_reader_while_it_runs(daemon_process, daemon_dirs, flyprep_process,

@@ -152,8 +152,13 @@ class Preparation:
     def allocate(self, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Fresh output arrays (data, weights) for ``n`` frames (default: ``max_frames``)."""
         n = self.max_frames if n is None else n
-        return (np.zeros((n, *self.stored_shape), self.out_dtype),
-                np.zeros((n, *self.stored_shape), bool))
+        data = np.empty((n, *self.stored_shape), self.out_dtype)
+        weights = np.empty((n, *self.stored_shape), bool)
+        # Written now, so that the kernel maps the pages here and not while the first
+        # chunks are prepared (measured: tens of ms per chunk buffer on a VM).
+        data.fill(0)
+        weights.fill(False)
+        return data, weights
 
     def _roi_pairs(self, raw: RawFrames, target: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ROI of the raw frames, oriented view of ``target`` to put it in): one pair for a

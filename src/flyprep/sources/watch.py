@@ -42,7 +42,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -94,6 +104,10 @@ class EndMarkerSeen:
 
 WatchEvent = ScanDirectoryAppeared | FileCompleted | FileGrew | EndMarkerSeen
 
+#: Events the native observer needs when growth is not reported.
+_NATIVE_EVENTS = [FileClosedEvent, FileMovedEvent, DirMovedEvent, FileCreatedEvent,
+                  DirCreatedEvent, FileDeletedEvent, DirDeletedEvent]
+
 # file kinds
 _FILE, _GROWING, _MARKER = "file", "growing", "marker"
 
@@ -133,7 +147,7 @@ class ScanWatcher:
 
     def __init__(self, config: WatchConfig, on_event: Callable[[WatchEvent], None], *,
                  grow_debounce_s: float = 0.25, max_tracked: int = 100_000,
-                 apx_pattern: str = APX_PATTERN) -> None:
+                 apx_pattern: str = APX_PATTERN, report_growth: bool = True) -> None:
         self.config = config
         self._apx_pattern = apx_pattern
         self._on_event = on_event
@@ -141,6 +155,9 @@ class ScanWatcher:
         self._grow_debounce_s = grow_debounce_s
         self._max_tracked = max_tracked
         self._polling = config.observer == "polling"
+        # Without growth reports the kernel need not send a modify event per write() (most
+        # of the events a detector writer causes): only closes, renames, creates, deletes.
+        self._event_filter = None if report_growth or self._polling else _NATIVE_EVENTS
         limits = [0.25, max(grow_debounce_s / 2, 0.01)]
         if config.quiet_window_s > 0:
             limits.append(config.quiet_window_s / 4)
@@ -169,7 +186,8 @@ class ScanWatcher:
         observer: BaseObserver = (PollingObserver(timeout=c.poll_interval_s) if self._polling
                                   else Observer())
         for root in self._roots:
-            observer.schedule(self._handler, str(root), recursive=c.recursive)
+            observer.schedule(self._handler, str(root), recursive=c.recursive,
+                              event_filter=self._event_filter)
             self._watched_dirs.add(root)
         observer.daemon = True
         observer.start()
@@ -440,7 +458,8 @@ class ScanWatcher:
         if observer is None or path in self._watched_dirs:
             return
         self._watched_dirs.add(path)
-        observer.schedule(self._handler, str(path), recursive=False)
+        observer.schedule(self._handler, str(path), recursive=False,
+                          event_filter=self._event_filter)
 
     # ---- timer thread
 
