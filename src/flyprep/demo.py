@@ -176,7 +176,8 @@ def _summary(console: Any, root: Path, tracker: _Tracker, status: dict[str, Any]
     rows = [
         ("scan", f"{SCAN}: {tracker.state}, {ptyd.n_frames} frames in {len(ptyd.chunks)} "
                  f"chunks, {tracker.missing} missing"),
-        ("timing", f"detector wrote for {last_frame_at - t0:.2f} s; the last chunk was "
+        ("timing", f"detector wrote {args.frames} frames in {last_frame_at - t0:.2f} s "
+                   f"({args.frames / max(last_frame_at - t0, 1e-9):.0f}/s); the last chunk was "
                    f"readable {(tracker.last_chunk_at or last_frame_at) - last_frame_at:.2f} s "
                    "after the last frame"),
         ("first chunk", "readable " + (f"{first:.2f} s after the scan started"
