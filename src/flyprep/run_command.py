@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,10 @@ def configure_logging(level: str) -> None:
     fmt = ("%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
            else "%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
+    # watchdog's inotify emitter warns when it adds the watch of a new directory twice;
+    # harmless (the second replaces the first), and alarming in a service's journal.
+    warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
+                            module="watchdog")
 
 
 def run(args: argparse.Namespace) -> int:
