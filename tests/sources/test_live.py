@@ -712,3 +712,36 @@ def test_an_earlier_file_that_never_finishes_is_given_up_after_the_hold_timeout(
     assert int(live.read(8, stop=12)[0, 0]) == 3
     listed = (scan / "q" / "quarantine.jsonl").read_text()
     assert "d_02.h5" in listed and (scan / "d_02.h5").exists()  # listed, not moved
+
+
+def test_what_is_kept_per_frame_handed_on_is_a_few_bytes(tmp_path):
+    """A long scan must not grow the daemon: once handed on, a frame's file, name lookup
+    and bookkeeping are dropped; its position (16 bytes) and a list slot remain."""
+    import tracemalloc
+
+    from flyprep.sources.live import LiveFrames
+
+    n = 20_000
+    (tmp_path / "positions.txt").write_text(
+        "".join(f"ccd/diffraction_{i:06d}.npy {i * 1e-7:.6e} 0\n" for i in range(n)))
+    ours = [tracemalloc.Filter(True, "*/flyprep/*")]  # not the interpreter's own caches
+
+    def held() -> int:
+        return sum(s.size for s in tracemalloc.take_snapshot().filter_traces(ours).statistics(
+            "filename"))
+
+    tracemalloc.start()
+    try:
+        live = LiveFrames(tmp_path, layout="auto", positions_file="positions.txt",
+                          quarantine_dir="q")
+        live.refresh()
+        with_names = held()
+        for i in range(n):
+            live.add_file(tmp_path / f"ccd/diffraction_{i:06d}.npy", 0.0)
+            live.consume(i)
+        after = held()
+    finally:
+        tracemalloc.stop()
+    assert live.pending == 0
+    assert after / n < 48, f"{after / n:.0f} bytes kept per frame handed on"
+    assert with_names / n > 120  # the lookup of frames still to come is what it dropped

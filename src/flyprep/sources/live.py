@@ -107,6 +107,7 @@ class LiveFrames:
         self._early: list[tuple[Path, float]] = []  # before the layout is known
         self._placed_names = 0  # ptypy: positions names already indexed
         self._index_of: dict[str, int] = {}  # ptypy: frame file name -> index
+        self._index_peak = 0
         self._quarantined: list[tuple[list[Any], int]] = []  # hdf5: (file key, next index)
         self._reserved_names: set[str] = set()  # hdf5: files given an index range earlier
         self._next_index = 0  # hdf5: index of the next file's first frame
@@ -137,7 +138,7 @@ class LiveFrames:
         """Where frame ``index`` will come from, when that is known before it arrives."""
         if self.layout == "ptypy" and self.positions is not None:
             names = self.positions.names
-            if names is not None and index < len(names):
+            if names is not None and index < len(names) and names[index] is not None:
                 return self.scan_dir / names[index]
         return None
 
@@ -197,9 +198,20 @@ class LiveFrames:
         return new
 
     def consume(self, index: int) -> None:
-        """Frame ``index`` was handed on: forget it (and never place it again)."""
+        """Frame ``index`` was handed on: forget it (and never place it again). Its name is
+        dropped from the lookup table too, so that what is kept per frame handed on is a
+        few bytes however long the scan runs."""
         self._frames.pop(index, None)
         self.floor = max(self.floor, index + 1)
+        self.failed.pop(index, None)
+        names = self.positions.names if self.positions is not None else None
+        if names is not None and index < len(names) and names[index] is not None:
+            if self._index_of.get(names[index]) == index:
+                del self._index_of[names[index]]
+                if len(self._index_of) * 4 < self._index_peak and self._index_peak > 4096:
+                    self._index_of = dict(self._index_of)  # a dict never shrinks itself
+                    self._index_peak = len(self._index_of)
+            names[index] = None  # type: ignore[call-overload]
 
     def start_at(self, index: int) -> None:
         """Frames before ``index`` are not wanted (a resumed scan has them already)."""
@@ -312,6 +324,7 @@ class LiveFrames:
                             self.positions_path, index, name)
                 continue
             self._index_of[name] = index
+            self._index_peak = max(self._index_peak, len(self._index_of))
             entry = self._waiting.pop(name, None)
             if entry is not None:
                 self._place(index, *entry)
