@@ -745,3 +745,34 @@ def test_what_is_kept_per_frame_handed_on_is_a_few_bytes(tmp_path):
     assert live.pending == 0
     assert after / n < 48, f"{after / n:.0f} bytes kept per frame handed on"
     assert with_names / n > 120  # the lookup of frames still to come is what it dropped
+
+
+def test_a_positions_file_rewritten_by_rename_keeps_placing_frames(tmp_path):
+    """Some acquisition systems rewrite the whole positions file (temp + rename) at each
+    update instead of appending: names already indexed stay, new ones are placed."""
+    import os
+
+    from flyprep.sources.live import LiveFrames
+
+    (tmp_path / "ccd").mkdir()
+    live = LiveFrames(tmp_path, layout="auto", positions_file="positions.txt",
+                      quarantine_dir="q")
+
+    def rewrite(n: int) -> None:
+        tmp = tmp_path / ".positions.tmp"
+        tmp.write_text("".join(f"ccd/f_{i}.npy {i} {-i}\n" for i in range(n)))
+        os.replace(tmp, tmp_path / "positions.txt")
+
+    for i in range(6):
+        np.save(tmp_path / f"ccd/f_{i}.npy", np.full((4, 4), i, np.int32))
+    rewrite(3)
+    for i in range(3):
+        live.add_file(tmp_path / f"ccd/f_{i}.npy")
+    live.consume(0)
+    rewrite(6)
+    for i in range(3, 6):
+        live.add_file(tmp_path / f"ccd/f_{i}.npy")
+    live.refresh()
+    assert [live.get(i).path.name for i in range(1, 6)] == [f"f_{i}.npy" for i in range(1, 6)]
+    assert live.position(5).tolist() == [5.0, -5.0]
+    assert int(live.read(4, stop=6)[0, 0]) == 4
