@@ -85,12 +85,18 @@ def print_status(status: Any, *, endpoint: str, file: TextIO | None = None) -> N
             failed = scan.get("frames_failed")
             if failed:
                 parts.append(f"{failed} failed")
+            end = scan.get("end_reason")
+            if end and scan.get("state") in ("complete", "aborted"):
+                parts.append(f"ended by {end}")
             print(f"  {scan.get('scan', '?')}: {', '.join(p for p in parts if p)}", file=out)
+            if scan.get("error"):
+                print(f"    error: {scan['error']}", file=out)
     for key, value in status.items():
         if key == "scans":
             continue
         if isinstance(value, dict):
-            inner = ", ".join(f"{k}={v}" for k, v in value.items())
+            inner = ", ".join(f"{k}={len(v) if isinstance(v, (dict, list)) else v}"
+                              for k, v in value.items())
             print(f"{key}: {inner}", file=out)
         else:
             print(f"{key}: {value}", file=out)

@@ -3,6 +3,7 @@ frames that never come, settings, limits, restarts, AstroPix files."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from daemon_helpers import master_state, wait_for
 from flyprep.events import ApxReadouts, ChunkWritten, FrameMissing, ScanEnded
 from flyprep.ptyd.reader import open_ptyd
 from flyprep.simulate import simulate_scan
+from flyprep.status_command import print_status
 
 
 def _ptypy_scan(scan_dir: Path, n: int, *, skip: set[int] = frozenset(), num_frames: int | None = None,
@@ -70,6 +72,10 @@ def test_a_scan_without_a_frame_count_fails_clearly_and_the_daemon_goes_on(inpro
         _ptypy_scan(root / "scan_nocount", 10, marker=True)
         info = d.wait_state("scan_nocount", ("failed",))
         assert "number of frames was known" in info["error"]
+        shown = io.StringIO()
+        print_status(d.daemon.status(), endpoint="x", file=shown)
+        assert "  scan_nocount: failed" in shown.getvalue()
+        assert "    error: " in shown.getvalue() and "num_frames in flyprep-scan.toml" in shown.getvalue()
         assert "num_frames in flyprep-scan.toml" in info["error"]
         assert not (out / "scan_nocount.ptyd").exists()
         _ptypy_scan(root / "scan_ok", 10, num_frames=10, marker=True)

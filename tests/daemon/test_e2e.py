@@ -148,7 +148,9 @@ def test_live_scan_is_read_by_a_ptypy_reader_while_it_runs(daemon_process, daemo
     assert all_hits.size == sum(b["n_hits"] for b, _ in stream) > 0
     hits.close()
     status = flyprep_process("status", "--endpoint", f"ipc://{sockets}/ctl")
-    assert status.code == 0 and "scan_live: complete, 240/240 frames" in status.out
+    assert status.code == 0
+    assert "scan_live: complete, 240/240 frames (100%)" in status.out
+    assert "apx: " in status.out and "files=1" in status.out
     assert daemon.stop() == 0
 
 
