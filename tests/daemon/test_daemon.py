@@ -118,8 +118,9 @@ def test_scans_beyond_max_scans_wait_their_turn(inprocess_daemon, daemon_dirs):
         _ptypy_scan(root / "scan_1", 20, num_frames=40)  # stays open: half its frames
         wait_for(lambda: (s := d.scan("scan_1")) and s["frames_done"] == 20, 20, "scan_1 taking")
         _ptypy_scan(root / "scan_2", 10, num_frames=10, marker=True)
-        wait_for(lambda: d.scan("scan_2"), 10, "scan_2 seen")
-        assert d.scan("scan_2")["state"] == "queued"
+        d.wait_state("scan_2", ("queued",), timeout_s=10)  # has files, no free slot
+        time.sleep(0.3)
+        assert d.scan("scan_2")["state"] == "queued" and d.scan("scan_1")["state"] == "acquiring"
         (root / "scan_1" / "flyprep-scan.done").touch()
         d.wait_state("scan_1", ("complete",))
         d.wait_state("scan_2", ("complete",))
