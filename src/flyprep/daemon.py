@@ -186,21 +186,18 @@ class Daemon:
             self._session_for(event.path)
         elif isinstance(event, FileCompleted):
             if self._is_apx(event.path):
-                self._follow_apx(event.path, event.scan_dir, grew=False)
+                self._follow_apx(event.path, event.scan_dir)
                 return
             session = self._session_for(event.scan_dir)
             if session is not None:
                 session.file_completed(event.path)
                 self._admit(session)
         elif isinstance(event, FileGrew):
+            # Only growing files' appearance is reported (report_growth=False): an .apx is
+            # followed from then on; a positions file is re-read by its session anyway.
             if self._is_apx(event.path):
                 scan_dir = self._watcher.scan_dir_of(event.path) if self._watcher else None
-                self._follow_apx(event.path, scan_dir, grew=True)
-                return
-            scan_dir = self._watcher.scan_dir_of(event.path) if self._watcher else None
-            session = self._sessions.get(scan_dir) if scan_dir is not None else None
-            if session is not None:
-                session.poke()
+                self._follow_apx(event.path, scan_dir)
         elif isinstance(event, EndMarkerSeen):
             session = self._sessions.get(event.scan_dir)
             if session is not None:
@@ -260,7 +257,7 @@ class Daemon:
     def _is_apx(self, path: Path) -> bool:
         return fnmatch.fnmatchcase(path.name, self.config.apx.pattern)
 
-    def _follow_apx(self, path: Path, scan_dir: Path | None, *, grew: bool) -> None:
+    def _follow_apx(self, path: Path, scan_dir: Path | None) -> None:
         if self._apx is None:
             return
         if path not in self._apx_files:
@@ -273,9 +270,6 @@ class Daemon:
             self._apx_files[path] = owner
             if owner in self._finished:
                 self._finish_apx(owner)  # its scan ended already: read it to the end
-                return
-        if grew:
-            self._apx.poke(path)
 
     def _finish_apx(self, scan_dir: Path) -> None:
         if self._apx is None:

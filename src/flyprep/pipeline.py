@@ -12,7 +12,7 @@ import queue
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
+from typing import Any, Sequence, Callable, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -81,8 +81,15 @@ class ChunkPreparer:
 
     def plan(self, raw: RawChunk) -> Preparation:
         """Resolve ROI side and centre from the config and the first chunk's frames."""
+        if self.config.center is None and not raw.present.any():
+            raise ConfigError("auto_center: no frame of the first chunk arrived")
+        return self._plan_for(raw.frame_shape, raw.dtype,
+                              [f for f in raw.frames if f is not None])
+
+    def _plan_for(self, shape: tuple[int, ...], dtype: np.dtype,
+                  frames: Sequence[np.ndarray]) -> Preparation:
+        """The preparation for raw frames of ``shape``; ``frames`` give the auto centre."""
         cfg = self.config
-        shape = raw.frame_shape
         side = cfg.shape if cfg.shape is not None else min(shape)
         for name in ("dark", "flat", "bad_pixels"):
             arr = getattr(self.calibration, name)
@@ -90,15 +97,13 @@ class ChunkPreparer:
                 raise InputError(getattr(cfg, name) or name,
                                  f"{name} map has shape {tuple(arr.shape)}, raw frames have {shape}")
         if cfg.center is None:
-            if not raw.present.any():
-                raise ConfigError("auto_center: no frame of the first chunk arrived")
-            valid = None if self.calibration.bad_pixels is None else ~self.calibration.bad_pixels.astype(bool)
-            center = mass_center([f for f in raw.frames if f is not None], valid)
+            bad = self.calibration.bad_pixels
+            center = mass_center(list(frames), None if bad is None else ~bad.astype(bool))
         else:
             center = center_from_spec(cfg.center, shape)
         if not ((center > 0).all() and (np.asarray(shape) - center > 0).all()):
             raise ConfigError(f"centre {tuple(center)} lies outside the {shape} raw frame")
-        return self._build(shape, raw.dtype, side, center)
+        return self._build(shape, dtype, side, center)
 
     def _build(self, shape: tuple[int, ...], dtype: np.dtype, side: int,
                center: np.ndarray) -> Preparation:
@@ -117,18 +122,10 @@ class ChunkPreparer:
         whole chunk (no auto centre): the first chunk then costs no more than the others."""
         if self.preparation is not None or self.config.center is None:
             return
-        shape = tuple(frame_shape)
-        side = self.config.shape if self.config.shape is not None else min(shape)
-        maps = (getattr(self.calibration, k) for k in ("dark", "flat", "bad_pixels"))
-        if any(m is not None and tuple(m.shape) != shape for m in maps):
-            return  # the first chunk plans again and reports the error
         try:
-            center = center_from_spec(self.config.center, shape)
-            if not ((center > 0).all() and (np.asarray(shape) - center > 0).all()):
-                return
-            self.preparation = self._build(shape, np.dtype(dtype), side, center)
-        except (ConfigError, ValueError):
-            return
+            self.preparation = self._plan_for(tuple(frame_shape), np.dtype(dtype), ())
+        except (ConfigError, InputError):
+            return  # the first chunk plans again and reports the error
         self._allocate()
 
     def _allocate(self) -> None:

@@ -87,7 +87,6 @@ class _End:
     grace_s: float = 0.0  # frames still absent this long after the end are missing
 
 
-_POKE = object()
 _STOP = object()
 
 
@@ -155,10 +154,6 @@ class ScanSession:
     def file_completed(self, path: Path, arrived: float | None = None) -> None:
         """A file of the scan is finished (frame, positions or scan file)."""
         self._inbox.put(_File(Path(path), self.clock() if arrived is None else arrived))
-
-    def poke(self) -> None:
-        """Something grew (the positions file): look again soon."""
-        self._inbox.put(_POKE)
 
     def end(self, reason: str, *, state: str = "complete", grace_s: float = 0.0) -> None:
         """End the scan: every frame already finished is still prepared; frames absent
@@ -581,10 +576,6 @@ class ScanSession:
                     self._live.refresh()
             return
         self._last_news = self.clock()
-        if item is _POKE:
-            if self._live is not None:
-                self._live.refresh()
-            return
         if isinstance(item, _File):
             if item.path.name == self.config.watch.scan_file and \
                     item.path.parent == self.scan_dir:

@@ -156,8 +156,15 @@ def test_a_restart_leaves_finished_scans_alone_and_moves_aside_chunks_of_other_s
 def test_apx_files_are_followed_and_their_readouts_reported(inprocess_daemon, daemon_dirs):
     root, _, _ = daemon_dirs
     with inprocess_daemon(apx={"follow": True}) as d:
-        result = simulate_scan(root / "scan_apx", num_frames=40, frame_side=64, rate_hz=200,
-                               apx=True, readouts_per_frame=25)
+        seen_while_written: list[int] = []
+
+        def on_frame(i: int) -> None:  # the .apx is closed only after the last frame
+            if i == 119:
+                seen_while_written.append(sum(e.n_readouts for e in d.sink.of_kind(ApxReadouts)))
+
+        result = simulate_scan(root / "scan_apx", num_frames=120, frame_side=64, rate_hz=100,
+                               apx=True, readouts_per_frame=25, on_frame=on_frame)
+        assert seen_while_written[0] > 1000  # streamed while the DAQ was still writing
         d.wait_state("scan_apx", ("complete",))
         batches = wait_for(
             lambda: (b := d.sink.of_kind(ApxReadouts)) and

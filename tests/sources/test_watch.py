@@ -290,3 +290,25 @@ def test_apx_pattern_is_configurable(tmp_path: Path) -> None:
         time.sleep(0.3)
     assert FileGrew(scan / "run.daq") in rec.events
     assert not [e for e in rec.events if getattr(e, "path", None) == scan / "run.apx"]
+
+
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_without_growth_reports_a_growing_file_is_reported_once_when_it_appears(
+        tmp_path: Path, observer: str) -> None:
+    """The daemon's mode: one FileGrew to start following an .apx, none per append, and
+    FileCompleted at its close as usual."""
+    root = tmp_path / "root"
+    scan = root / "scan_g"
+    scan.mkdir(parents=True)
+    rec = Recorder()
+    cfg = make_config(root, observer=observer, poll_interval_s=0.05, quiet_window_s=0.3)
+    with ScanWatcher(cfg, rec, grow_debounce_s=0.01, report_growth=False):
+        rec.wait_for(lambda ev: ScanDirectoryAppeared(scan) in ev)
+        with open(scan / "run.apx", "wb", buffering=0) as f:
+            f.write(b"\x00" * 100)
+            rec.wait_for(lambda ev: FileGrew(scan / "run.apx") in ev)
+            for _ in range(5):
+                time.sleep(0.06)
+                f.write(b"\x00" * 100)
+        rec.wait_for(lambda ev: FileCompleted(scan / "run.apx", scan) in ev)
+    assert rec.of(FileGrew) == [FileGrew(scan / "run.apx")]

@@ -155,6 +155,7 @@ class ScanWatcher:
         self._grow_debounce_s = grow_debounce_s
         self._max_tracked = max_tracked
         self._polling = config.observer == "polling"
+        self._report_growth = report_growth
         # Without growth reports the kernel need not send a modify event per write() (most
         # of the events a detector writer causes): only closes, renames, creates, deletes.
         self._event_filter = None if report_growth or self._polling else _NATIVE_EVENTS
@@ -321,7 +322,9 @@ class ScanWatcher:
             if kind == _MARKER:
                 self._marker(scan_dir)
                 return
-            if kind == _GROWING and not created:
+            # A growing file is reported when it appears (so that it can be followed
+            # while written), and on each append only with report_growth.
+            if kind == _GROWING and (created or self._report_growth):
                 self._grow_dirty[path] = None
             if self._polling and path not in self._completed:
                 self._track(path)
@@ -450,6 +453,8 @@ class ScanWatcher:
                 self._complete(path, scan_dir)
             else:
                 self._track(path)
+                if kind == _GROWING:
+                    self._grow_dirty[path] = None  # being written: report it, to follow
             self._flush_markers()
 
     def _watch_dir(self, path: Path) -> None:
