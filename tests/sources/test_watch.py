@@ -312,3 +312,29 @@ def test_without_growth_reports_a_growing_file_is_reported_once_when_it_appears(
                 f.write(b"\x00" * 100)
         rec.wait_for(lambda ev: FileCompleted(scan / "run.apx", scan) in ev)
     assert rec.of(FileGrew) == [FileGrew(scan / "run.apx")]
+
+
+@pytest.mark.parametrize("first", ["positions.txt", "frame_0000.npy"])
+def test_scan_announced_before_its_first_file_whatever_the_event_order(
+        tmp_path: Path, first: str) -> None:
+    """The polling observer reports a new directory's files before the directory (files
+    first in one snapshot diff); the scan must still be announced first."""
+    from watchdog.events import FileClosedEvent, FileCreatedEvent
+
+    root = tmp_path / "root"
+    root.mkdir()
+    rec = Recorder()
+    scan = root / "scan_x"
+    # a polling observer that will not poll during the test: only injected events count
+    config = make_config(root, observer="polling", poll_interval_s=30,
+                         quiet_window_s=30)
+    with ScanWatcher(config, rec, grow_debounce_s=0.01) as watcher:
+        scan.mkdir()
+        path = scan / first
+        path.write_bytes(b"1 2\n" if first.endswith(".txt") else b"x")
+        handler = watcher._handler  # noqa: SLF001 - injects the event order under test
+        handler.dispatch(FileCreatedEvent(str(path)))
+        handler.dispatch(FileClosedEvent(str(path)))
+        rec.wait_for(lambda ev: len(ev) >= 2)
+    assert rec.events[0] == ScanDirectoryAppeared(scan)
+    assert rec.of(ScanDirectoryAppeared) == [ScanDirectoryAppeared(scan)]

@@ -309,6 +309,7 @@ class ScanWatcher:
         if kind is None or scan_dir is None:
             return
         with self._lock:
+            self._announce(scan_dir)
             if kind == _MARKER:
                 self._marker(scan_dir)
             else:
@@ -319,6 +320,9 @@ class ScanWatcher:
         if kind is None or scan_dir is None:
             return
         with self._lock:
+            # The polling observer may report a new directory's files before the
+            # directory itself: a scan is always announced before its first file.
+            self._announce(scan_dir)
             if kind == _MARKER:
                 self._marker(scan_dir)
                 return
@@ -332,7 +336,7 @@ class ScanWatcher:
     # ---- state changes (under the lock)
 
     def _announce(self, scan_dir: Path) -> None:
-        if scan_dir not in self._appeared:
+        if scan_dir not in self._appeared and scan_dir not in self._roots:
             self._appeared.add(scan_dir)
             self._emit(ScanDirectoryAppeared(scan_dir))
 
