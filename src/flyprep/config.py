@@ -406,6 +406,8 @@ class LimitsConfig(Section):
     """Bounds on memory and work in flight."""
 
     chunk_buffers: int = Field(4, ge=2, le=1024, description="fixed pool of chunk buffers")
+    part_bytes: int = Field(4 << 20, ge=0, le=1 << 34,
+                            description="write a filling chunk in parts of this size; 0: whole")
     max_scans: int = Field(4, ge=1, le=1024, description="scans prepared at the same time")
     max_pending_files: int = Field(100_000, ge=1, description="finished files waiting to be read")
 

@@ -18,12 +18,13 @@ import numpy as np
 
 from .config import GeometryConfig, PrepareConfig, PrepConfig, parse_config
 from .errors import ConfigError, InputError, OutputError, ScanInterrupted
-from .prep import Calibration, Preparation, PreparedChunk, center_from_spec, mass_center
+from .prep import (Calibration, Preparation, PreparedChunk, PreparedPart, center_from_spec,
+                   mass_center)
 from .ptyd.layout import ScanMeta, ScanState
 from .ptyd.resume import ResumeState
 from .ptyd.writer import PtydWriter
 from .ptyd.writer_thread import WriterThread
-from .scan import FrameBook, RawChunk, Scan
+from .scan import FrameBook, RawChunk, RawPart, Scan
 from .sources.layouts import ScanSource, read_frame, read_frames, read_map
 
 
@@ -55,6 +56,8 @@ class ChunkPreparer:
         self.preparation: Preparation | None = None
         self._allocated = False
         self._free: queue.Queue[tuple[np.ndarray, np.ndarray]] = queue.Queue()
+        # The chunk being prepared part by part, and its output buffers.
+        self._filling: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
 
     def resolved(self) -> dict[str, Any]:
         """What the first chunk decided (raw frame shape and dtype, ROI side, centre), as
@@ -134,26 +137,55 @@ class ChunkPreparer:
             for _ in range(self.buffers):
                 self._free.put(self.preparation.allocate())
 
+    def part(self, raw: RawPart) -> PreparedPart:
+        """Prepare frames of the chunk being filled into that chunk's output buffers; the
+        chunk itself comes later from :meth:`__call__`. Needs the preparation fixed."""
+        if self.preparation is None:
+            raise RuntimeError("a part needs the preparation fixed (first chunk or warm)")
+        if self._filling is None or self._filling[0] != raw.key:
+            self._allocate()
+            self._filling = (raw.key, self._free.get())
+        data_buf, weights_buf = self._filling[1]
+        end = raw.offset + len(raw.frames)
+        data, _ = self.preparation.apply(
+            raw.frames, present=raw.present,
+            out=(data_buf[raw.offset:end], weights_buf[raw.offset:end]))
+        return PreparedPart(key=raw.key, frame_start=raw.frame_start,
+                            chunk_frames=raw.chunk_frames, offset=raw.offset, data=data,
+                            missing=~raw.present)
+
     def __call__(self, raw: RawChunk) -> PreparedChunk:
         if self.preparation is None:
             self.preparation = self.plan(raw)
         self._allocate()
-        buffers = self._free.get()
+        filling, self._filling = self._filling, None
+        if filling is not None and filling[0] == raw.key:
+            buffers = filling[1]
+        elif raw.done:
+            raise RuntimeError(f"chunk {raw.key}: {raw.done} frames were prepared as parts "
+                               f"into buffers that are gone")
+        else:
+            if filling is not None:
+                self._free.put(filling[1])
+            buffers = self._free.get()
         if self.buffers == 1:
             self._free.put(buffers)
             release = None
         else:
             def release(buffers: tuple[np.ndarray, np.ndarray] = buffers) -> None:
                 self._free.put(buffers)
+        n, done = len(raw.frames), raw.done
         try:
-            data, weights = self.preparation.apply(raw.frames, present=raw.present, out=buffers)
+            self.preparation.apply(raw.frames[done:], present=raw.present[done:],
+                                   out=(buffers[0][done:n], buffers[1][done:n]))
         except BaseException:
             if release is not None:
                 release()
             raise
-        return PreparedChunk(key=raw.key, frame_start=raw.frame_start, data=data,
-                             weights=weights, positions=raw.positions, missing=~raw.present,
-                             sources=raw.sources, release=release)
+        return PreparedChunk(key=raw.key, frame_start=raw.frame_start, data=buffers[0][:n],
+                             weights=buffers[1][:n], positions=raw.positions,
+                             missing=~raw.present, sources=raw.sources, written_ahead=done,
+                             release=release)
 
 
 def scan_meta(preparation: Preparation, *, num_frames: int, geometry: GeometryConfig,
@@ -207,6 +239,10 @@ def effective_config(config: PrepareConfig, source: ScanSource) -> PrepareConfig
 #: fsync stalls. When all are in use, preparation waits (back-pressure).
 CHUNK_BUFFERS = 4
 
+#: A chunk is written in parts of about this many bytes of prepared frames while it fills,
+#: so that little is left to write when its last frame arrives.
+PART_BYTES = 4 << 20
+
 #: One frame of a scan in index order: (index, frame or None if missing, source name).
 FrameInput = Tuple[int, Optional[np.ndarray], str]
 
@@ -228,6 +264,7 @@ def run_scan(
     resolved: dict[str, Any] | None = None,
     final_state: Callable[[], ScanState] | None = None,
     chunk_buffers: int = CHUNK_BUFFERS,
+    part_bytes: int = PART_BYTES,
 ) -> PrepareSummary:
     """Prepare and write a scan whose frames come in index order: the one code path of
     ``flyprep prepare``, of the daemon's scans and of the benchmarks. Frames never yielded
@@ -239,6 +276,8 @@ def run_scan(
     expected); ``resolved`` fixes the preparation as the kept chunks had it (see
     :meth:`ChunkPreparer.resolved`). ``final_state`` says what the master says at the end
     (default ``complete``). ``chunk_buffers`` bounds the prepared chunks in memory.
+    ``part_bytes``: while a chunk fills, its frames are prepared and written in parts of
+    about this size, so that little is left to do at its last frame (0: whole chunks).
 
     :class:`~flyprep.errors.ScanInterrupted` raised by ``frames`` stops the run with the
     whole chunks written and the master still ``acquiring``, ready to be resumed.
@@ -286,6 +325,16 @@ def run_scan(
             bytes_written += chunk.data.nbytes + chunk.weights.nbytes
             open_writer().submit(chunk)
 
+    part_frames = 0  # frames per part; 0 until the preparation is fixed
+
+    def flush_part() -> None:
+        w = open_writer()
+        if not w.writer.writes_parts:
+            return
+        raw = book.release_part()
+        if raw is not None:
+            w.submit_part(preparer.part(raw))
+
     def resumed_writer() -> WriterThread | None:
         # A resumed scan has a master to finish even when no new chunk was written.
         if writer is None and resume is not None and resume.next_key > 0 \
@@ -315,6 +364,11 @@ def run_scan(
                 book.mark_missing([index], [position])
             if (index + 1) % chunk_frames == 0:
                 flush_ready()  # the chunk is whole: on disk now, not at the next frame
+            elif part_bytes and preparer.preparation is not None:
+                if not part_frames:
+                    part_frames = parts_of(preparer.preparation, chunk_frames, part_bytes)
+                if (index + 1) % chunk_frames % part_frames == 0:
+                    flush_part()
         book.end()
         flush_ready()
         finisher = resumed_writer()
@@ -337,6 +391,12 @@ def run_scan(
     return PrepareSummary(output=Path(output), frames=num_frames, chunks=book.n_chunks,
                           frames_missing=book.missing_total,
                           seconds=time.perf_counter() - t0, bytes_written=bytes_written)
+
+
+def parts_of(preparation: Preparation, chunk_frames: int, part_bytes: int) -> int:
+    """Frames per part of a chunk: about ``part_bytes`` of prepared frames, at least one."""
+    frame_bytes = int(np.prod(preparation.stored_shape)) * preparation.out_dtype.itemsize
+    return max(1, min(chunk_frames, part_bytes // max(1, frame_bytes)))
 
 
 def _finish_aborted(book: FrameBook, flush_ready: Callable[[], None], writer: WriterThread) -> None:

@@ -44,10 +44,26 @@ class RawChunk:
     sources: tuple[str, ...]
     frame_shape: tuple[int, int]
     dtype: np.dtype
+    #: Leading frames already released by :meth:`FrameBook.release_part` (None in
+    #: ``frames``; ``present`` still tells which of them arrived).
+    done: int = 0
 
     def stack(self) -> np.ndarray:
         """The present frames as one (m, H, W) array (a copy)."""
         return np.stack([f for f in self.frames if f is not None])
+
+
+@dataclass(frozen=True)
+class RawPart:
+    """Raw frames ``[offset, offset + m)`` of chunk ``key`` (``chunk_frames`` frames from
+    ``frame_start``), released before the chunk is whole."""
+
+    key: int
+    frame_start: int
+    chunk_frames: int
+    offset: int
+    frames: tuple[np.ndarray | None, ...]
+    present: np.ndarray  # (m,) bool
 
 
 class FrameBook:
@@ -94,6 +110,7 @@ class FrameBook:
         self._positions = np.full((slots, 2), np.nan)
         self._sources: list[str] = [""] * slots
         self._last_position = np.zeros(2)
+        self._handed = 0  # leading frames of chunk next_key released as parts
 
     def set_frame_type(self, shape: tuple[int, int], dtype: np.dtype | str) -> None:
         """Fix the frames' shape and dtype before any frame arrives."""
@@ -216,7 +233,31 @@ class FrameBook:
         self._positions[slots] = np.nan
         self._sources[slots] = [""] * (stop - start)
         self.next_key += 1
-        return RawChunk(key, start, frames, present, positions, sources, self._shape, self._dtype)
+        done, self._handed = self._handed, 0
+        return RawChunk(key, start, frames, present, positions, sources, self._shape,
+                        self._dtype, done)
+
+    def release_part(self, min_frames: int = 1) -> RawPart | None:
+        """The frames of the chunk being filled that are resolved (arrived or missing)
+        without a gap after those released before, if there are at least ``min_frames``;
+        never the chunk's last frame, which :meth:`release` hands on with the chunk.
+        Positions and sources stay for :meth:`release`."""
+        key = self.next_key
+        if key >= self.n_chunks:
+            return None
+        start, stop, slots = self._chunk_slots(key)
+        lo, hi = slots.start + self._handed, slots.stop - 1
+        resolved = self._present[lo:hi] | self._missing[lo:hi]
+        count = resolved.size if resolved.all() else int(np.argmin(resolved))
+        if count < max(1, min_frames):
+            return None
+        taken = slice(lo, lo + count)
+        frames = tuple(self._frames[taken])
+        self._frames[taken] = [None] * count
+        part = RawPart(key, start, stop - start, self._handed, frames,
+                       self._present[taken].copy())
+        self._handed += count
+        return part
 
     def _fill_positions(self, start: int, stop: int, slots: slice,
                         present: np.ndarray) -> np.ndarray:

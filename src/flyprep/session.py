@@ -291,7 +291,8 @@ class ScanSession:
                  num_frames=num_frames, positions=None, config=settings, output=self.output,
                  calibration=calibration, allow_missing=True, on_chunk=self._chunk_written,
                  resume=resume, resolved=resolved, final_state=self._final_state,
-                 chunk_buffers=self.config.limits.chunk_buffers)
+                 chunk_buffers=self.config.limits.chunk_buffers,
+                 part_bytes=self.config.limits.part_bytes)
         state = self._final_state()
         self._set_state(SessionState(state))
         self._emit_end(state)

@@ -32,6 +32,9 @@ def daemon_settings(root: Path, out: Path, sockets: Path, **sections: dict[str, 
         "prep": {"shape": 48},
         "output": {"directory": str(out), "chunk_frames": 40},
         "bus": {"events": f"ipc://{sockets}/ev", "control": f"ipc://{sockets}/ctl"},
+        # Chunks written in parts of a few frames (as large real frames are), so that
+        # every daemon test, the kill -9 ones included, goes through that path.
+        "limits": {"part_bytes": 65536},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -2,7 +2,8 @@
 
 Mode ``writer`` drives PtydWriter chunk by chunk; mode ``run_scan`` goes through the code
 path of ``flyprep prepare`` (preparation, writer thread, coalesced publication), with
-every 97th frame missing.
+every 97th frame missing; ``run_scan_parts`` the same with each chunk written in parts of
+two frames while it fills.
 """
 
 import sys
@@ -39,4 +40,5 @@ else:
                            "output": {"chunk_frames": chunk_frames},
                            "geometry": {"energy": 6.2, "distance": 7.0, "psize": 1e-4}})
     frames = ((i, None if i % 97 == 5 else frame(i), f"f{i}") for i in range(num_frames))
-    run_scan(frames, num_frames=num_frames, positions=positions, config=config, output=path)
+    run_scan(frames, num_frames=num_frames, positions=positions, config=config, output=path,
+             part_bytes=2 * side * side * 4 if mode == "run_scan_parts" else 0)

@@ -18,7 +18,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("mode, missing_every", [("writer", None), ("run_scan", 97)])
+@pytest.mark.parametrize("mode, missing_every", [("writer", None), ("run_scan", 97),
+                                                 ("run_scan_parts", 97)])
 def test_live_reader_sees_every_frame_once_in_place(tmp_path: Path, mode, missing_every) -> None:
     master = tmp_path / "live.ptyd"
     num_frames, chunk_frames = 1500, 15

@@ -23,6 +23,9 @@ class PreparedChunk:
     positions: np.ndarray  # (n, 2) float64, metres (y, x)
     missing: np.ndarray  # (n,) bool
     sources: tuple[str, ...] = ()
+    #: Leading frames already passed on as :class:`PreparedPart` (their data, already
+    #: stored, are in ``data`` too).
+    written_ahead: int = 0
     #: Returns ``data`` and ``weights`` to their pool once stored; None if not pooled.
     release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
@@ -35,3 +38,22 @@ class PreparedChunk:
     def indices(self) -> np.ndarray:
         """Global frame indices of the chunk's frames."""
         return np.arange(self.frame_start, self.frame_start + self.n_frames, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class PreparedPart:
+    """Frames ``[offset, offset + m)`` of chunk ``key`` (``chunk_frames`` frames from
+    ``frame_start``), prepared before the chunk is whole so that they can be stored while
+    the rest of it arrives. ``data`` is a view of the chunk's own output buffer."""
+
+    key: int
+    frame_start: int
+    chunk_frames: int
+    offset: int
+    data: np.ndarray  # (m, S, S)
+    missing: np.ndarray  # (m,) bool
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames in the part."""
+        return int(self.data.shape[0])

@@ -9,13 +9,33 @@ recorded error is raised afterwards. The half-written temporary file is then rem
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import h5py
+
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
+
+
+def _load_sync_file_range() -> Callable[..., int] | None:
+    """libc's ``sync_file_range`` (Linux only; the standard library does not wrap it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn: Any = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 class GuardedFile(io.RawIOBase):
@@ -121,6 +141,13 @@ class GuardedFile(io.RawIOBase):
             except OSError as exc:
                 self.error = exc
 
+    def start_writeback(self) -> None:
+        """Have the kernel start writing the file's data to the disk now, without waiting
+        (Linux; elsewhere nothing): the final fsync then has little left to do."""
+        self._flush_pending()
+        if self.error is None and _sync_file_range is not None:
+            _sync_file_range(self._f.fileno(), 0, 0, _SYNC_FILE_RANGE_WRITE)  # advisory
+
     def close(self) -> None:
         if not self._f.closed:
             self._flush_pending()
@@ -135,6 +162,14 @@ def guarded_h5(path: Path, mode: str = "w", *, image: bytes | None = None) -> It
     opened for update.
 
     Raises the first OSError the writes met, after HDF5 has closed the file."""
+    with guarded_h5_file(path, mode, image=image) as (f, _):
+        yield f
+
+
+@contextmanager
+def guarded_h5_file(path: Path, mode: str = "w", *,
+                    image: bytes | None = None) -> Iterator[tuple[h5py.File, GuardedFile]]:
+    """:func:`guarded_h5`, also giving the :class:`GuardedFile` under the HDF5 file."""
     guard = GuardedFile(path, "w+b" if mode == "w" or image is not None else "r+b")
     if image is not None:
         guard.write(image)
@@ -142,7 +177,7 @@ def guarded_h5(path: Path, mode: str = "w", *, image: bytes | None = None) -> It
         mode = "r+"
     try:
         with h5py.File(guard, mode) as f:
-            yield f
+            yield f, guard
         guard.fsync()
     finally:
         guard.close()

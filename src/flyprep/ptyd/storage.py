@@ -69,21 +69,33 @@ class DataStorage:
         return [header + compress(frames[i], block).tobytes() if keep[i] else None
                 for i in range(n)]
 
+    def create(self, group: h5py.Group, name: str, shape: tuple[int, int, int],
+               dtype: np.dtype) -> h5py.Dataset:
+        """An empty ``group[name]`` stack of ``shape`` (n, H, W), one frame per HDF5 chunk:
+        frames never written read back as zeros."""
+        return group.create_dataset(name, shape=shape, dtype=dtype,
+                                    chunks=(1, *shape[1:]), **self.filters)
+
+    def write_frames(self, dset: h5py.Dataset, start: int, frames: np.ndarray,
+                     encoded: list[Any] | None = None) -> None:
+        """Store ``frames`` (m, H, W) as frames ``[start, start + m)`` of ``dset``, from
+        ``encoded`` when given (the result of :meth:`encode`), else encoding here."""
+        if encoded is None:
+            encoded = self.encode(frames)
+        if encoded is None:
+            dset[start:start + frames.shape[0]] = frames
+            return
+        write = dset.id.write_direct_chunk
+        for i, payload in enumerate(encoded):
+            if payload is not None:
+                write((start + i, 0, 0), payload)
+
     def write(self, group: h5py.Group, name: str, frames: np.ndarray,
               encoded: list[Any] | None = None) -> h5py.Dataset:
         """Create ``group[name]`` holding ``frames`` (n, H, W), from ``encoded`` when given
         (the result of :meth:`encode`), else encoding here."""
-        n, h, w = frames.shape
-        if encoded is None:
-            encoded = self.encode(frames)
-        if encoded is None:
-            return group.create_dataset(name, data=frames, chunks=(1, h, w), **self.filters)
-        dset = group.create_dataset(name, shape=frames.shape, dtype=frames.dtype,
-                                    chunks=(1, h, w), **self.filters)
-        write = dset.id.write_direct_chunk
-        for i, payload in enumerate(encoded):
-            if payload is not None:
-                write((i, 0, 0), payload)
+        dset = self.create(group, name, frames.shape, frames.dtype)
+        self.write_frames(dset, 0, frames, encoded)
         return dset
 
 

@@ -11,6 +11,7 @@ published once, when the scan ends.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,10 +24,10 @@ import numpy as np
 
 from .. import __version__
 from ..errors import OutputError
-from ..prep.chunk import PreparedChunk
+from ..prep.chunk import PreparedChunk, PreparedPart
 from .layout import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
                      chunk_name_regex, now_iso, params_hash, tmp_name)
-from .safefile import guarded_h5
+from .safefile import GuardedFile, guarded_h5, guarded_h5_file
 from .storage import DataStorage, encode_weights, write_weights
 from .tags import write_tagged
 
@@ -57,16 +58,44 @@ class EncodedChunk:
     weights: list[bytes | None] | None  # None: deflated at write time
 
 
+@dataclass(frozen=True)
+class EncodedPart:
+    """A part with its frames already encoded (None: HDF5's filter runs at write time)."""
+
+    part: PreparedPart
+    data: list[Any] | None
+
+
 def write_chunk_group(group: h5py.Group, encoded: EncodedChunk, *, storage: DataStorage) -> None:
     """Write a chunk's datasets at ``group``: one frame per HDF5 chunk for the stacks."""
+    storage.write(group, "data", encoded.chunk.data, encoded.data)
+    write_chunk_rest(group, encoded)
+
+
+def write_chunk_rest(group: h5py.Group, encoded: EncodedChunk) -> None:
+    """A chunk's datasets other than ``data``: weights, positions, indices."""
     chunk = encoded.chunk
     missing = chunk.missing if chunk.missing.any() else None
-    storage.write(group, "data", chunk.data, encoded.data)
     write_weights(group, chunk.weights,
                   encoded.weights if encoded.weights is not None
                   else encode_weights(chunk.weights, missing))
     group.create_dataset("positions", data=np.asarray(chunk.positions, np.float64))
     group.create_dataset("indices", data=chunk.indices)
+
+
+@dataclass
+class _OpenChunk:
+    """A chunk file being filled part by part, under its temporary name."""
+
+    key: int
+    frame_start: int
+    n_frames: int
+    tmp: Path
+    file: h5py.File
+    guard: GuardedFile
+    data: h5py.Dataset
+    closer: contextlib.ExitStack
+    written: int = 0  # frames [0, written) of the chunk are stored
 
 
 class PtydWriter:
@@ -106,6 +135,7 @@ class PtydWriter:
         self.state: ScanState = "acquiring"
         self.chunk_files: list[str] = []
         self._unpublished = False
+        self._open: _OpenChunk | None = None
         if save not in ("link", "append"):
             raise OutputError(f"save must be 'link' or 'append', got {save!r}")
         if not self.path.parent.is_dir():
@@ -130,13 +160,77 @@ class PtydWriter:
         return cls(path, resume_from=state, **kwargs)
 
     # -- public -------------------------------------------------------------------
+    @property
+    def writes_parts(self) -> bool:
+        """True when :meth:`write_part` can store a chunk ahead of its last frame."""
+        return self.save == "link"
+
     def encode(self, chunk: PreparedChunk, *, weights: bool = True) -> EncodedChunk:
-        """Compress ``chunk`` (its masks too, unless ``weights`` is False) for writing. CPU
-        only, no file access: a writer thread's producer calls it so that compression and
-        writing run side by side."""
+        """Compress ``chunk`` (its masks too, unless ``weights`` is False) for writing; the
+        frames it wrote ahead as parts are not encoded again. CPU only, no file access: a
+        writer thread's producer calls it so that compression and writing run side by
+        side."""
         missing = chunk.missing if chunk.missing.any() else None
-        return EncodedChunk(chunk, self.storage.encode(chunk.data, missing),
+        ahead = chunk.written_ahead
+        data = self.storage.encode(chunk.data[ahead:],
+                                   None if missing is None else missing[ahead:])
+        if data is not None and ahead:
+            data = [None] * ahead + data
+        return EncodedChunk(chunk, data,
                             encode_weights(chunk.weights, missing) if weights else None)
+
+    def encode_part(self, part: PreparedPart) -> EncodedPart:
+        """Compress a part's frames for :meth:`write_part` (CPU only, like :meth:`encode`)."""
+        return EncodedPart(part, self.storage.encode(
+            part.data, part.missing if part.missing.any() else None))
+
+    def write_part(self, part: PreparedPart | EncodedPart) -> None:
+        """Store frames of the next chunk before the chunk is whole, in its temporary file,
+        and start writing them to the disk: when its last frame arrives little is left to
+        do. Parts of a chunk come in order; :meth:`write_chunk` then finishes the file.
+        Nothing of a part is visible to readers before its chunk is published."""
+        encoded = part if isinstance(part, EncodedPart) else self.encode_part(part)
+        part = encoded.part
+        if not self.writes_parts:
+            raise OutputError(f"{self.path}: chunks are written in parts in link mode only")
+        if self.state != "acquiring":
+            raise OutputError(f"{self.path}: scan is {self.state}, no more chunks accepted")
+        opened = self._open
+        if opened is None:
+            if part.key != self.next_key or part.frame_start != self.frames_written:
+                raise OutputError(f"{self.path}: part of chunk {part.key} at frame "
+                                  f"{part.frame_start} is out of order; expected chunk "
+                                  f"{self.next_key} at frame {self.frames_written}")
+            if part.frame_start + part.chunk_frames > self.meta.num_frames:
+                raise OutputError(f"{self.path}: chunk {part.key} ends at frame "
+                                  f"{part.frame_start + part.chunk_frames} > num_frames "
+                                  f"{self.meta.num_frames}")
+            if part.data.shape[1:] != tuple(self.meta.shape):
+                raise OutputError(f"{self.path}: chunk {part.key} frames are "
+                                  f"{part.data.shape[1:]}, meta/shape is {tuple(self.meta.shape)}")
+            opened = self._open_chunk_file(part.key, part.frame_start, part.chunk_frames,
+                                           part.data.dtype)
+        if (part.key, part.chunk_frames, part.offset) != (opened.key, opened.n_frames,
+                                                          opened.written):
+            self.discard_partial()  # its chunk can no longer be completed
+            raise OutputError(f"{self.path}: part of chunk {part.key} at offset {part.offset} "
+                              f"does not continue chunk {opened.key} at {opened.written}")
+        try:
+            self.storage.write_frames(opened.data, part.offset, part.data, encoded.data)
+            opened.guard.start_writeback()
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.discard_partial()
+            raise OutputError(f"{opened.tmp}: could not write chunk {part.key}: {exc}") from exc
+        opened.written += part.n_frames
+
+    def discard_partial(self) -> None:
+        """Drop a chunk file filled only in parts (the scan stops before its last frame):
+        its frames are written again, whole, when the scan resumes."""
+        opened, self._open = self._open, None
+        if opened is not None:
+            with contextlib.suppress(Exception):
+                opened.closer.close()
+            opened.tmp.unlink(missing_ok=True)
 
     def write_chunk(self, chunk: PreparedChunk | EncodedChunk, *, publish: bool = True) -> Path:
         """Store ``chunk`` durably, then publish a master that includes it. With
@@ -168,6 +262,7 @@ class PtydWriter:
         or readers polling for ``num_frames`` would wait forever."""
         if self.state != "acquiring":
             return
+        self.discard_partial()
         if self.frames_written != self.meta.num_frames:
             raise OutputError(
                 f"{self.path}: {self.frames_written} frames written but meta/num_frames is "
@@ -192,6 +287,7 @@ class PtydWriter:
         says ``aborted``; an unpublished append file is removed."""
         if self.state != "acquiring":
             return
+        self.discard_partial()
         self.state = "aborted"
         if self.save == "link" and self.next_key > 0:
             self._publish_master()
@@ -257,11 +353,35 @@ class PtydWriter:
     def _short_chunk_seen(self) -> bool:
         return self.frames_written != self.next_key * self.chunk_frames
 
+    def _open_chunk_file(self, key: int, frame_start: int, n_frames: int,
+                         dtype: np.dtype) -> _OpenChunk:
+        tmp = self.path.with_name(tmp_name(chunk_file_name(self.path.name, self.chunk_format,
+                                                           key)))
+        closer = contextlib.ExitStack()
+        try:
+            f, guard = closer.enter_context(guarded_h5_file(tmp))
+            data = self.storage.create(f, "data", (n_frames, *self.meta.shape), dtype)
+        except (OSError, RuntimeError, ValueError) as exc:
+            with contextlib.suppress(Exception):
+                closer.close()
+            tmp.unlink(missing_ok=True)
+            raise OutputError(f"{tmp}: could not create chunk {key}: {exc}") from exc
+        self._open = _OpenChunk(key, frame_start, n_frames, tmp, f, guard, data, closer)
+        return self._open
+
     def _write_chunk_file(self, encoded: EncodedChunk) -> Path:
         chunk = encoded.chunk
         name = chunk_file_name(self.path.name, self.chunk_format, chunk.key)
         final = self.path.with_name(name)
-        tmp = self.path.with_name(tmp_name(name))
+        opened = self._open
+        if chunk.written_ahead and (opened is None or opened.key != chunk.key
+                                    or opened.written != chunk.written_ahead):
+            self.discard_partial()
+            raise OutputError(f"{final}: chunk {chunk.key} has {chunk.written_ahead} frames "
+                              f"written ahead, but they were not stored")
+        if opened is None:
+            opened = self._open_chunk_file(chunk.key, chunk.frame_start, chunk.n_frames,
+                                           chunk.data.dtype)
         prov = ChunkProvenance(
             key=chunk.key, frame_start=chunk.frame_start,
             frame_stop=chunk.frame_start + chunk.n_frames,
@@ -269,13 +389,20 @@ class PtydWriter:
             params_json=self.params_json, params_hash=self.params_hash,
             flyprep_version=__version__)
         try:
-            with guarded_h5(tmp) as f:
-                write_chunk_group(f, encoded, storage=self.storage)
-                f.attrs["flyprep"] = prov.as_json()
+            try:
+                ahead = opened.written
+                self.storage.write_frames(
+                    opened.data, ahead, chunk.data[ahead:],
+                    None if encoded.data is None else encoded.data[ahead:])
+                write_chunk_rest(opened.file, encoded)
+                opened.file.attrs["flyprep"] = prov.as_json()
+            finally:
+                self._open = None
+                opened.closer.close()  # HDF5 close, then fsync
             # The directory fsync after the master's rename makes this rename durable too.
-            os.replace(tmp, final)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            os.replace(opened.tmp, final)
+        except (OSError, RuntimeError, ValueError) as exc:
+            opened.tmp.unlink(missing_ok=True)
             raise OutputError(f"{final}: could not write chunk {chunk.key}: {exc}") from exc
         self.chunk_files.append(name)
         return final
@@ -309,6 +436,8 @@ class PtydWriter:
 
     def _append_chunk(self, encoded: EncodedChunk) -> Path:
         chunk = encoded.chunk
+        if chunk.written_ahead:
+            raise OutputError(f"{self.path}: append mode takes whole chunks only")
         try:
             with guarded_h5(self._append_tmp, "r+") as f:
                 group = f["chunks"].create_group(str(chunk.key))

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import OutputError
-from ..prep.chunk import PreparedChunk
+from ..prep.chunk import PreparedChunk, PreparedPart
 from .layout import ScanState
-from .writer import EncodedChunk, PtydWriter
+from .writer import EncodedChunk, EncodedPart, PtydWriter
 
 _STOP = object()
 
@@ -53,10 +53,19 @@ class WriterThread:
             if chunk.release is not None:
                 chunk.release()
             raise
+        self._put(encoded)
+
+    def submit_part(self, part: PreparedPart) -> None:
+        """Compress a part of the chunk being filled and queue it (see
+        :meth:`PtydWriter.write_part`); blocks while the queue is full."""
+        self._raise_if_failed()
+        self._put(self.writer.encode_part(part))
+
+    def _put(self, item: EncodedChunk | EncodedPart) -> None:
         while True:
             self._raise_if_failed()
             try:
-                self._queue.put(encoded, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
@@ -72,6 +81,7 @@ class WriterThread:
         ``acquiring`` (a later run resumes it)."""
         self._stop()
         self._raise_if_failed()
+        self.writer.discard_partial()
         self.writer.publish()
 
     def abort(self) -> None:
@@ -95,6 +105,13 @@ class WriterThread:
             item = self._queue.get()
             if item is _STOP:
                 return
+            if isinstance(item, EncodedPart):
+                if self._error is None:
+                    try:
+                        self.writer.write_part(item)
+                    except BaseException as exc:  # reported to the producer, never lost
+                        self._error = exc
+                continue
             encoded: EncodedChunk = item  # type: ignore[assignment]
             chunk = encoded.chunk
             try:
