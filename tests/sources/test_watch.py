@@ -338,3 +338,52 @@ def test_scan_announced_before_its_first_file_whatever_the_event_order(
         rec.wait_for(lambda ev: len(ev) >= 2)
     assert rec.events[0] == ScanDirectoryAppeared(scan)
     assert rec.of(ScanDirectoryAppeared) == [ScanDirectoryAppeared(scan)]
+
+
+@pytest.mark.parametrize("observer", ["native", "polling"])
+def test_a_finished_file_moved_in_from_outside_the_roots_is_reported(
+        tmp_path: Path, observer: str) -> None:
+    """A detector writing elsewhere and moving frames into the scan directory: inotify
+    reports no close in the root, only the rename's second half."""
+    root, outside = tmp_path / "root", tmp_path / "staging"
+    (root / "scan").mkdir(parents=True)
+    outside.mkdir()
+    rec = Recorder()
+    config = make_config(root, observer=observer, poll_interval_s=0.05)
+    with ScanWatcher(config, rec):
+        time.sleep(0.2)
+        staged = outside / "f_0000.npy"
+        np.save(staged, np.arange(16).reshape(4, 4))
+        staged.rename(root / "scan" / "f_0000.npy")
+        rec.wait_for(lambda ev: any(isinstance(e, FileCompleted) for e in ev), timeout_s=5)
+        # moved out again, then back: reported again (it is a new arrival)
+        (root / "scan" / "f_0000.npy").rename(staged)
+        time.sleep(0.5)
+        staged.rename(root / "scan" / "f_0000.npy")
+        rec.wait_for(lambda ev: len([e for e in ev if isinstance(e, FileCompleted)]) == 2,
+                     timeout_s=5)
+    assert rec.completed() == [root / "scan" / "f_0000.npy"] * 2
+    assert rec.load_error == {}
+
+
+def test_a_rename_out_of_the_roots_does_not_hold_back_later_files(tmp_path: Path) -> None:
+    """watchdog holds a rename's first half to pair it, and its queue waits behind it
+    (0.5 s by default, even once paired): files closed meanwhile must not wait that long."""
+    root, outside = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "scan").mkdir(parents=True)
+    outside.mkdir()
+    rec = Recorder()
+    delays = []
+    with ScanWatcher(make_config(root), rec):
+        time.sleep(0.2)
+        for k in range(5):
+            moved = root / "scan" / f"m_{k}.npy"
+            np.save(moved, np.zeros(4))
+            rec.wait_for(lambda ev, p=moved: p in rec.completed())
+            moved.rename(outside / moved.name)  # an unpaired first half
+            frame = root / "scan" / f"f_{k}.npy"
+            np.save(frame, np.zeros(4))
+            closed = time.monotonic()
+            rec.wait_for(lambda ev, p=frame: p in rec.completed())
+            delays.append(rec.time_at_event[frame] - closed)
+    assert max(delays) < 0.25, delays
