@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from .npy import read_npy
 
 GEOMETRY_KEYS = {"distance": float, "energy": float, "psize": float, "shape": int}
 # DECTRIS Eiger master files link to the data files and hold no frames themselves.
@@ -278,7 +279,7 @@ def _read_2d(path: Path, dataset: str, slot: int | None, label: str, words: _Wor
     name ``label`` (the file, or the frame inside it) in the given wording."""
     try:
         if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = read_npy(path)
         else:
             with h5py.File(path, "r") as f:
                 dset = f[dataset]
