@@ -387,3 +387,32 @@ def test_a_rename_out_of_the_roots_does_not_hold_back_later_files(tmp_path: Path
             rec.wait_for(lambda ev, p=frame: p in rec.completed())
             delays.append(rec.time_at_event[frame] - closed)
     assert max(delays) < 0.25, delays
+
+
+def test_old_files_of_a_directory_moved_in_are_reported_at_once_and_once(tmp_path: Path) -> None:
+    """A finished scan moved into a root (its files quiet for longer than the quiet
+    window already) is not held back by the window; its subdirectory, listed again when
+    watchdog reports it, reports nothing twice."""
+    root, staging = tmp_path / "root", tmp_path / "staging"
+    root.mkdir()
+    scan = staging / "scan_old"
+    (scan / "ccd").mkdir(parents=True)
+    names = [scan / "ccd" / f"diffraction_{i:04d}.npy" for i in range(300)]
+    for path in names:
+        np.save(path, np.zeros((4, 4), np.int32))
+    (scan / "positions.txt").write_text("0 0\n")
+    old = time.time() - 60
+    for path in [*names, scan / "positions.txt"]:
+        os.utime(path, (old, old))
+    rec = Recorder()
+    with ScanWatcher(make_config(root, quiet_window_s=3.0), rec):
+        time.sleep(0.2)
+        moved_at = time.monotonic()
+        scan.rename(root / "scan_old")
+        expected = {root / "scan_old" / p.relative_to(scan) for p in names}
+        rec.wait_for(lambda ev: expected <= set(rec.completed()), timeout_s=10)
+        took = max(rec.time_at_event[p] for p in expected) - moved_at
+        time.sleep(0.5)
+    assert took < 1.5, f"{took:.2f} s: held back by the 3 s quiet window"
+    done = rec.completed()
+    assert len(done) == len(set(done)) == len(expected) + 1  # and positions.txt

@@ -13,10 +13,10 @@ When a file counts as finished (:class:`FileCompleted`, once per path):
   alone, so a partially written file is never reported.
   Two cases have no close event to wait for and fall back to the quiet window (size and
   mtime unchanged for ``quiet_window_s``): files already present when the watcher starts
-  (a restart: reported at once if their mtime is older than the quiet window), and files
-  found inside a directory that was created or moved in (they may have been closed before
-  the kernel watch on the new directory existed). A close event still completes them
-  earlier.
+  (a restart), and files found inside a directory that was created or moved in (they may
+  have been closed before the kernel watch on the new directory existed). A file found so
+  whose mtime is older than the quiet window is reported at once: it has been quiet that
+  long already. A close event still completes the others earlier.
 * ``observer = "polling"`` (network file systems): a file counts as finished once its size
   and mtime have not changed for ``quiet_window_s`` (choose it longer than the longest
   pause of the writer).
@@ -36,6 +36,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import re
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -160,6 +162,12 @@ class ScanWatcher:
         self._apx_pattern = apx_pattern
         self._on_event = on_event
         self._roots = [Path(r) for r in config.roots]
+        # Classification runs for every event and every file listed: strings and one
+        # compiled pattern per kind instead of pathlib and fnmatch per pattern.
+        self._root_prefixes = [(os.fspath(r).rstrip(os.sep) + os.sep, r) for r in self._roots]
+        self._ignore_re = _any_of(config.ignore_patterns)
+        self._frame_re = _any_of(config.frame_patterns)
+        self._apx_re = _any_of([apx_pattern])
         self._grow_debounce_s = grow_debounce_s
         self._max_tracked = max_tracked
         self._polling = config.observer == "polling"
@@ -241,19 +249,17 @@ class ScanWatcher:
     def scan_dir_of(self, path: Path) -> Path | None:
         """The directory directly under a root holding ``path`` (the root for a file
         directly in it); None if outside the roots or below an ignored/quarantine dir."""
-        for root in self._roots:
-            try:
-                rel = path.relative_to(root)
-            except ValueError:
-                continue
-            dirs = rel.parts[:-1]
-            if any(d == self.config.quarantine_dir or self._ignored(d) for d in dirs):
-                return None
-            return root / dirs[0] if dirs else root
+        text = os.fspath(path)
+        for prefix, root in self._root_prefixes:
+            if text.startswith(prefix):
+                dirs = text[len(prefix):].split(os.sep)[:-1]
+                if any(d == self.config.quarantine_dir or self._ignored(d) for d in dirs):
+                    return None
+                return root / dirs[0] if dirs else root
         return None
 
     def _ignored(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.config.ignore_patterns)
+        return self._ignore_re.match(name) is not None
 
     def _kind(self, path: Path) -> str | None:
         name, c = path.name, self.config
@@ -261,9 +267,9 @@ class ScanWatcher:
             return None
         if c.end_marker is not None and name == c.end_marker:
             return _MARKER
-        if name == c.positions_file or fnmatch.fnmatchcase(name, self._apx_pattern):
+        if name == c.positions_file or self._apx_re.match(name):
             return _GROWING
-        if name == c.scan_file or any(fnmatch.fnmatchcase(name, p) for p in c.frame_patterns):
+        if name == c.scan_file or self._frame_re.match(name):
             return _FILE
         return None
 
@@ -317,7 +323,7 @@ class ScanWatcher:
                 self._watch_dir(path)
         if not self.config.recursive and not new_scan:
             return
-        self._found_all(self._list_files(path), initial=False)
+        self._found_all(self._list_files(path), trust_age=not self._polling)
 
     def _file_finished(self, path: Path) -> None:
         kind, scan_dir = self._kind(path), self.scan_dir_of(path)
@@ -355,9 +361,9 @@ class ScanWatcher:
             self._appeared.add(scan_dir)
             self._emit(ScanDirectoryAppeared(scan_dir))
 
-    def _complete(self, path: Path, scan_dir: Path) -> None:
+    def _complete(self, path: Path, scan_dir: Path, *, regular: bool = False) -> None:
         self._pending.pop(path, None)
-        if path in self._completed or not path.is_file():
+        if path in self._completed or not (regular or path.is_file()):
             return
         self._completed[path] = None
         while len(self._completed) > self._max_tracked:
@@ -426,14 +432,14 @@ class ScanWatcher:
                         self._announce(root / entry.name)
                     if not self.config.recursive:
                         self._watch_dir(root / entry.name)
-            self._found_all(self._list_files(root, nested=self.config.recursive), initial=True)
+            self._found_all(self._list_files(root, nested=self.config.recursive), trust_age=True)
             if not self.config.recursive:
                 for entry in entries:
                     if (root / entry.name) in self._appeared:
                         self._found_all(self._list_files(root / entry.name, nested=False),
-                                        initial=True)
+                                        trust_age=True)
 
-    def _found_all(self, files: Iterable[Path], *, initial: bool) -> None:
+    def _found_all(self, files: Iterable[Path], *, trust_age: bool) -> None:
         """:meth:`_found` for each file, end markers last: a marker listed before the
         files it follows must still wait for them."""
         markers = []
@@ -441,9 +447,9 @@ class ScanWatcher:
             if self.config.end_marker is not None and file.name == self.config.end_marker:
                 markers.append(file)
             else:
-                self._found(file, initial=initial)
+                self._found(file, trust_age=trust_age)
         for file in markers:
-            self._found(file, initial=initial)
+            self._found(file, trust_age=trust_age)
 
     def _list_files(self, top: Path, *, nested: bool | None = None) -> Iterable[Path]:
         nested = self.config.recursive if nested is None else nested
@@ -453,8 +459,9 @@ class ScanWatcher:
             for name in sorted(filenames):
                 yield Path(dirpath) / name
 
-    def _found(self, path: Path, *, initial: bool) -> None:
-        """A file seen by listing, not by an event: complete if old enough, else track."""
+    def _found(self, path: Path, *, trust_age: bool) -> None:
+        """A file seen by listing, not by an event: complete if its mtime is older than
+        the quiet window (with ``trust_age``), else track it."""
         kind, scan_dir = self._kind(path), self.scan_dir_of(path)
         if kind is None or scan_dir is None:
             return
@@ -462,14 +469,16 @@ class ScanWatcher:
             if kind == _MARKER:
                 self._marker(scan_dir)
                 return
-            if path in self._completed:
-                return
+            if path in self._completed or path in self._pending:
+                return  # a directory moved in is listed for itself and for each subdirectory
             try:
-                age_s = time.time() - path.stat().st_mtime
+                st = path.stat()
             except OSError:
                 return
-            if initial and age_s >= self.config.quiet_window_s:
-                self._complete(path, scan_dir)
+            if not stat.S_ISREG(st.st_mode):
+                return
+            if trust_age and time.time() - st.st_mtime >= self.config.quiet_window_s:
+                self._complete(path, scan_dir, regular=True)
             else:
                 self._track(path)
                 if kind == _GROWING:
@@ -547,3 +556,10 @@ def _native_observer() -> BaseObserver:
         from watchdog.observers.inotify_buffer import InotifyBuffer as Pairing
     Pairing.delay = MOVE_PAIRING_S
     return InotifyObserver(generate_full_events=True)
+
+
+def _any_of(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One compiled pattern matching a whole name against any of the shell ``patterns``
+    (case-sensitive, as ``fnmatch.fnmatchcase``)."""
+    parts = [fnmatch.translate(p) for p in patterns]
+    return re.compile("|".join(parts) if parts else "(?!)")
