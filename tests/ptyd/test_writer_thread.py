@@ -90,3 +90,49 @@ def test_abort_publishes_aborted_after_the_queue(tmp_path, meta):
     w.abort()
     ptyd = open_ptyd(tmp_path / "s.ptyd")
     assert ptyd.state == "aborted" and ptyd.n_frames == 20
+
+
+def test_parts_never_wait_behind_queued_chunks_nor_delay_publication(tmp_path, meta):
+    """Parts of the filling chunk go to the thread at once (their frames sit in a chunk
+    buffer already); only whole chunks count against max_queued, and a chunk is published
+    as soon as no other *chunk* waits, however many parts do."""
+    import time
+
+    import numpy as np
+
+    from flyprep.prep.chunk import PreparedPart
+
+    gate = threading.Event()
+    writer = PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10)
+    real_write = writer.write_chunk
+    publishes = []
+
+    def write_chunk(chunk, *, publish=True):
+        gate.wait(10)  # a disk stall
+        publishes.append((chunk.chunk.key, publish))
+        return real_write(chunk, publish=publish)
+
+    writer.write_chunk = write_chunk
+    w = WriterThread(writer, max_queued=1, publish_interval_s=3600)
+    w.submit(make_chunk(0, 0, 10))  # taken by the thread, stalled
+    time.sleep(0.1)
+    started = time.monotonic()
+    full = make_chunk(1, 10, 10)
+    for offset in (0, 3, 6):
+        w.submit_part(PreparedPart(1, 10, 10, offset, full.data[offset:offset + 3],
+                                   np.zeros(3, bool)))
+    assert time.monotonic() - started < 0.5, "a part waited behind a stalled chunk"
+    done = threading.Event()
+
+    def submit_next():
+        w.submit(type(full)(**{**full.__dict__, "written_ahead": 9}))
+        done.set()
+
+    threading.Thread(target=submit_next, daemon=True).start()
+    gate.set()
+    assert done.wait(10)
+    w.suspend()
+    assert publishes == [(0, True), (1, True)], "each chunk published: no chunk waited"
+    ptyd = open_ptyd(tmp_path / "s.ptyd")
+    assert ptyd.n_frames == 20
+    np.testing.assert_array_equal(ptyd.read_chunk(ptyd.chunks[1]).data, full.data)

@@ -18,7 +18,9 @@ _STOP = object()
 
 
 class WriterThread:
-    """Owns a writer while it runs: chunks wait in a queue of ``max_queued``.
+    """Owns a writer while it runs: at most ``max_queued`` chunks wait to be written
+    (parts of the chunk being filled do not count: their frames already sit in that
+    chunk's buffer, and the pool of chunk buffers bounds the memory).
 
     The master is published whenever the queue runs dry, and at least every
     ``publish_interval_s`` while chunks keep coming, so a writer that falls behind
@@ -35,7 +37,10 @@ class WriterThread:
         # The first chunk is always published at once: readers start on it.
         self._published_at = float("-inf")
         self.on_written = on_written
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queued)
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._chunk_slots = threading.Semaphore(max_queued)
+        self._chunks_queued = 0  # chunks submitted and not yet taken by the thread
+        self._count_lock = threading.Lock()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=f"writer:{writer.path.name}",
                                         daemon=True)
@@ -53,22 +58,22 @@ class WriterThread:
             if chunk.release is not None:
                 chunk.release()
             raise
-        self._put(encoded)
+        while not self._chunk_slots.acquire(timeout=0.1):
+            try:
+                self._raise_if_failed()
+            except BaseException:
+                if chunk.release is not None:
+                    chunk.release()
+                raise
+        with self._count_lock:
+            self._chunks_queued += 1
+        self._queue.put(encoded)
 
     def submit_part(self, part: PreparedPart) -> None:
         """Compress a part of the chunk being filled and queue it (see
-        :meth:`PtydWriter.write_part`); blocks while the queue is full."""
+        :meth:`PtydWriter.write_part`); never waits."""
         self._raise_if_failed()
-        self._put(self.writer.encode_part(part))
-
-    def _put(self, item: EncodedChunk | EncodedPart) -> None:
-        while True:
-            self._raise_if_failed()
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        self._queue.put(self.writer.encode_part(part))
 
     def close(self, state: ScanState = "complete") -> None:
         """Write what is queued, stop the thread, publish the final master."""
@@ -114,10 +119,13 @@ class WriterThread:
                 continue
             encoded: EncodedChunk = item  # type: ignore[assignment]
             chunk = encoded.chunk
+            with self._count_lock:
+                self._chunks_queued -= 1
+                more = self._chunks_queued > 0
             try:
                 if self._error is None:
                     due = time.monotonic() - self._published_at >= self.publish_interval_s
-                    publish = due or self._queue.empty()
+                    publish = due or not more
                     target = self.writer.write_chunk(encoded, publish=publish)
                     if publish:
                         self._published_at = time.monotonic()
@@ -128,7 +136,8 @@ class WriterThread:
             finally:
                 if chunk.release is not None:
                     chunk.release()
-            if self._error is None and self._queue.empty():
+                self._chunk_slots.release()
+            if self._error is None and not more:
                 try:
                     self.writer.publish()
                 except BaseException as exc:
