@@ -489,7 +489,11 @@ def test_quarantine_list_only_leaves_the_file(tmp_path: Path) -> None:
     assert lf.get(0) is None
     [entry] = entries(tmp_path)
     assert entry["moved_to"] is None and entry["indices"] == [0] and entry["file"] == "a.npy"
-    assert make(tmp_path).failed == {0: "quarantined earlier: frame 0: not finished"}
+    # After a restart the file, finished meanwhile and still in place, is read after all.
+    again = make(tmp_path)
+    assert again.failed == {}
+    again.add_file(a)
+    assert placed(again) == {0: ("a.npy", None)}
 
 
 def test_quarantine_never_overwrites(tmp_path: Path) -> None:
@@ -513,9 +517,11 @@ def test_quarantine_list_with_a_broken_line_is_read(tmp_path: Path) -> None:
     (q / QUARANTINE_LIST).write_text(
         '{"file": "x.npy", "moved_to": "x.npy", "indices": [4], "reason": "r"}\n'
         "not json\n"
-        '{"file": "y.npy", "moved_to": null, "indices": [7, 8], "reason": "s"}\n')
+        '{"file": "y.npy", "moved_to": null, "indices": [7, 8], "reason": "s", '
+        '"reserved": true}\n'
+        '{"file": "z.npy", "moved_to": null, "indices": [9], "reason": "unfinished"}\n')
     lf = make(tmp_path)
-    assert sorted(lf.failed) == [4, 7, 8]
+    assert sorted(lf.failed) == [4, 7, 8]  # z.npy was only listed: read if finished now
 
 
 # ---- reading

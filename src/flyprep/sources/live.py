@@ -14,7 +14,9 @@ places each at its global frame index:
 
 A file that cannot be read is quarantined: moved into the scan's quarantine directory
 (listed in ``quarantine.jsonl`` there), never deleted; its frames are failed. A restart
-reads that list, so the same frames are failed again without waiting for them.
+reads that list, so the same frames are failed again without waiting for them. A file
+that was only listed (left in place, unfinished when its frame timed out) is read after
+a restart if it is finished by then, unless it was given an assumed index range.
 """
 
 from __future__ import annotations
@@ -510,9 +512,13 @@ class LiveFrames:
             try:
                 entry = json.loads(line)
                 indices = [int(i) for i in entry.get("indices", [])]
+                if not (entry.get("moved_to") or entry.get("reserved")):
+                    # Only listed, left in place (it was unfinished): if it is finished
+                    # now, its frames are read like any other (those not in a chunk yet).
+                    continue
                 for i in indices:
                     self.failed[i] = f"quarantined earlier: {entry.get('reason', '')}"
-                if indices and (entry.get("moved_to") or entry.get("reserved")):
+                if indices:
                     self._quarantined.append((natural_key(Path(entry["file"])), max(indices) + 1))
                     self._reserved_names.add(str(entry["file"]))
             except (ValueError, TypeError, AttributeError):
