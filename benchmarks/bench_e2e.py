@@ -365,7 +365,8 @@ class Events:
 class DaemonProcess:
     """``flyprep run --config`` in a child process, configured for one profile."""
 
-    def __init__(self, work: Path, profile: Profile, chunk_frames: int) -> None:
+    def __init__(self, work: Path, profile: Profile, chunk_frames: int,
+                 part_bytes: int | None = None) -> None:
         self.work = work
         self.root, self.out, sockets = work / "root", work / "out", work / "s"
         for d in (self.root, self.out, sockets):
@@ -380,6 +381,7 @@ class DaemonProcess:
             "output": {"directory": str(self.out), "chunk_frames": chunk_frames,
                        "compression": profile.compression},
             "bus": {"events": self.events_endpoint, "control": self.control},
+            "limits": {} if part_bytes is None else {"part_bytes": part_bytes},
         })
         self.log = work / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -722,6 +724,7 @@ class ThroughputRow:
     n: int
     runs: list[Run]
     alone_fps: float | None
+    disk_fps: float | None = None  # the same output written by plain write+fsync, frames/s
 
     @property
     def median(self) -> Run:
@@ -778,13 +781,38 @@ def print_run(r: Run) -> None:
           flush=True)
 
 
+def disk_alone(work: Path, frames: int, chunk_frames: int, frame_bytes: int) -> float:
+    """Frames/s of writing ``frames`` frames' bytes as chunk files by plain
+    write + fsync + rename (and a directory fsync), as the daemon's output lands."""
+    work.mkdir(parents=True, exist_ok=True)
+    block = np.random.default_rng(0).integers(0, 255, chunk_frames * frame_bytes, np.uint8)
+    t0 = time.perf_counter()
+    for k in range(-(-frames // chunk_frames)):
+        tmp, final = work / f"c{k}.tmp", work / f"c{k}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, block)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        dfd = os.open(work, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(work, ignore_errors=True)
+    return frames / seconds
+
+
 def print_throughput(rows: list[ThroughputRow]) -> None:
     head = (f"{'case':<22}{'frames':>7}{'rate':>6}{'output':>17}{'e2e f/s':>9}{'steady':>7}"
-            f"{'prod f/s':>9}{'alone f/s':>10}{'tail ms':>8}{'dCPU/kf':>8}{'d cores':>8}{'busy':>6}  "
+            f"{'prod f/s':>9}{'alone f/s':>10}{'disk f/s':>9}{'tail ms':>8}{'dCPU/kf':>8}"
+            f"{'d cores':>8}{'busy':>6}  "
             f"{'goal':<14}{'met':>4}  limit")
     print("\nThroughput, frames/s (medians of runs; e2e: frames / (frame 0 closed, or the "
           "rename, -> master complete); steady: after the\n  first chunk is readable; prod: the "
-          "producer in the run; alone: the producer alone; dCPU/kf: daemon CPU-s per 1000 "
+          "producer in the run; alone: the producer alone; disk: the same output bytes in "
+          "chunk files by plain write+fsync+rename;\n  dCPU/kf: daemon CPU-s per 1000 "
           "frames;\n  d cores: daemon CPU / wall; busy: all cores, every process; limit: producer "
           "if e2e >= 85 % of prod and <= 2 chunks left at its end,\n  else CPU if busy >= "
           "90 %, else daemon)\n" + head + "\n" + "-" * len(head))
@@ -796,8 +824,9 @@ def print_throughput(rows: list[ThroughputRow]) -> None:
         prod = "-" if row.producer_fps is None else f"{row.producer_fps:.0f}"
         alone = "-" if row.alone_fps is None or row.case.kind == "drain" else f"{row.alone_fps:.0f}"
         tail = "-" if row.case.kind == "drain" else f"{r.tail_s * 1000:.0f}"
+        disk = "-" if row.disk_fps is None else f"{row.disk_fps:.0f}"
         print(f"{row.case.name:<22}{row.n:7d}{rate:>6}{row.case.profile.label:>17}"
-              f"{row.fps:9.0f}{row.steady_fps:7.0f}{prod:>9}{alone:>10}{tail:>8}"
+              f"{row.fps:9.0f}{row.steady_fps:7.0f}{prod:>9}{alone:>10}{disk:>9}{tail:>8}"
               f"{cpu_per_k(r.daemon_cpu_s, r.num_frames):8.2f}{r.daemon_cores:8.2f}"
               f"{r.machine_busy:6.0%}  "
               f">= {row.case.profile.goal_fps:,.0f} f/s{'':<3}{row.met:>4}  {row.limit}")
@@ -841,6 +870,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=None,
                         help="runs per throughput case, median reported (default 3; quick 1)")
     parser.add_argument("--chunk-frames", type=int, default=100)
+    parser.add_argument("--part-bytes", type=int, default=None,
+                        help="the daemon's limits.part_bytes (default: its default; 0: chunks "
+                             "written whole at their last frame)")
     parser.add_argument("--frames-per-file", type=int, default=100,
                         help="HDF5 layout: frames per stack file (default 100)")
     parser.add_argument("--partial-fraction", type=float, default=0.2,
@@ -956,7 +988,14 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  producer alone {layout:<6} {args.frames} frames {profile.side}x"
                       f"{profile.side} {profile.dtype}: {alone[layout]:.0f} frames/s "
                       f"[runs: {' '.join(f'{f:.0f}' for f in fps)}]", flush=True)
-            daemon = DaemonProcess(pwork, profile, args.chunk_frames).start()
+            disk_fps = None
+            if profile.compression == "none" and any(c.kind != "latency" for c in cases):
+                wait_for_quiet(args.wait_quiet)
+                disk_fps = disk_alone(pwork / "disk", args.frames, args.chunk_frames,
+                                      profile.side * profile.side * np.dtype(profile.dtype).itemsize)
+                print(f"  disk alone: {args.frames} frames' output in chunk files written, "
+                      f"fsynced and renamed: {disk_fps:.0f} frames/s", flush=True)
+            daemon = DaemonProcess(pwork, profile, args.chunk_frames, args.part_bytes).start()
             events = Events(daemon.events_endpoint)
             time.sleep(0.3)  # the subscription reaches the publisher
             bench = Bench(args, pwork, daemon, events, profile)
@@ -984,7 +1023,7 @@ def main(argv: list[str] | None = None) -> None:
                             all_runs.append(runs[-1])
                             print_run(runs[-1])
                         t_rows.append(ThroughputRow(case, args.frames, runs,
-                                                    alone.get(case.layout)))
+                                                    alone.get(case.layout), disk_fps))
             finally:
                 events.close()
                 code = daemon.stop()
