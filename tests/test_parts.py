@@ -242,3 +242,44 @@ def test_append_mode_takes_whole_chunks_only(tmp_path: Path) -> None:
                         "geometry": {"energy": 6.2, "distance": 7.0, "psize": 1e-4}})
     run(tmp_path / "a.ptyd", FRAME_BYTES, config=cfg)
     assert open_ptyd(tmp_path / "a.ptyd").n_frames == NUM
+
+
+# -- review findings ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("save", ["link", "append"])
+def test_a_scan_failing_in_its_first_chunk_leaves_no_output(tmp_path: Path, save: str) -> None:
+    """Parts of chunk 0 were stored, nothing was published: as with whole chunks, the scan
+    fails without an output (a daemon retries it on its next start)."""
+    cfg = parse_config({"prep": {"shape": 24}, "output": {"chunk_frames": CHUNK, "save": save},
+                        "geometry": {"energy": 6.2, "distance": 7.0, "psize": 1e-4}})
+
+    def failing() -> Iterator[tuple[int, np.ndarray | None, str]]:
+        yield from frames(stop=CHUNK - 3)
+        raise RuntimeError("detector gone")
+
+    with pytest.raises(RuntimeError, match="detector gone"):
+        run(tmp_path / "out" / "s.ptyd", 2 * FRAME_BYTES, failing(), config=cfg)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_verify_expects_the_filling_chunk_of_an_acquiring_scan(tmp_path: Path) -> None:
+    from flyprep.ptyd.verify import verify
+
+    out = tmp_path / "s.ptyd"
+    findings: list[set[str]] = []
+
+    def watching() -> Iterator[tuple[int, np.ndarray | None, str]]:
+        for item in frames():
+            if item[0] == CHUNK + 9:  # chunk 1 is being written in parts
+                filling = tmp_path / "s.ptyd.chunk00001.flyprep-tmp"
+                deadline = time.monotonic() + 5
+                while not filling.exists():  # the writer thread stores parts
+                    assert time.monotonic() < deadline, "chunk 1's parts never written"
+                    time.sleep(0.01)
+                findings.append({f.rule for f in verify(out)})
+            yield item
+
+    run(out, 2 * FRAME_BYTES, watching())
+    assert "7-atomic-writes" not in findings[0]
+    (tmp_path / "s.ptyd.chunk00009.flyprep-tmp").write_bytes(b"")
+    assert "7-atomic-writes" in {f.rule for f in verify(out)}  # complete: a leftover

@@ -324,21 +324,22 @@ def run_scan(
                 on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
         return writer
 
+    chunk_submitted = False  # from the first whole chunk on, the output exists
+
     def flush_ready() -> None:
-        nonlocal bytes_written
+        nonlocal bytes_written, chunk_submitted
         while isinstance(chunk := scan.auto(), PreparedChunk):
             bytes_written += chunk.data.nbytes + chunk.weights.nbytes
+            chunk_submitted = True
             open_writer().submit(chunk)
 
     part_frames = 0  # frames per part; 0 until the preparation is fixed
+    parts = out_cfg.save == "link" and part_bytes > 0
 
     def flush_part() -> None:
-        w = open_writer()
-        if not w.writer.writes_parts:
-            return
         raw = book.release_part()
         if raw is not None:
-            w.submit_part(preparer.part(raw))
+            open_writer().submit_part(preparer.part(raw))
 
     def resumed_writer() -> WriterThread | None:
         # A resumed scan has a master to finish even when no new chunk was written.
@@ -369,7 +370,7 @@ def run_scan(
                 book.mark_missing([index], [position])
             if (index + 1) % chunk_frames == 0:
                 flush_ready()  # the chunk is whole: on disk now, not at the next frame
-            elif part_bytes and preparer.preparation is not None:
+            elif parts and preparer.preparation is not None:
                 if not part_frames:
                     part_frames = parts_of(preparer.preparation, chunk_frames, part_bytes)
                 if (index + 1) % chunk_frames % part_frames == 0:
@@ -387,6 +388,13 @@ def run_scan(
                 writer.suspend()
         raise
     except BaseException:
+        if writer is not None and not chunk_submitted and (resume is None
+                                                           or resume.next_key == 0):
+            # Only parts of the first chunk were stored, nothing published: the scan
+            # failed before its output existed, and leaves none.
+            with contextlib.suppress(Exception):
+                writer.abort()
+            raise
         finisher = None
         with contextlib.suppress(Exception):
             finisher = resumed_writer()

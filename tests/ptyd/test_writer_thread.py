@@ -136,3 +136,32 @@ def test_parts_never_wait_behind_queued_chunks_nor_delay_publication(tmp_path, m
     ptyd = open_ptyd(tmp_path / "s.ptyd")
     assert ptyd.n_frames == 20
     np.testing.assert_array_equal(ptyd.read_chunk(ptyd.chunks[1]).data, full.data)
+
+
+def test_max_queued_counts_chunks_waiting_not_the_one_being_written(tmp_path, meta):
+    gate = threading.Event()
+    writer = PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10)
+    real_write = writer.write_chunk
+
+    def write_chunk(chunk, *, publish=True):
+        gate.wait(10)  # a disk stall
+        return real_write(chunk, publish=publish)
+
+    writer.write_chunk = write_chunk
+    w = WriterThread(writer, max_queued=1)
+    w.submit(make_chunk(0, 0, 10))  # being written (stalled)
+    import time
+
+    time.sleep(0.1)
+    second = threading.Thread(target=w.submit, args=(make_chunk(1, 10, 10),), daemon=True)
+    second.start()
+    second.join(1)
+    assert not second.is_alive(), "one chunk may wait while another is written"
+    third = threading.Thread(target=w.submit, args=(make_chunk(2, 20, 10),), daemon=True)
+    third.start()
+    third.join(0.3)
+    assert third.is_alive(), "a second waiting chunk must wait for room"
+    gate.set()
+    third.join(10)
+    w.suspend()
+    assert open_ptyd(tmp_path / "s.ptyd").n_frames == 30

@@ -75,3 +75,17 @@ def test_not_npy_and_missing_and_pickles(tmp_path: Path) -> None:
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle"):
         read_npy(tmp_path / "obj.npy")
+
+
+def test_a_header_padded_to_an_odd_length_still_gives_an_aligned_array(tmp_path: Path) -> None:
+    """Other writers may pad the header to any length; np.load's result is aligned."""
+    arr = np.arange(48, dtype=np.float64).reshape(6, 8)
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (6, 8), }"
+    header += " " * (61 - 10 - len(header)) + "\n"  # data at offset 61: not 8-aligned
+    raw = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() \
+        + arr.tobytes()
+    path = tmp_path / "odd.npy"
+    path.write_bytes(raw)
+    got = read_npy(path)
+    np.testing.assert_array_equal(got, arr)
+    assert got.flags.aligned

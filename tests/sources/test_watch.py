@@ -416,3 +416,22 @@ def test_old_files_of_a_directory_moved_in_are_reported_at_once_and_once(tmp_pat
     assert took < 1.5, f"{took:.2f} s: held back by the 3 s quiet window"
     done = rec.completed()
     assert len(done) == len(set(done)) == len(expected) + 1  # and positions.txt
+
+
+def test_a_scan_directory_moved_out_of_the_root_is_not_announced_again(tmp_path: Path) -> None:
+    """inotify keeps reporting a directory moved away under its old path."""
+    root, away = tmp_path / "root", tmp_path / "away"
+    root.mkdir()
+    away.mkdir()
+    rec = Recorder()
+    with ScanWatcher(make_config(root), rec):
+        (root / "scan_a").mkdir()
+        time.sleep(0.2)
+        np.save(root / "scan_a" / "f0.npy", np.zeros(4))
+        rec.wait_for(lambda ev: root / "scan_a" / "f0.npy" in rec.completed())
+        (root / "scan_a").rename(away / "scan_a")
+        time.sleep(0.3)
+        np.save(away / "scan_a" / "f1.npy", np.zeros(4))
+        time.sleep(0.5)
+    assert rec.of(ScanDirectoryAppeared) == [ScanDirectoryAppeared(root / "scan_a")]
+    assert rec.completed() == [root / "scan_a" / "f0.npy"]

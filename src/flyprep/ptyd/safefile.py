@@ -57,6 +57,7 @@ class GuardedFile(io.RawIOBase):
         self._pos = 0  # the position HDF5 sees
         self._pending = bytearray()
         self._pending_at = 0  # file offset of the first pending byte
+        self._abandoned = False
 
     def readable(self) -> bool:
         return True
@@ -132,10 +133,14 @@ class GuardedFile(io.RawIOBase):
     def flush(self) -> None:
         return None
 
+    def abandon(self) -> None:
+        """The file is about to be deleted: closing it will not flush it to the disk."""
+        self._abandoned = True
+
     def fsync(self) -> None:
         """Flush the file's data to the disk (errors are recorded)."""
         self._flush_pending()
-        if self.error is None:
+        if self.error is None and not self._abandoned:
             try:
                 os.fsync(self._f.fileno())
             except OSError as exc:

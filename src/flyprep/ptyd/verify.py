@@ -100,7 +100,8 @@ def verify(path: str | os.PathLike[str]) -> list[Finding]:
                     f"{len(sizes)} chunks of ~{np.mean(sizes):.0f} frames: readers re-open every "
                     "chunk on each poll; prefer ~100 frames per chunk"))
     leftovers = sorted(p.name for p in path.parent.glob(path.name + "*" + TMP_SUFFIX))
-    if leftovers:
+    # While a scan is acquiring, the chunk filling and the next master are being written.
+    if leftovers and ptyd.state != "acquiring":
         add(Finding("warning", "7-atomic-writes", "/",
                     f"temporary files left beside the master: {leftovers}"))
     stale = _stale_chunk_files(path, ptyd.state)

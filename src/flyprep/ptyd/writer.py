@@ -228,6 +228,7 @@ class PtydWriter:
         its frames are written again, whole, when the scan resumes."""
         opened, self._open = self._open, None
         if opened is not None:
+            opened.guard.abandon()
             with contextlib.suppress(Exception):
                 opened.closer.close()
             opened.tmp.unlink(missing_ok=True)

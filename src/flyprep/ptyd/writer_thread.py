@@ -19,7 +19,7 @@ _STOP = object()
 
 class WriterThread:
     """Owns a writer while it runs: at most ``max_queued`` chunks wait to be written
-    (parts of the chunk being filled do not count: their frames already sit in that
+    besides the one being written (parts of the chunk being filled do not count: their frames already sit in that
     chunk's buffer, and the pool of chunk buffers bounds the memory).
 
     The master is published whenever the queue runs dry, and at least every
@@ -48,9 +48,10 @@ class WriterThread:
 
     def submit(self, chunk: PreparedChunk) -> None:
         """Compress ``chunk``'s frames here, in the caller's thread, and queue it for writing;
-        blocks while the queue is full (back-pressure)."""
-        self._raise_if_failed()
+        blocks while the queue is full (back-pressure). The chunk's buffers go back to
+        their pool once written, or at once if it cannot be queued."""
         try:
+            self._raise_if_failed()
             # Frames are compressed here; the writer thread, which has time to spare
             # while it waits for the disk, deflates the masks.
             encoded = self.writer.encode(chunk, weights=False)
@@ -122,6 +123,7 @@ class WriterThread:
             with self._count_lock:
                 self._chunks_queued -= 1
                 more = self._chunks_queued > 0
+            self._chunk_slots.release()  # max_queued counts the chunks waiting, as before
             try:
                 if self._error is None:
                     due = time.monotonic() - self._published_at >= self.publish_interval_s
@@ -136,7 +138,6 @@ class WriterThread:
             finally:
                 if chunk.release is not None:
                     chunk.release()
-                self._chunk_slots.release()
             if self._error is None and not more:
                 try:
                     self.writer.publish()

@@ -357,7 +357,9 @@ class ScanWatcher:
     # ---- state changes (under the lock)
 
     def _announce(self, scan_dir: Path) -> None:
-        if scan_dir not in self._appeared and scan_dir not in self._roots:
+        # is_dir: inotify goes on reporting a directory moved away under its old path.
+        if scan_dir not in self._appeared and scan_dir not in self._roots \
+                and scan_dir.is_dir():
             self._appeared.add(scan_dir)
             self._emit(ScanDirectoryAppeared(scan_dir))
 
