@@ -35,7 +35,7 @@ import numpy as np
 
 from flyprep.config import PrepareConfig, parse_config
 from flyprep.example import ExampleScan
-from flyprep.pipeline import ChunkPreparer, run_scan
+from flyprep.pipeline import PART_BYTES, ChunkPreparer, run_scan
 from flyprep.ptyd import open_ptyd
 from flyprep.ptyd.verify import verify
 from flyprep.scan import FrameBook, Scan
@@ -115,6 +115,10 @@ def frames_from_pool(pool: np.ndarray, num_frames: int) -> Iterator[tuple[int, n
         yield i, pool[i % len(pool)], f"/data/scan_000001/frame_{i:06d}.h5"
 
 
+#: run_scan's part_bytes (``--part-bytes``): chunks written in parts while they fill.
+part_bytes_option = PART_BYTES
+
+
 def run_flyprep(case: Case, pool: np.ndarray, *, num_frames: int, chunk_frames: int,
                 out_dir: Path) -> RunResult:
     """Prepare and write ``num_frames`` frames (cycling ``pool``) with ``run_scan``."""
@@ -123,7 +127,8 @@ def run_flyprep(case: Case, pool: np.ndarray, *, num_frames: int, chunk_frames: 
     config = case_config(case, chunk_frames)
     os.sync()
     summary = run_scan(frames_from_pool(pool, num_frames), num_frames=num_frames,
-                       positions=positions, config=config, output=output)
+                       positions=positions, config=config, output=output,
+                       part_bytes=part_bytes_option)
     chunk_files = sorted(out_dir.glob(f"{output.name}.chunk*"))
     first = np.stack([pool[i % len(pool)] for i in range(min(chunk_frames, num_frames))])
     reference = prepare_only(case, first, chunk_frames=chunk_frames)
@@ -343,6 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=2000, help="frames per case")
     parser.add_argument("--chunk-frames", type=int, default=100, help="frames per chunk file")
+    parser.add_argument("--part-bytes", type=int, default=PART_BYTES,
+                        help="write each chunk in parts of this size while it fills "
+                             f"(default {PART_BYTES}; 0: whole chunks)")
     parser.add_argument("--pool", type=int, default=100, help="distinct raw frames generated")
     parser.add_argument("--repeat", type=int, default=5,
                         help="timed runs of flyprep and of the raw baseline per case (median)")
@@ -377,12 +385,14 @@ def plugin_build() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the selected cases in a scratch directory that is removed at the end."""
+    global part_bytes_option
     args = parse_args(argv)
+    part_bytes_option = args.part_bytes
     out_dir = Path(tempfile.mkdtemp(prefix="flyprep-bench-", dir=args.dir)).absolute()
     free = shutil.disk_usage(out_dir).free
     print(f"scratch {out_dir} ({free / 1e9:.0f} GB free), h5py {h5py.version.version}, "
           f"HDF5 {h5py.version.hdf5_version}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
-          f"{plugin_build()}")
+          f"{plugin_build()}; chunks written in parts of {part_bytes_option} bytes")
     try:
         rows = [bench_case(case, num_frames=args.frames, chunk_frames=args.chunk_frames,
                            pool_size=args.pool, repeat=args.repeat, out_dir=out_dir)
