@@ -435,3 +435,32 @@ def test_a_scan_directory_moved_out_of_the_root_is_not_announced_again(tmp_path:
         time.sleep(0.5)
     assert rec.of(ScanDirectoryAppeared) == [ScanDirectoryAppeared(root / "scan_a")]
     assert rec.completed() == [root / "scan_a" / "f0.npy"]
+
+
+@pytest.mark.parametrize("observer", ["native", "polling"])
+@pytest.mark.parametrize("how", ["moved away", "deleted"])
+def test_non_recursive_a_scan_directory_made_again_under_its_name_is_watched(
+        tmp_path: Path, observer: str, how: str) -> None:
+    """Each scan directory has its own watch when not recursive; inotify's follows the
+    directory's inode wherever it goes, so a new directory of the same name needs a new
+    one (before, its files were never reported)."""
+    import shutil
+
+    root, away = tmp_path / "root", tmp_path / "away"
+    root.mkdir()
+    away.mkdir()
+    rec = Recorder()
+    config = make_config(root, recursive=False, observer=observer, poll_interval_s=0.05)
+    with ScanWatcher(config, rec):
+        for k in range(2):
+            scan = root / "scan_a"
+            scan.mkdir()
+            time.sleep(0.3)
+            np.save(scan / f"f{k}.npy", np.zeros(4))
+            rec.wait_for(lambda ev, p=scan / f"f{k}.npy": p in rec.completed())
+            if how == "deleted":
+                shutil.rmtree(scan)
+            else:
+                scan.rename(away / f"scan_a{k}")
+            time.sleep(0.4)
+    assert rec.completed() == [root / "scan_a" / "f0.npy", root / "scan_a" / "f1.npy"]

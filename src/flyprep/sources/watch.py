@@ -57,7 +57,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 #: How long watchdog's inotify emitter holds a rename's first half to pair it with the
@@ -191,7 +191,9 @@ class ScanWatcher:
         self._timer: threading.Thread | None = None
         self._stop = threading.Event()
         self._handler = _Handler(self)
-        self._watched_dirs: set[Path] = set()
+        # Directories scheduled with the observer (roots; scan directories when not
+        # recursive), with their watch so that one moved away or deleted can be dropped.
+        self._watched_dirs: dict[Path, ObservedWatch] = {}
 
     # ---- lifecycle
 
@@ -203,9 +205,8 @@ class ScanWatcher:
         observer: BaseObserver = (PollingObserver(timeout=c.poll_interval_s) if self._polling
                                   else _native_observer())
         for root in self._roots:
-            observer.schedule(self._handler, str(root), recursive=c.recursive,
-                              event_filter=self._event_filter)
-            self._watched_dirs.add(root)
+            self._watched_dirs[root] = observer.schedule(
+                self._handler, str(root), recursive=c.recursive, event_filter=self._event_filter)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -414,6 +415,16 @@ class ScanWatcher:
             self._appeared.discard(directory)
             self._markers_seen.discard(directory)
             self._markers_pending.pop(directory, None)
+            watch = None if directory in self._roots else self._watched_dirs.pop(directory, None)
+        observer = self._observer
+        if watch is not None and observer is not None:
+            # Its watch follows the directory wherever it went (inotify watches inodes):
+            # dropped, so that a new directory of that name gets a watch of its own.
+            # watchdog allows this from inside a handler.
+            try:
+                observer.unschedule(watch)
+            except (KeyError, RuntimeError, OSError) as exc:
+                log.debug("watch: could not drop the watch of %s: %s", directory, exc)
 
     def _emit(self, event: WatchEvent) -> None:
         try:
@@ -492,9 +503,8 @@ class ScanWatcher:
         observer = self._observer
         if observer is None or path in self._watched_dirs:
             return
-        self._watched_dirs.add(path)
-        observer.schedule(self._handler, str(path), recursive=False,
-                          event_filter=self._event_filter)
+        self._watched_dirs[path] = observer.schedule(self._handler, str(path), recursive=False,
+                                                     event_filter=self._event_filter)
 
     # ---- timer thread
 
