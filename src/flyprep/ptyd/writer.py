@@ -193,21 +193,10 @@ class PtydWriter:
         part = encoded.part
         if not self.writes_parts:
             raise OutputError(f"{self.path}: chunks are written in parts in link mode only")
-        if self.state != "acquiring":
-            raise OutputError(f"{self.path}: scan is {self.state}, no more chunks accepted")
         opened = self._open
         if opened is None:
-            if part.key != self.next_key or part.frame_start != self.frames_written:
-                raise OutputError(f"{self.path}: part of chunk {part.key} at frame "
-                                  f"{part.frame_start} is out of order; expected chunk "
-                                  f"{self.next_key} at frame {self.frames_written}")
-            if part.frame_start + part.chunk_frames > self.meta.num_frames:
-                raise OutputError(f"{self.path}: chunk {part.key} ends at frame "
-                                  f"{part.frame_start + part.chunk_frames} > num_frames "
-                                  f"{self.meta.num_frames}")
-            if part.data.shape[1:] != tuple(self.meta.shape):
-                raise OutputError(f"{self.path}: chunk {part.key} frames are "
-                                  f"{part.data.shape[1:]}, meta/shape is {tuple(self.meta.shape)}")
+            self._check_next(part.key, part.frame_start, part.chunk_frames,
+                             part.data.shape[1:], what="part of chunk")
             opened = self._open_chunk_file(part.key, part.frame_start, part.chunk_frames,
                                            part.data.dtype)
         if (part.key, part.chunk_frames, part.offset) != (opened.key, opened.n_frames,
@@ -239,7 +228,7 @@ class PtydWriter:
         more chunks queued publishes once for all of them)."""
         encoded = chunk if isinstance(chunk, EncodedChunk) else self.encode(chunk)
         chunk = encoded.chunk
-        self._check_next(chunk)
+        self._check_next(chunk.key, chunk.frame_start, chunk.n_frames, chunk.data.shape[1:])
         if self.save == "link":
             target = self._write_chunk_file(encoded)
         else:
@@ -332,23 +321,24 @@ class PtydWriter:
         except OSError as exc:
             raise OutputError(f"{self.path}: cannot remove the previous output: {exc}") from exc
 
-    def _check_next(self, chunk: PreparedChunk) -> None:
+    def _check_next(self, key: int, frame_start: int, n_frames: int,
+                    frame_shape: tuple[int, ...], *, what: str = "chunk") -> None:
+        """Chunk ``key`` of ``n_frames`` frames from ``frame_start`` may come next."""
         if self.state != "acquiring":
             raise OutputError(f"{self.path}: scan is {self.state}, no more chunks accepted")
-        if chunk.key != self.next_key or chunk.frame_start != self.frames_written:
+        if key != self.next_key or frame_start != self.frames_written:
             raise OutputError(
-                f"{self.path}: chunk {chunk.key} starting at frame {chunk.frame_start} is out "
+                f"{self.path}: {what} {key} starting at frame {frame_start} is out "
                 f"of order; expected chunk {self.next_key} at frame {self.frames_written}")
         if self.next_key > 0 and self._short_chunk_seen:
             raise OutputError(f"{self.path}: only the last chunk may be shorter than "
                               f"{self.chunk_frames} frames")
-        if chunk.frame_start + chunk.n_frames > self.meta.num_frames:
-            raise OutputError(f"{self.path}: chunk {chunk.key} ends at frame "
-                              f"{chunk.frame_start + chunk.n_frames} > num_frames "
-                              f"{self.meta.num_frames}")
-        if chunk.data.shape[1:] != tuple(self.meta.shape):
-            raise OutputError(f"{self.path}: chunk {chunk.key} frames are "
-                              f"{chunk.data.shape[1:]}, meta/shape is {tuple(self.meta.shape)}")
+        if frame_start + n_frames > self.meta.num_frames:
+            raise OutputError(f"{self.path}: chunk {key} ends at frame "
+                              f"{frame_start + n_frames} > num_frames {self.meta.num_frames}")
+        if tuple(frame_shape) != tuple(self.meta.shape):
+            raise OutputError(f"{self.path}: chunk {key} frames are "
+                              f"{tuple(frame_shape)}, meta/shape is {tuple(self.meta.shape)}")
 
     @property
     def _short_chunk_seen(self) -> bool:
