@@ -283,3 +283,31 @@ def test_verify_expects_the_filling_chunk_of_an_acquiring_scan(tmp_path: Path) -
     assert "7-atomic-writes" not in findings[0]
     (tmp_path / "s.ptyd.chunk00009.flyprep-tmp").write_bytes(b"")
     assert "7-atomic-writes" in {f.rule for f in verify(out)}  # complete: a leftover
+
+
+def test_a_part_that_cannot_be_prepared_leaves_its_frames_to_the_chunk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If preparing a part fails (out of memory, say), the run fails as any other, and
+    its frames are not lost from the book: the aborted output still has every frame that
+    arrived, and num_frames frames in all."""
+    from flyprep.pipeline import ChunkPreparer as Preparer
+
+    real_part = Preparer.part
+    calls = {"n": 0}
+
+    def failing_part(self: Any, raw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first part of chunk 1 (frames 12-14)
+            raise MemoryError("no memory for this part")
+        return real_part(self, raw)
+
+    monkeypatch.setattr(Preparer, "part", failing_part)
+    out = tmp_path / "s.ptyd"
+    with pytest.raises(MemoryError):
+        run(out, 3 * FRAME_BYTES, frames())
+    ptyd = open_ptyd(out)
+    assert ptyd.state == "aborted" and ptyd.n_frames == NUM
+    with h5py.File(tmp_path / "s.ptyd.chunk00001", "r") as f:
+        arrived = f["weights"][()].any(axis=(1, 2))
+    # frames 12-14 had arrived when their part failed: they are in the chunk
+    assert arrived[:3].all() and not arrived[3:].any()

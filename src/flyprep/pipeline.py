@@ -338,8 +338,14 @@ def run_scan(
 
     def flush_part() -> None:
         raw = book.release_part()
-        if raw is not None:
-            open_writer().submit_part(preparer.part(raw))
+        if raw is None:
+            return
+        try:
+            part = preparer.part(raw)
+        except BaseException:
+            book.unrelease_part(raw)  # its frames stay for the chunk (and a failed run)
+            raise
+        open_writer().submit_part(part)
 
     def resumed_writer() -> WriterThread | None:
         # A resumed scan has a master to finish even when no new chunk was written.

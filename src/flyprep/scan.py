@@ -259,6 +259,16 @@ class FrameBook:
         self._handed += count
         return part
 
+    def unrelease_part(self, part: RawPart) -> None:
+        """Take back the last part :meth:`release_part` gave (its preparation failed): its
+        frames go with the chunk instead."""
+        start, _, slots = self._chunk_slots(part.key)
+        if part.key != self.next_key or part.offset + len(part.frames) != self._handed:
+            raise ValueError(f"part at frame {start + part.offset} is not the last released")
+        lo = slots.start + part.offset
+        self._frames[lo:lo + len(part.frames)] = list(part.frames)
+        self._handed = part.offset
+
     def _fill_positions(self, start: int, stop: int, slots: slice,
                         present: np.ndarray) -> np.ndarray:
         pos = self._positions[slots].copy()
