@@ -386,7 +386,7 @@ def test_a_rename_out_of_the_roots_does_not_hold_back_later_files(tmp_path: Path
             closed = time.monotonic()
             rec.wait_for(lambda ev, p=frame: p in rec.completed())
             delays.append(rec.time_at_event[frame] - closed)
-    assert max(delays) < 0.25, delays
+    assert max(delays) < 0.4, delays  # held: about 0.5 s
 
 
 def test_old_files_of_a_directory_moved_in_are_reported_at_once_and_once(tmp_path: Path) -> None:
