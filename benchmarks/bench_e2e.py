@@ -784,18 +784,14 @@ def print_run(r: Run) -> None:
 def disk_alone(work: Path, frames: int, chunk_frames: int, frame_bytes: int) -> float:
     """Frames/s of writing ``frames`` frames' bytes as chunk files by plain
     write + fsync + rename (and a directory fsync), as the daemon's output lands."""
+    from bench_prepare_write import write_durably  # the same baseline as the prepare bench
+
     work.mkdir(parents=True, exist_ok=True)
-    block = np.random.default_rng(0).integers(0, 255, chunk_frames * frame_bytes, np.uint8)
+    block = np.random.default_rng(0).integers(0, 255, chunk_frames * frame_bytes,
+                                              np.uint8).tobytes()
     t0 = time.perf_counter()
     for k in range(-(-frames // chunk_frames)):
-        tmp, final = work / f"c{k}.tmp", work / f"c{k}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, block)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
+        write_durably(work / f"c{k}", block)
         dfd = os.open(work, os.O_RDONLY)
         os.fsync(dfd)
         os.close(dfd)

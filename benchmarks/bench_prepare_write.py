@@ -223,16 +223,16 @@ def run_raw(result: RunResult, *, out_dir: Path) -> float:
     os.sync()
     t0 = time.perf_counter()
     for key, content in enumerate(result.chunk_files):
-        _write_durably(out_dir / f"raw.{key:05d}", content)
+        write_durably(out_dir / f"raw.{key:05d}", content)
         if key in publish_after:
-            _write_durably(out_dir / "raw.master", result.master)
+            write_durably(out_dir / "raw.master", result.master)
             dfd = os.open(out_dir, os.O_RDONLY)
             os.fsync(dfd)
             os.close(dfd)
     return time.perf_counter() - t0
 
 
-def _write_durably(path: Path, payload: bytes) -> None:
+def write_durably(path: Path, payload: bytes) -> None:
     """Write to a temporary name, fsync, rename into place."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -237,9 +237,9 @@ class FrameBook:
         return RawChunk(key, start, frames, present, positions, sources, self._shape,
                         self._dtype, done)
 
-    def release_part(self, min_frames: int = 1) -> RawPart | None:
+    def release_part(self) -> RawPart | None:
         """The frames of the chunk being filled that are resolved (arrived or missing)
-        without a gap after those released before, if there are at least ``min_frames``;
+        without a gap after those released before, if there are any;
         never the chunk's last frame, which :meth:`release` hands on with the chunk.
         Positions and sources stay for :meth:`release`."""
         key = self.next_key
@@ -249,7 +249,7 @@ class FrameBook:
         lo, hi = slots.start + self._handed, slots.stop - 1
         resolved = self._present[lo:hi] | self._missing[lo:hi]
         count = resolved.size if resolved.all() else int(np.argmin(resolved))
-        if count < max(1, min_frames):
+        if count == 0:
             return None
         taken = slice(lo, lo + count)
         frames = tuple(self._frames[taken])

@@ -326,28 +326,32 @@ class ScanWatcher:
             return
         self._found_all(self._list_files(path), trust_age=not self._polling)
 
-    def _file_finished(self, path: Path) -> None:
+    def _classified(self, path: Path) -> tuple[str, Path] | None:
+        """``(kind, scan directory)`` of a file to report, else None. Its scan is announced
+        first (the polling observer may report a new directory's files before the
+        directory), and an end marker is dealt with here (None)."""
         kind, scan_dir = self._kind(path), self.scan_dir_of(path)
         if kind is None or scan_dir is None:
-            return
+            return None
         with self._lock:
             self._announce(scan_dir)
             if kind == _MARKER:
                 self._marker(scan_dir)
-            else:
-                self._complete(path, scan_dir)
+                return None
+        return kind, scan_dir
+
+    def _file_finished(self, path: Path) -> None:
+        classified = self._classified(path)
+        if classified is not None:
+            with self._lock:
+                self._complete(path, classified[1])
 
     def _file_touched(self, path: Path, *, created: bool) -> None:
-        kind, scan_dir = self._kind(path), self.scan_dir_of(path)
-        if kind is None or scan_dir is None:
+        classified = self._classified(path)
+        if classified is None:
             return
+        kind = classified[0]
         with self._lock:
-            # The polling observer may report a new directory's files before the
-            # directory itself: a scan is always announced before its first file.
-            self._announce(scan_dir)
-            if kind == _MARKER:
-                self._marker(scan_dir)
-                return
             # A growing file is reported when it appears (so that it can be followed
             # while written), and on each append only with report_growth.
             if kind == _GROWING and (created or self._report_growth):
@@ -475,13 +479,11 @@ class ScanWatcher:
     def _found(self, path: Path, *, trust_age: bool) -> None:
         """A file seen by listing, not by an event: complete if its mtime is older than
         the quiet window (with ``trust_age``), else track it."""
-        kind, scan_dir = self._kind(path), self.scan_dir_of(path)
-        if kind is None or scan_dir is None:
+        classified = self._classified(path)
+        if classified is None:
             return
+        kind, scan_dir = classified
         with self._lock:
-            if kind == _MARKER:
-                self._marker(scan_dir)
-                return
             if path in self._completed or path in self._pending:
                 return  # a directory moved in is listed for itself and for each subdirectory
             try:
