@@ -68,12 +68,16 @@ def test_truncated_files_fail_like_np_load(tmp_path: Path, cut: int) -> None:
 
 def test_not_npy_and_missing_and_pickles(tmp_path: Path) -> None:
     (tmp_path / "junk.npy").write_bytes(b"not a numpy file at all" * 10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a .npy file") as err:
         read_npy(tmp_path / "junk.npy")
+    assert "allow_pickle" not in str(err.value)  # numpy's advice is wrong for junk
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        read_npy(tmp_path / "empty.npy")
     with pytest.raises(FileNotFoundError):
         read_npy(tmp_path / "absent.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="allow_pickle"):
+    with pytest.raises(ValueError, match="holds Python objects"):
         read_npy(tmp_path / "obj.npy")
 
 
@@ -89,3 +93,44 @@ def test_a_header_padded_to_an_odd_length_still_gives_an_aligned_array(tmp_path:
     got = read_npy(path)
     np.testing.assert_array_equal(got, arr)
     assert got.flags.aligned
+
+
+def test_a_file_larger_than_its_header_declares_is_refused_unread(tmp_path: Path) -> None:
+    """A 2 GB sparse file behind a valid 128x128 header: refused, nothing allocated."""
+    import tracemalloc
+
+    path = tmp_path / "sparse.npy"
+    np.save(path, np.zeros((128, 128), np.int32))
+    with open(path, "r+b") as f:
+        f.truncate(2 << 30)  # sparse: no disk used
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"the file is 2147483648 bytes, its header "
+                                             r"declares 65664"):
+            read_npy(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_truncated_file_says_so_with_both_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "t.npy"
+    np.save(path, np.zeros((16, 16), np.int32))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"truncated: the file is 1052 bytes, its header "
+                                         r"declares 1152"):
+        read_npy(path)
+
+
+def test_header_alone_is_read_and_checked(tmp_path: Path) -> None:
+    from flyprep.sources.npy import read_npy_header
+
+    path = tmp_path / "h.npy"
+    np.save(path, np.zeros((100, 100), np.uint16))
+    header = read_npy_header(path)
+    assert (header.shape, header.dtype, header.offset) == ((100, 100), np.dtype("<u2"), 128)
+    with open(path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="its header declares"):
+        read_npy_header(path)
