@@ -120,11 +120,30 @@ class OutputConfig(Section):
         return v
 
 
+FrameDtype = Literal["uint8", "uint16", "uint32", "int8", "int16", "int32", "int64",
+                     "float32", "float64"]
+
+
 class ScanConfig(Section):
-    """Per-scan facts: the planned number of frames and a label."""
+    """Per-scan facts: the planned number of frames, a label, and what the detector
+    writes (when given, these decide instead of the first frames)."""
 
     num_frames: Optional[int] = Field(None, ge=1, description="planned frames; None: from positions")
     label: Optional[str] = None
+    frame_shape: Optional[Tuple[int, int]] = Field(
+        None, description="raw frame (rows, columns); None: agreed by the first frames")
+    frame_dtype: Optional[FrameDtype] = Field(
+        None, description="raw frame type; None: agreed by the first frames")
+    frames_per_file: Optional[int] = Field(
+        None, ge=1, description="frames in each HDF5 stack file (the last may hold fewer); "
+                                "None: read from each file")
+
+    @field_validator("frame_shape")
+    @classmethod
+    def _positive_shape(cls, v: Any) -> Any:
+        if v is not None and min(v) < 1:
+            raise ValueError("frame_shape must be two positive integers (rows, columns)")
+        return v
 
 
 class InputConfig(Section):
@@ -260,7 +279,9 @@ class WatchConfig(Section):
     poll_interval_s: float = Field(1.0, gt=0, le=3600)
     quiet_window_s: float = Field(2.0, ge=0, le=3600,
                                   description="polling: a file unchanged this long is finished")
-    frame_patterns: list[str] = Field(["*.h5"], min_length=1)
+    frame_patterns: list[str] = Field(["*.h5", "*.npy"], min_length=1,
+                                      description="frame files: HDF5 files, and the .npy "
+                                                  "frames of PtyPy's layout")
     ignore_patterns: list[str] = [".*", "*.tmp", "*.part"]
     positions_file: Optional[str] = Field("positions.txt", description='"": positions come '
                                           "per frame, from input.positions_dataset")
@@ -410,6 +431,10 @@ class LimitsConfig(Section):
                             description="write a filling chunk in parts of this size; 0: whole")
     max_scans: int = Field(4, ge=1, le=1024, description="scans prepared at the same time")
     max_pending_files: int = Field(100_000, ge=1, description="finished files waiting to be read")
+    min_free_bytes: int = Field(1 << 30, ge=0, description="below this much free space on "
+                                                           "the output's file system, scans "
+                                                           "pause until space returns")
+    disk_check_s: float = Field(1.0, gt=0, le=60, description="free space checked this often")
 
 
 class ApxConfig(Section):
@@ -577,16 +602,22 @@ def to_toml(config: BaseModel | Mapping[str, Mapping[str, Any]]) -> str:
 class ScanDescription(Section):
     """A scan's own settings, from the scan file in its directory (``flyprep-scan.toml``).
 
-    Top-level ``label`` and ``num_frames``; ``[geometry]`` and ``[prep]`` override the
-    daemon config's sections key by key."""
+    Top-level ``label``, ``num_frames``, ``frame_shape``, ``frame_dtype`` and
+    ``frames_per_file``; ``[geometry]`` and ``[prep]`` override the daemon config's
+    sections key by key."""
 
     label: Optional[str] = None
     num_frames: Optional[int] = Field(None, ge=1)
+    frame_shape: Optional[Tuple[int, int]] = None
+    frame_dtype: Optional[FrameDtype] = None
+    frames_per_file: Optional[int] = Field(None, ge=1)
     geometry: GeometryConfig = GeometryConfig()
     prep: PrepConfig = PrepConfig()
 
 
 CALIBRATION_KEYS = ("dark", "flat", "bad_pixels")
+#: Top-level keys of a scan description that override the config's ``[scan]``.
+SCAN_FACTS = ("label", "num_frames", "frame_shape", "frame_dtype", "frames_per_file")
 
 
 def _anchor_calibration(data: dict[str, Any], base_dir: str | Path | None) -> dict[str, Any]:
@@ -615,10 +646,10 @@ def load_scan_description(path: str | Path) -> ScanDescription:
 def scan_settings(config: DaemonConfig, description: ScanDescription | None = None,
                   *, source: str = "scan description") -> PrepareConfig:
     """The :class:`PrepareConfig` for one scan: the daemon's defaults with the scan
-    description's label, num_frames, geometry and prep overrides (re-validated together)."""
+    description's scan facts, geometry and prep overrides (re-validated together)."""
     desc = description or ScanDescription()
     scan = merge(config.scan.model_dump(exclude_unset=True),
-                 desc.model_dump(include={"label", "num_frames"}, exclude_unset=True))
+                 desc.model_dump(include=set(SCAN_FACTS), exclude_unset=True))
     output = config.output.model_dump(exclude={"directory", "name"})
     inp = config.input.model_dump()
     inp["frame_glob"] = config.watch.frame_patterns[0]

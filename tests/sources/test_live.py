@@ -358,27 +358,28 @@ def test_hdf5_positions_from_each_frame_file(tmp_path: Path) -> None:
 
 
 def test_hdf5_frame_file_with_wrong_positions_is_quarantined(tmp_path: Path) -> None:
-    lf = make(tmp_path, positions_file=None, positions_dataset="/entry/pos")
+    lf = make(tmp_path, positions_file=None, positions_dataset="/entry/pos", frames_per_file=2)
     lf.add_file(h5(tmp_path / "d_1.h5", 0, 2, positions=[[1, 2], [3, 4]]))
     lf.add_file(h5(tmp_path / "d_2.h5", 2, 2, positions=[[5, 6], [np.nan, 8]]))
     lf.add_file(h5(tmp_path / "d_3.h5", 4, positions=[9, 9]))
     assert placed(lf) == {0: ("d_1.h5", 0), 1: ("d_1.h5", 1), 4: ("d_3.h5", None)}
     assert sorted(lf.failed) == [2, 3]
-    assert "positions dataset" in lf.failed[2]
+    assert "positions dataset" in lf.failed[2].reason
+    assert lf.failed[2].path == str(tmp_path / "d_2.h5")
 
 
-def test_hdf5_unreadable_file_quarantined_with_previous_length(tmp_path: Path) -> None:
+def test_hdf5_unreadable_file_quarantined_with_the_declared_length(tmp_path: Path) -> None:
     (tmp_path / "positions.txt").write_text("0 0\n")
     sleeps = Sleeps()
-    lf = make(tmp_path, sleep=sleeps, read_retries=2)
+    lf = make(tmp_path, sleep=sleeps, read_retries=2, frames_per_file=3)
     lf.add_file(h5(tmp_path / "data_000001.h5", 0, 3))
     bad = tmp_path / "data_000002.h5"
     bad.write_bytes(b"this is no HDF5 file" * 10)
     lf.add_file(bad)
     assert sleeps.calls == [0.25, 0.25]  # tried 1 + read_retries times
     lf.add_file(h5(tmp_path / "data_000003.h5", 6, 2))
-    assert sorted(lf.failed) == [3, 4, 5]  # assumed 3 frames, like the file before
-    assert "unreadable" in lf.failed[3]
+    assert sorted(lf.failed) == [3, 4, 5]  # 3 frames per file, as declared
+    assert "unreadable" in lf.failed[3].reason
     assert placed(lf) == {0: ("data_000001.h5", 0), 1: ("data_000001.h5", 1),
                           2: ("data_000001.h5", 2), 6: ("data_000003.h5", 0),
                           7: ("data_000003.h5", 1)}
@@ -386,10 +387,11 @@ def test_hdf5_unreadable_file_quarantined_with_previous_length(tmp_path: Path) -
     assert not bad.exists()
     moved = tmp_path / "q" / "data_000002.h5"
     assert moved.read_bytes() == b"this is no HDF5 file" * 10  # moved, never deleted
-    [entry] = entries(tmp_path)
-    assert entry["file"] == "data_000002.h5"
-    assert entry["moved_to"] == "data_000002.h5"
-    assert entry["indices"] == [3, 4, 5]
+    moved_entry, range_entry = entries(tmp_path)
+    assert moved_entry["file"] == range_entry["file"] == "data_000002.h5"
+    assert moved_entry["moved_to"] == "data_000002.h5"
+    assert (moved_entry["indices"], moved_entry["first"]) == ([], 3)
+    assert range_entry["indices"] == [3, 4, 5]
 
 
 def test_hdf5_file_readable_at_the_second_probe_is_placed(tmp_path: Path) -> None:
@@ -407,7 +409,7 @@ def test_hdf5_file_readable_at_the_second_probe_is_placed(tmp_path: Path) -> Non
 
 def test_hdf5_restart_after_quarantine_keeps_indices(tmp_path: Path) -> None:
     (tmp_path / "positions.txt").write_text("0 0\n")
-    lf = make(tmp_path)
+    lf = make(tmp_path, frames_per_file=2)
     f1 = h5(tmp_path / "data_000001.h5", 0, 2)
     lf.add_file(f1)
     bad = tmp_path / "data_000002.h5"
@@ -421,7 +423,7 @@ def test_hdf5_restart_after_quarantine_keeps_indices(tmp_path: Path) -> None:
     # a restart: a new LiveFrames sees the same files again (the bad one is gone)
     again = make(tmp_path)
     assert sorted(again.failed) == [2, 3]
-    assert again.failed[2].startswith("quarantined earlier: unreadable")
+    assert again.failed[2].reason.startswith("quarantined earlier: unreadable")
     again.add_file(f1)
     again.add_file(f3)
     assert placed(again) == first == {
@@ -466,9 +468,9 @@ def test_ptypy_restart_after_quarantine(tmp_path: Path) -> None:
     b = npy(tmp_path / "b.npy", 1)
     lf.add_file(b)
     assert lf.quarantine_file(b, "broken") == tmp_path / "q" / "b.npy"
-    assert lf.failed == {1: "broken"}
+    assert lf.failed == {1: (str(b), "broken")}
     again = make(tmp_path)
-    assert again.failed == {1: "quarantined earlier: broken"}
+    assert again.failed == {1: (str(b), "quarantined earlier: broken")}
     a = npy(tmp_path / "a.npy", 0)
     b_again = npy(tmp_path / "b.npy", 1)  # written again: its frame stays failed
     c = npy(tmp_path / "c.npy", 2)
@@ -485,7 +487,7 @@ def test_quarantine_list_only_leaves_the_file(tmp_path: Path) -> None:
     lf.add_file(a)
     assert lf.quarantine_file(a, "frame 0: not finished", move=False) is None
     assert a.exists()
-    assert lf.failed == {0: "frame 0: not finished"}
+    assert lf.failed == {0: (str(a), "frame 0: not finished")}
     assert lf.get(0) is None
     [entry] = entries(tmp_path)
     assert entry["moved_to"] is None and entry["indices"] == [0] and entry["file"] == "a.npy"
@@ -654,29 +656,29 @@ def test_hdf5_floor_and_start_at(tmp_path: Path) -> None:
 
 def test_unreadable_file_below_the_floor(tmp_path: Path) -> None:
     (tmp_path / "positions.txt").write_text("0 0\n")
-    lf = make(tmp_path)
+    lf = make(tmp_path, frames_per_file=2)
     lf.start_at(3)
     lf.add_file(h5(tmp_path / "d_1.h5", 0, 2))
     bad = tmp_path / "d_2.h5"
     bad.write_bytes(b"garbage!" * 4)
-    lf.add_file(bad)  # assumed 2 frames: indices 2 (below the floor) and 3
+    lf.add_file(bad)  # 2 frames per file: indices 2 (below the floor) and 3
     lf.add_file(h5(tmp_path / "d_3.h5", 4))
     assert placed(lf) == {4: ("d_3.h5", None)}
-    assert sorted(lf.failed) == [2, 3]  # the whole assumed range is listed
-    assert entries(tmp_path)[0]["indices"] == [2, 3]
+    assert sorted(lf.failed) == [3]  # frame 2 was handed on before
+    assert entries(tmp_path)[1]["indices"] == [2, 3]  # the whole range is listed
 
 
 def test_restart_after_unreadable_file_below_the_floor(tmp_path: Path) -> None:
     """A resumed scan (floor 4) finds an earlier file unreadable now: the quarantine list
     still tells a later restart how many frames it held, so later files keep their index."""
     (tmp_path / "positions.txt").write_text("0 0\n")
-    lf = make(tmp_path)
+    lf = make(tmp_path, frames_per_file=2)
     lf.start_at(4)
     f1 = h5(tmp_path / "d_1.h5", 0, 2)
     lf.add_file(f1)
     bad = tmp_path / "d_2.h5"
     bad.write_bytes(b"garbage!" * 4)
-    lf.add_file(bad)  # assumed 2 frames: 2 and 3, both handed on before
+    lf.add_file(bad)  # 2 frames per file: 2 and 3, both handed on before
     f3 = h5(tmp_path / "d_3.h5", 4, 2)
     lf.add_file(f3)
     assert placed(lf) == {4: ("d_3.h5", 0), 5: ("d_3.h5", 1)}
@@ -687,21 +689,22 @@ def test_restart_after_unreadable_file_below_the_floor(tmp_path: Path) -> None:
     assert placed(again) == {4: ("d_3.h5", 0), 5: ("d_3.h5", 1)}
 
 
-def test_an_earlier_file_that_never_finishes_is_given_up_after_the_hold_timeout(tmp_path):
-    """File 2 exists but is never reported finished; file 3 waits hold_timeout_s, then file
-    2's frames fail (as many as file 1 held), file 3 keeps its place after them."""
-    import h5py as _h5py
-
-    from flyprep.sources.live import LiveFrames
-
+def _three_stacks(tmp_path: Path) -> Path:
     scan = tmp_path / "scan"
     scan.mkdir()
-    now = [100.0]
     for k in (1, 2, 3):
-        with _h5py.File(scan / f"d_{k:02d}.h5", "w") as f:
+        with h5py.File(scan / f"d_{k:02d}.h5", "w") as f:
             f["/entry/data/data"] = np.full((4, 8, 8), k, np.uint16)
     (scan / "positions.txt").write_text("".join(f"{i} {i}\n" for i in range(12)))
-    live = LiveFrames(scan, layout="hdf5", positions_file="positions.txt",
+    return scan
+
+
+def test_an_earlier_file_that_never_finishes_is_given_up_after_the_hold_timeout(tmp_path):
+    """File 2 exists but is never reported finished; file 3 waits hold_timeout_s, then file
+    2's frames fail (4, as declared per file), file 3 keeps its place after them."""
+    scan = _three_stacks(tmp_path)
+    now = [100.0]
+    live = LiveFrames(scan, layout="hdf5", positions_file="positions.txt", frames_per_file=4,
                       quarantine_dir="q", hold_timeout_s=5.0, clock=lambda: now[0])
     live.refresh()
     live.add_file(scan / "d_01.h5")
@@ -713,11 +716,40 @@ def test_an_earlier_file_that_never_finishes_is_given_up_after_the_hold_timeout(
     now[0] += 0.2
     live.refresh()
     assert sorted(live.failed) == [4, 5, 6, 7]
-    assert "not finished within 5 s" in live.failed[4]
+    assert "not finished within 5 s" in live.failed[4].reason
     assert [live.get(i).path.name for i in range(8, 12)] == ["d_03.h5"] * 4
     assert int(live.read(8, stop=12)[0, 0]) == 3
     listed = (scan / "q" / "quarantine.jsonl").read_text()
     assert "d_02.h5" in listed and (scan / "d_02.h5").exists()  # listed, not moved
+
+
+def test_an_unfinished_file_of_unknown_length_fails_every_later_frame_instead_of_guessing(
+        tmp_path):
+    """The same without a declared length (names number files, not frames): nothing tells
+    how many frames d_02 holds, so d_03's cannot be placed for certain: every frame from
+    d_02's first on fails, none is placed at a guessed index."""
+    scan = _three_stacks(tmp_path)
+    now = [100.0]
+    live = LiveFrames(scan, layout="hdf5", positions_file="positions.txt",
+                      quarantine_dir="q", hold_timeout_s=5.0, clock=lambda: now[0])
+    live.refresh()
+    live.add_file(scan / "d_01.h5")
+    live.add_file(scan / "d_03.h5")
+    now[0] += 5.1
+    live.refresh()
+    assert [i for i in range(12) if live.get(i)] == [0, 1, 2, 3]
+    assert all(live.failure(i) is not None for i in range(4, 12))
+    assert live.failure(4).path == str(scan / "d_02.h5")
+    assert "frame count is unknown" in live.failure(11).reason
+    assert any("d_03.h5" in p for p, _ in live.ignored)
+    # a restart keeps it so: d_01 placed, nothing after it
+    again = LiveFrames(scan, layout="hdf5", positions_file="positions.txt",
+                       quarantine_dir="q", hold_timeout_s=5.0, clock=lambda: now[0])
+    again.refresh()
+    for name in ("d_03.h5", "d_01.h5", "d_02.h5"):
+        again.add_file(scan / name)
+    assert [i for i in range(12) if again.get(i)] == [0, 1, 2, 3]
+    assert again.failure(4) is not None and again.failure(3) is None
 
 
 def test_what_is_kept_per_frame_handed_on_is_a_few_bytes(tmp_path):

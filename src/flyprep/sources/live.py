@@ -12,11 +12,19 @@ places each at its global frame index:
   positions file (row i for frame i) or, with no positions file, from a dataset in each
   frame file (``input.positions_dataset``: shape (2,) or (n, 2)).
 
+A frame is placed only where it certainly belongs. An HDF5 file whose frame count cannot
+be read (unreadable, or never finished while later files were) holds back every later
+file until its count is known: from the scan's declared ``frames_per_file``, or from the
+file names when they number frames (each readable file's name number steps by its frame
+count). Known, its range is failed and later files are placed after it; still unknown when
+a later file has waited ``hold_timeout_s`` (or the scan ends), every frame from its first
+on is failed, and nothing is guessed.
+
 A file that cannot be read is quarantined: moved into the scan's quarantine directory
 (listed in ``quarantine.jsonl`` there), never deleted; its frames are failed. A restart
 reads that list, so the same frames are failed again without waiting for them. A file
 that was only listed (left in place, unfinished when its frame timed out) is read after
-a restart if it is finished by then, unless it was given an assumed index range.
+a restart if it is finished by then, unless it was given an index range.
 """
 
 from __future__ import annotations
@@ -30,19 +38,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 
 from ..errors import InputError
 from .layouts import DEFAULT_EXCLUDE, FrameRef, natural_key, read_frame, read_stack
+from .npy import read_npy_header
 from .positions import GrowingPositions
 
 log = logging.getLogger(__name__)
 
 QUARANTINE_LIST = "quarantine.jsonl"
 _LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
+
+
+#: (frame shape, dtype) as a file declares it.
+FrameType = tuple[tuple[int, ...], np.dtype]
+
+
+class Failure(NamedTuple):
+    """Why a frame will not be read, and the file it was in (or was expected in)."""
+
+    path: str
+    reason: str
 
 
 @dataclass
@@ -53,10 +73,54 @@ class LiveFrame:
     slot: int | None
     arrived: float
     position: tuple[float, float] | None = None
+    kind: FrameType | None = None  # declared shape and dtype, once looked at
 
     def describe(self) -> str:
         """The file, and the frame inside it for stacks."""
         return str(self.path) if self.slot is None else f"{self.path}[{self.slot}]"
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What an HDF5 frame file holds: frames, stack or not, positions, frame type."""
+
+    n: int
+    stack: bool
+    positions: np.ndarray | None
+    kind: FrameType
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A finished HDF5 file waiting for the files before it."""
+
+    key: list[Any]
+    arrived: float
+    probe: _Probe | InputError
+
+
+@dataclass(frozen=True)
+class _Blocker:
+    """An HDF5 file at ``start`` whose frame count is unknown: later files wait on it."""
+
+    path: Path
+    key: list[Any]
+    start: int
+    reason: str
+
+
+def _name_number(path: Path) -> tuple[tuple[str, str, str], int, str] | None:
+    """((directory, text before, text after), the last number in the name, its digits) of
+    a frame file name; the 5 of '.h5' is no frame number."""
+    stem, suffix = path.stem, path.suffix
+    match = _LAST_NUMBER.match(stem)
+    if match is None:
+        stem, suffix = path.name, ""
+        match = _LAST_NUMBER.match(stem)
+        if match is None:
+            return None
+    head, digits, tail = match.groups()
+    return (str(path.parent), head, tail + suffix), int(digits), digits
 
 
 class LiveFrames:
@@ -71,7 +135,8 @@ class LiveFrames:
                  ignore_patterns: tuple[str, ...] = (".*", "*.tmp", "*.part"),
                  exclude: tuple[str, ...] = DEFAULT_EXCLUDE, quarantine_dir: str,
                  read_retries: int = 3, retry_delay_s: float = 0.5,
-                 hold_timeout_s: float = 60.0,
+                 hold_timeout_s: float = 60.0, frames_per_file: int | None = None,
+                 num_frames: int | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] = time.sleep) -> None:
         self.scan_dir = Path(scan_dir)
@@ -84,6 +149,8 @@ class LiveFrames:
         self.quarantine = self.scan_dir / quarantine_dir
         self.read_retries = read_retries
         self.hold_timeout_s = hold_timeout_s
+        self.frames_per_file = frames_per_file
+        self.num_frames = num_frames
         self.retry_delay_s = retry_delay_s
         self.clock = clock
         self.sleep = sleep
@@ -101,7 +168,9 @@ class LiveFrames:
             layout = "hdf5"
         self.layout: str | None = None if layout == "auto" else layout
         self.floor = 0  # frames below it are handed on already
-        self.failed: dict[int, str] = {}  # index -> reason (unreadable, quarantined)
+        self.failed: dict[int, Failure] = {}  # index -> why it will not be read
+        self._lost: tuple[int, Failure] | None = None  # every frame from here on failed
+        self._lost_after: list[Any] | None = None  # hdf5: files named after it are not placed
         self.files_seen = 0
         self.ignored: list[tuple[str, str]] = []  # (file, why), the latest few
         self._frames: dict[int, LiveFrame] = {}
@@ -110,13 +179,21 @@ class LiveFrames:
         self._placed_names = 0  # ptypy: positions names already indexed
         self._index_of: dict[str, int] = {}  # ptypy: frame file name -> index
         self._index_peak = 0
-        self._quarantined: list[tuple[list[Any], int]] = []  # hdf5: (file key, next index)
+        # hdf5, from a restart's quarantine list: (file key, first index, count or None
+        # when unknown, file, reason)
+        self._quarantined: list[tuple[list[Any], int, int | None, str, str]] = []
         self._reserved_names: set[str] = set()  # hdf5: files given an index range earlier
         self._next_index = 0  # hdf5: index of the next file's first frame
         self._last_key: list[Any] | None = None
         self._last_path: Path | None = None
-        self._held: dict[Path, tuple[list[Any], float]] = {}  # hdf5: finished, not placed
-        self._last_length = 1
+        self._held: dict[Path, _Held] = {}  # hdf5: finished, not placed yet
+        self._blocker: _Blocker | None = None  # hdf5: frame count unknown, later files wait
+        self._name_offset: int | None = None  # hdf5: name number - first frame, if constant
+        self._name_steps = 0  # hdf5: placed files that confirmed it
+        self._name_steps_refuted = False
+        self._last_count: int | None = None  # frames of the last file placed (None: unknown)
+        self._warned_count = False
+        self._ending = False
         self._stack: tuple[Path, int, np.ndarray] | None = None  # (file, first slot, frames)
         self._load_quarantine()
 
@@ -148,6 +225,30 @@ class LiveFrames:
     def pending(self) -> int:
         """Frames placed but not consumed, plus files waiting to be placed."""
         return len(self._frames) + len(self._waiting) + len(self._early) + len(self._held)
+
+    def failure(self, index: int) -> Failure | None:
+        """Why frame ``index`` will not be read, if it will not."""
+        found = self.failed.get(index)
+        if found is None and self._lost is not None and index >= self._lost[0]:
+            return self._lost[1]
+        return found
+
+    def frame_type(self, index: int) -> FrameType | None:
+        """Shape and dtype frame ``index``'s file declares (its header only is read), or
+        None if it is not placed or its header cannot be read."""
+        frame = self._frames.get(index)
+        if frame is None:
+            return None
+        if frame.kind is None:
+            try:
+                if frame.path.suffix == ".npy":
+                    header = read_npy_header(frame.path)
+                    frame.kind = (header.shape, header.dtype)
+                else:
+                    frame.kind = self._probe_once(frame.path).kind
+            except (OSError, ValueError, InputError):
+                return None
+        return frame.kind
 
     def overdue(self, index: int, timeout_s: float) -> bool:
         """True when a later frame has been waiting for ``timeout_s`` while frame
@@ -269,34 +370,46 @@ class LiveFrames:
         (a listed HDF5 file that finishes later is not placed again)."""
         indices = sorted(i for i, f in self._frames.items() if f.path == path)
         for i in indices:
-            self.failed[i] = reason
+            self.failed[i] = Failure(str(path), reason)
             self._frames.pop(i, None)
         if self._stack is not None and self._stack[0] == path:
             self._stack = None
         target: Path | None = None
         try:
-            self.quarantine.mkdir(parents=True, exist_ok=True)
             if move and path.exists():
-                base = self.quarantine / self._rel(path).replace("/", "__")
-                target, k = base, 1
-                while target.exists():
-                    target = base.with_name(f"{base.name}.{k}")
-                    k += 1
-                os.replace(path, target)
-            entry = {"file": self._rel(path), "moved_to": None if target is None else target.name,
-                     "indices": indices, "reason": reason, "time": time.time(),
-                     "reserved": bool(reserve or target is not None)}
-            with open(self.quarantine / QUARANTINE_LIST, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+                target = self._move_to_quarantine(path)
+            self._list(path, target, indices, reason, reserved=reserve or target is not None)
         except OSError as exc:
             log.error("%s: could not quarantine (%s); it stays where it is", path, exc)
             target = None
         return target
 
+    def _move_to_quarantine(self, path: Path) -> Path:
+        """Move ``path`` into the quarantine directory under a name not taken yet."""
+        self.quarantine.mkdir(parents=True, exist_ok=True)
+        base = self.quarantine / self._rel(path).replace("/", "__")
+        target, k = base, 1
+        while target.exists():
+            target = base.with_name(f"{base.name}.{k}")
+            k += 1
+        os.replace(path, target)
+        return target
+
+    def _list(self, path: Path, target: Path | None, indices: list[int], reason: str, *,
+              reserved: bool, **extra: Any) -> None:
+        """Append an entry to the quarantine list (read again at a restart)."""
+        self.quarantine.mkdir(parents=True, exist_ok=True)
+        entry = {"file": self._rel(path), "moved_to": None if target is None else target.name,
+                 "indices": indices, "reason": reason, "time": time.time(),
+                 "reserved": bool(reserved), **extra}
+        with open(self.quarantine / QUARANTINE_LIST, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
     def fail(self, index: int, reason: str) -> None:
         """Frame ``index`` will not be read (reason kept for the report)."""
-        self.failed[index] = reason
-        self._frames.pop(index, None)
+        frame = self._frames.pop(index, None)
+        where = self.expected_path(index) if frame is None else frame.path
+        self.failed[index] = Failure(str(where or self.scan_dir), reason)
 
     # ---- internals
 
@@ -343,6 +456,10 @@ class LiveFrames:
     def _add_hdf5(self, path: Path, arrived: float) -> None:
         if not self._is_frame_file(path.name) or any(path.match(x) for x in self.exclude):
             return
+        if path.suffix == ".npy":
+            self._note_ignored(path, "a .npy file among HDF5 frame files (only PtyPy's "
+                                     "layout, whose positions file names them, reads .npy)")
+            return
         if self._rel(path) in self._reserved_names:
             self._note_ignored(path, "quarantined before; its frames were failed then")
             return
@@ -351,42 +468,195 @@ class LiveFrames:
             self._note_ignored(path, "finished after a later file was placed; frame files "
                                      "must be finished in name order")
             return
-        self._held[path] = (key, arrived)
+        try:
+            probe: _Probe | InputError = self._probe(path)
+        except InputError as exc:
+            probe = exc
+        self._held[path] = _Held(key, arrived, probe)
         self._place_held()
+
+    def finish(self) -> None:
+        """The scan has ended: files waiting for earlier ones wait no longer, and a file
+        whose frame count is still unknown fails every frame from its first on."""
+        self._ending = True
+        self._place_held()
+        if self._blocker is not None:
+            self._lose(self._blocker)
+
+    def _place_held(self) -> None:
+        """Place finished files in name order, each only where it certainly belongs: a
+        file waits while an earlier-named frame file is unfinished, or while the frame
+        count of an earlier one is unknown (at most ``hold_timeout_s``)."""
+        while self._held:
+            path = min(self._held, key=lambda p: self._held[p].key)
+            held = self._held[path]
+            if self._lost is not None and (self._lost_after is None or
+                                           held.key > self._lost_after):
+                del self._held[path]
+                self._note_ignored(path, f"its frames cannot be placed for certain: "
+                                         f"{self._lost[1].reason}")
+                continue
+            if self._blocker is not None:
+                if not self._resolve_blocker(path):
+                    return
+                continue
+            if not self._is_successor(path):
+                unfinished = self._unfinished_before(path, held.key)
+                if unfinished:
+                    if not self._waited_enough():
+                        return
+                    first = min(unfinished, key=lambda p: natural_key(self._rel_path(p)))
+                    self._block(first, f"not finished within {self.hold_timeout_s:g} s while "
+                                       "a later file was", move=False)
+                    continue
+            earlier = self._listed_before(held.key)
+            if earlier is not None:
+                self._take_listed(earlier)
+                continue
+            del self._held[path]
+            self._place_file(path, held)
+
+    def _waited_enough(self) -> bool:
+        """True once a held file has waited ``hold_timeout_s`` (or the scan has ended)."""
+        oldest = min(h.arrived for h in self._held.values())
+        return self._ending or self.clock() - oldest >= self.hold_timeout_s
+
+    def _block(self, path: Path, reason: str, *, move: bool) -> None:
+        """``path`` holds the next frames but their number is unknown: quarantine it (move
+        it, or only list it), and let later files wait until its count is known."""
+        target = None
+        try:
+            if move and path.exists():
+                target = self._move_to_quarantine(path)
+            self._list(path, target, [], reason, reserved=True, first=self._next_index)
+        except OSError as exc:
+            log.error("%s: could not quarantine (%s); it stays where it is", path, exc)
+        key = natural_key(self._rel_path(path))
+        self._reserved_names.add(self._rel(path))
+        self._last_key, self._last_path, self._last_count = key, path, None
+        self._blocker = _Blocker(path, key, self._next_index, reason)
+        log.warning("%s: %s; frames from %d on wait until its frame count is known",
+                    path, reason, self._next_index)
+        self._resolve_blocker(None)
+
+    def _resolve_blocker(self, successor: Path | None) -> bool:
+        """Fail the blocker's frames once their count is known, or every frame from its
+        first once later files have waited long enough; True if it is gone."""
+        blocker = self._blocker
+        assert blocker is not None
+        count = self._count_of(blocker, successor)
+        if count is not None:
+            self._blocker = None
+            self._fail_range(blocker, count)
+            return True
+        if successor is not None and self._waited_enough():
+            self._blocker = None
+            self._lose(blocker)
+            return True
+        return False
+
+    def _count_of(self, blocker: _Blocker, successor: Path | None) -> int | None:
+        """The blocker's frame count, where it is certain: declared per file, or told by
+        the name of the file after it when names number frames."""
+        if self.frames_per_file is not None:
+            count = self.frames_per_file
+            if self.num_frames is not None:
+                count = min(count, max(0, self.num_frames - blocker.start))
+            return count
+        if successor is None or not self._names_number_frames(blocker):
+            return None
+        mine, theirs = _name_number(blocker.path), _name_number(successor)
+        if mine is None or theirs is None or mine[0] != theirs[0] or theirs[1] <= mine[1]:
+            return None
+        return theirs[1] - mine[1]
+
+    def _names_number_frames(self, blocker: _Blocker) -> bool:
+        """True when the numbers in the frame files' names step by their frame counts (at
+        least one readable pair shows it, none contradicts it) and agree with where the
+        blocker starts."""
+        if self._name_steps_refuted:
+            return False
+        steps = self._name_steps
+        held = sorted(self._held.items(), key=lambda kv: kv[1].key)
+        for (p1, h1), (p2, h2) in zip(held, held[1:]):
+            n1, n2 = _name_number(p1), _name_number(p2)
+            if not isinstance(h1.probe, _Probe) or n1 is None or n2 is None or n1[0] != n2[0]:
+                continue
+            if n2[1] - n1[1] != h1.probe.n:
+                return False
+            steps += 1
+        mine = _name_number(blocker.path)
+        if self._name_offset is not None and (mine is None or
+                                              mine[1] - self._name_offset != blocker.start):
+            return False
+        return steps > 0
+
+    def _note_name(self, path: Path, start: int) -> None:
+        """A readable file placed at ``start``: do name numbers count frames?"""
+        number = _name_number(path)
+        if number is None:
+            return
+        if self._name_offset is None:
+            self._name_offset = number[1] - start
+        elif number[1] - start == self._name_offset:
+            self._name_steps += 1
+        else:
+            self._name_steps_refuted = True
+
+    def _fail_range(self, blocker: _Blocker, count: int) -> None:
+        """The blocker's ``count`` frames fail at their certain place; later files follow."""
+        indices = list(range(blocker.start, blocker.start + count))
+        for i in indices:
+            if i >= self.floor:
+                self.failed[i] = Failure(str(blocker.path), blocker.reason)
+        self._next_index = blocker.start + count
+        try:
+            self._list(blocker.path, None, indices, blocker.reason, reserved=True)
+        except OSError as exc:
+            log.error("%s: could not list in the quarantine (%s)", blocker.path, exc)
+
+    def _lose(self, blocker: _Blocker) -> None:
+        """The blocker's count stays unknown: every frame from its first on fails."""
+        self._blocker = None
+        failure = Failure(str(blocker.path),
+                          f"{blocker.reason}; its frame count is unknown, so no later frame "
+                          "can be placed for certain")
+        self._lost, self._lost_after = (blocker.start, failure), blocker.key
+        log.error("%s: frames from %d on fail: %s", blocker.path, blocker.start, failure.reason)
+        try:
+            self._list(blocker.path, None, [], failure.reason, reserved=True,
+                       lost_from=blocker.start)
+        except OSError as exc:
+            log.error("%s: could not list in the quarantine (%s)", blocker.path, exc)
+        self._place_held()
+
+    def _listed_before(self, key: list[Any]) -> tuple[list[Any], int, int | None, str, str] | None:
+        """A file quarantined before a restart named before ``key`` and after the last
+        file placed: its frames keep their indices."""
+        found = None
+        for entry in self._quarantined:
+            qkey = entry[0]
+            if qkey < key and (self._last_key is None or qkey > self._last_key) and \
+                    (found is None or qkey < found[0]):
+                found = entry
+        return found
+
+    def _take_listed(self, entry: tuple[list[Any], int, int | None, str, str]) -> None:
+        self._quarantined.remove(entry)
+        key, first, count, name, reason = entry
+        self._next_index = max(self._next_index, first)
+        path = self.scan_dir / name
+        if count is None:
+            self._last_key, self._last_path, self._last_count = key, path, None
+            self._blocker = _Blocker(path, key, self._next_index, reason)
+            self._resolve_blocker(None)
+            return
+        self._next_index = max(self._next_index, first + count)
+        self._last_key, self._last_path, self._last_count = key, path, count
 
     def _is_frame_file(self, name: str) -> bool:
         return (any(fnmatch.fnmatchcase(name, p) for p in self.frame_patterns)
                 and not any(fnmatch.fnmatchcase(name, p) for p in self.ignore_patterns))
-
-    def _place_held(self) -> None:
-        """Place finished files in name order: a file waits while an earlier-named frame
-        file exists that is not finished yet (its frames come first)."""
-        while self._held:
-            path = min(self._held, key=lambda p: self._held[p][0])
-            key, arrived = self._held[path]
-            if not self._is_successor(path):
-                earlier = self._unfinished_before(path, key)
-                if earlier:
-                    if self.clock() - arrived < self.hold_timeout_s:
-                        return
-                    for other in sorted(earlier, key=lambda p: natural_key(self._rel_path(p))):
-                        self._give_up_on(other)
-            del self._held[path]
-            self._place_file(path, key, arrived)
-
-    def _give_up_on(self, path: Path) -> None:
-        """An earlier file never finished while a later one waited ``hold_timeout_s``: its
-        frames (as many as the previous file's) fail, and it is listed in the quarantine
-        (left in place: a writer may still hold it)."""
-        n = self._last_length
-        start = self._next_index
-        arrived = self.clock()
-        for i in range(start, start + n):
-            self._frames[i] = LiveFrame(path, None, arrived)
-        self._next_index += n
-        self._last_key, self._last_path = natural_key(self._rel_path(path)), path
-        self.quarantine_file(path, f"not finished within {self.hold_timeout_s:g} s while a "
-                                   "later file was", move=False, reserve=True)
 
     def _is_successor(self, path: Path) -> bool:
         """True when ``path`` is the file right after the last one placed (same name with
@@ -394,16 +664,9 @@ class LiveFrames:
         last = self._last_path
         if last is None or last.parent != path.parent:
             return False
-        # the last number before the extension (the 5 of '.h5' is no frame number)
-        stem, suffix = last.stem, last.suffix
-        match = _LAST_NUMBER.match(stem)
-        if match is None:
-            stem, suffix = last.name, ""
-            match = _LAST_NUMBER.match(stem)
-            if match is None:
-                return False
-        head, digits, tail = match.groups()
-        return path.name == f"{head}{int(digits) + 1:0{len(digits)}d}{tail}{suffix}"
+        mine, theirs = _name_number(last), _name_number(path)
+        return mine is not None and theirs is not None and mine[0] == theirs[0] and \
+            theirs[2] == f"{mine[1] + 1:0{len(mine[2])}d}"
 
     def _unfinished_before(self, path: Path, key: list[Any]) -> list[Path]:
         """Frame files named between the last placed file and ``path`` that exist but are
@@ -416,7 +679,7 @@ class LiveFrames:
         for name in names:
             other = path.parent / name
             if other == path or other in self._held or other == self.positions_path \
-                    or self._rel(other) in self._reserved_names \
+                    or other.suffix == ".npy" or self._rel(other) in self._reserved_names \
                     or not self._is_frame_file(name) or any(other.match(x) for x in self.exclude):
                 continue
             other_key = natural_key(self._rel_path(other))
@@ -424,38 +687,32 @@ class LiveFrames:
                 found.append(other)
         return found
 
-    def _place_file(self, path: Path, key: list[Any], arrived: float) -> None:
-        for qkey, after in self._quarantined:
-            if qkey < key and (self._last_key is None or qkey > self._last_key):
-                # a file quarantined before a restart: its frames keep their indices
-                self._next_index = max(self._next_index, after)
-        self._last_key, self._last_path = key, path
-        try:
-            n, stack, positions = self._probe(path)
-        except InputError as exc:
-            # Its frame count is unknown: assume the previous file's (stack writers use
-            # a fixed number of frames per file). Placed even below the floor, only so
-            # that the quarantine list records its whole range for a restart; the
-            # quarantine takes them out again at once.
-            n = self._last_length
-            start = self._next_index
-            for i in range(start, start + n):
-                self._frames[i] = LiveFrame(path, None, arrived)
-            self._next_index += n
-            self.quarantine_file(path, f"unreadable: {exc.reason}")
+    def _place_file(self, path: Path, held: _Held) -> None:
+        probe = held.probe
+        if isinstance(probe, InputError):
+            self._block(path, f"unreadable: {probe.reason}", move=True)
             return
+        self._last_key, self._last_path = held.key, path
         start = self._next_index
-        for j in range(n):
+        for j in range(probe.n):
             if start + j < self.floor:
                 continue
-            pos = None if positions is None else (float(positions[j][0]), float(positions[j][1]))
-            self._frames[start + j] = LiveFrame(path, j if stack else None, arrived, pos)
-        self._next_index += n
-        self._last_length = n
+            pos = None if probe.positions is None else (float(probe.positions[j][0]),
+                                                        float(probe.positions[j][1]))
+            self._frames[start + j] = LiveFrame(path, j if probe.stack else None, held.arrived,
+                                                pos, probe.kind)
+        self._next_index += probe.n
+        self._note_name(path, start)
+        self._last_count = probe.n
+        fpf = self.frames_per_file
+        if fpf is not None and probe.n != fpf and not self._warned_count and \
+                (self.num_frames is None or start + probe.n < self.num_frames):
+            self._warned_count = True
+            log.warning("%s: holds %d frames, but frames_per_file is %d: an unreadable file "
+                        "would be given %d", path, probe.n, fpf, fpf)
 
-    def _probe(self, path: Path) -> tuple[int, bool, np.ndarray | None]:
-        """Frames in an HDF5 file, whether it is a stack, and (without a positions file)
-        their positions."""
+    def _probe(self, path: Path) -> _Probe:
+        """What an HDF5 frame file holds (retried ``read_retries`` times)."""
         last: InputError | None = None
         for attempt in range(self.read_retries + 1):
             if attempt:
@@ -467,13 +724,13 @@ class LiveFrames:
         assert last is not None
         raise last
 
-    def _probe_once(self, path: Path) -> tuple[int, bool, np.ndarray | None]:
+    def _probe_once(self, path: Path) -> _Probe:
         try:
             with h5py.File(path, "r") as f:
                 data = f.get(self.dataset)
                 if not isinstance(data, h5py.Dataset):
                     raise InputError(path, f"no dataset {self.dataset!r}")
-                shape = data.shape
+                shape, dtype = data.shape, data.dtype
                 pos = None
                 if self.positions is None:
                     assert self.positions_dataset is not None
@@ -497,7 +754,7 @@ class LiveFrames:
                 raise InputError(path, f"positions dataset {self.positions_dataset!r} has "
                                        f"{pos.shape[0]} finite rows for {n} frames")
             pos = pos * self.units
-        return n, stack, pos
+        return _Probe(n, stack, pos, (tuple(shape[-2:]), np.dtype(dtype)))
 
     def _load_quarantine(self) -> None:
         listing = self.quarantine / QUARANTINE_LIST
@@ -508,18 +765,32 @@ class LiveFrames:
         except OSError as exc:
             log.warning("%s: unreadable (%s)", listing, exc)
             return
+        ranges: dict[str, tuple[list[Any], int, int | None, str, str]] = {}
         for lineno, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
                 indices = [int(i) for i in entry.get("indices", [])]
+                name, reason = str(entry["file"]), str(entry.get("reason", ""))
+                if "lost_from" in entry:
+                    self._lost = (int(entry["lost_from"]),
+                                  Failure(str(self.scan_dir / name), f"earlier: {reason}"))
+                    self._lost_after = natural_key(Path(name))
+                    self._reserved_names.add(name)
+                    continue
                 if not (entry.get("moved_to") or entry.get("reserved")):
                     # Only listed, left in place (it was unfinished): if it is finished
                     # now, its frames are read like any other (those not in a chunk yet).
                     continue
                 for i in indices:
-                    self.failed[i] = f"quarantined earlier: {entry.get('reason', '')}"
+                    self.failed[i] = Failure(str(self.scan_dir / name),
+                                             f"quarantined earlier: {reason}")
+                self._reserved_names.add(name)
+                key = natural_key(Path(name))
                 if indices:
-                    self._quarantined.append((natural_key(Path(entry["file"])), max(indices) + 1))
-                    self._reserved_names.add(str(entry["file"]))
-            except (ValueError, TypeError, AttributeError):
+                    ranges[name] = (key, min(indices), max(indices) + 1 - min(indices), name,
+                                    reason)
+                elif "first" in entry and name not in ranges:
+                    ranges[name] = (key, int(entry["first"]), None, name, reason)
+            except (ValueError, TypeError, AttributeError, KeyError):
                 log.warning("%s: line %d is not a quarantine entry", listing, lineno)
+        self._quarantined = list(ranges.values())
