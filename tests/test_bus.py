@@ -34,6 +34,8 @@ from flyprep.events import (
     EventSink,
     FanoutSink,
     FrameFailed,
+    ScanContinued,
+    ScanPaused,
     FrameMissing,
     MemorySink,
     ScanEnded,
@@ -50,6 +52,9 @@ SAMPLES = [
     FrameMissing(scan="s1", index=7, path="/data/s1/f7.h5", reason="never arrived"),
     FrameFailed(scan="s1", index=8, path="/data/s1/f8.h5", reason="truncated file"),
     ScanEnded(scan="s1", state="complete", frames=300, frames_missing=2),
+    ScanPaused(scan="s1", reason="low disk space", path="/out", free_bytes=10,
+               min_free_bytes=1 << 30),
+    ScanContinued(scan="s1", free_bytes=2 << 30),
     ApxReadouts(path="/data/run.apx", first_readout=10, last_readout=19, n_readouts=10, n_hits=42),
 ]
 

@@ -34,11 +34,12 @@ from .config import DaemonConfig
 from .errors import InputError
 from .events import ApxReadouts, EventSink, FanoutSink
 from .ptyd.resume import finished_state
-from .session import ScanSession, SessionState, output_path
+from .session import RestartRequested, ScanSession, SessionState, marker_grace_s, output_path
 from .sources.watch import (
     EndMarkerSeen,
     FileCompleted,
     FileGrew,
+    FileUnmatched,
     ScanDirectoryAppeared,
     ScanWatcher,
     WatchEvent,
@@ -70,17 +71,14 @@ class Daemon:
         self._apx_stream: EventPublisher | None = None
         self._apx: ApxStreamer | None = None
         self._watcher: ScanWatcher | None = None
-        self._inbox: queue.Queue[WatchEvent] = queue.Queue()
+        self._inbox: queue.Queue[WatchEvent | RestartRequested] = queue.Queue()
         self._lock = threading.Lock()
         self._sessions: dict[Path, ScanSession] = {}  # running or queued
         self._queued: list[Path] = []  # waiting for a free slot (limits.max_scans)
         self._finished: OrderedDict[Path, ScanSession] = OrderedDict()
         self._started = time.time()
         self._apx_files: dict[Path, Path] = {}  # .apx file -> its scan directory
-        watch = config.watch
-        # The end marker can come just before the close of the last files it follows.
-        self._marker_grace_s = min(watch.frame_timeout_s, 2 * watch.quiet_window_s + (
-            watch.poll_interval_s if watch.observer == "polling" else 0.0) + 0.5)
+        self._marker_grace_s = marker_grace_s(config)
 
     # ---- lifecycle
 
@@ -181,9 +179,15 @@ class Daemon:
 
     # ---- routing (main loop thread)
 
-    def _route(self, event: WatchEvent) -> None:
+    def _route(self, event: WatchEvent | RestartRequested) -> None:
         if isinstance(event, ScanDirectoryAppeared):
             self._session_for(event.path)
+        elif isinstance(event, FileUnmatched):
+            session = self._session_for(event.scan_dir)
+            if session is not None:
+                session.file_unmatched(event.path)
+        elif isinstance(event, RestartRequested):
+            self._restart(event)
         elif isinstance(event, FileCompleted):
             if self._is_apx(event.path):
                 self._follow_apx(event.path, event.scan_dir)
@@ -219,9 +223,31 @@ class Daemon:
                 return session
             if scan_dir in self._finished:
                 return None
-            session = ScanSession(scan_dir, self.config, events=self._sink)
+            session = self._new_session(scan_dir)
             self._sessions[scan_dir] = session
         return session
+
+    def _new_session(self, scan_dir: Path, **kwargs: Any) -> ScanSession:
+        return ScanSession(scan_dir, self.config, events=self._sink,
+                           on_restart=self._inbox.put, **kwargs)
+
+    def _restart(self, event: RestartRequested) -> None:
+        """A scan stopped by a full disk goes on from its files now that there is space:
+        a new session resumes its output, the watcher reports its files again."""
+        scan_dir = event.scan_dir
+        carried = None if event.end_reason is None else (event.end_reason, event.end_state)
+        with self._lock:
+            old = self._sessions.get(scan_dir)
+            if old is not None and old.alive:
+                old.join(10.0)  # it sent this as its last act
+            session = self._new_session(scan_dir, carried_end=carried, announce=False)
+            self._sessions[scan_dir] = session
+            if scan_dir in self._queued:
+                self._queued.remove(scan_dir)
+        log.info("%s: prepared again from its files (space is back)", scan_dir.name)
+        self._admit(session)
+        if self._watcher is not None:
+            self._watcher.relist(scan_dir)
 
     def _admit(self, session: ScanSession) -> None:
         """Start the session's thread on its first file (a directory without scan files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -34,6 +35,28 @@ class PtydError(FlyprepError):
 
 class OutputError(FlyprepError):
     """Prepared data could not be written (disk full, permissions, existing output)."""
+
+
+class DiskFull(OutputError):
+    """A write met a full disk or quota. What is published stays as it was (the master
+    still ``acquiring``): the scan is written again from its files once there is space."""
+
+
+#: OS errors that mean "no space": the scan waits for space instead of failing.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` or an error it was raised from is a full disk or quota."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, DiskFull) or (isinstance(current, OSError)
+                                             and current.errno in NO_SPACE):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 class ScanInterrupted(FlyprepError):

@@ -109,14 +109,16 @@ class FrameMissing(_EventBase):
 
 @dataclass(frozen=True)
 class FrameFailed(_EventBase):
-    """Frame ``index`` arrived but could not be read or prepared; written with weight 0."""
+    """Frames ``index .. index + count - 1`` of one file arrived but cannot be used
+    (unreadable, of another shape or type, unplaceable); written with weight 0."""
 
     kind: ClassVar[str] = "frame.failed"
     _path_fields: ClassVar[tuple[str, ...]] = ("path",)
     scan: str
     index: int
-    path: str
+    path: str  # the file (never the scan directory)
     reason: str
+    count: int = 1  # one event per bad file: frames index .. index + count - 1
 
 
 SCAN_END_STATES = ("complete", "aborted")
@@ -130,12 +132,37 @@ class ScanEnded(_EventBase):
     scan: str
     state: str
     frames: int
-    frames_missing: int
+    frames_missing: int  # never arrived
+    frames_failed: int = 0  # arrived but unusable
+
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.state not in SCAN_END_STATES:
             raise ValueError(f"ScanEnded.state must be one of {SCAN_END_STATES}, got {self.state!r}")
+
+
+@dataclass(frozen=True)
+class ScanPaused(_EventBase):
+    """The scan takes no frames for now (its frame files wait on disk): too little free
+    space for its output. ``scan.continued`` follows when there is space again."""
+
+    kind: ClassVar[str] = "scan.paused"
+    _path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    scan: str
+    reason: str
+    path: str  # the output directory
+    free_bytes: int
+    min_free_bytes: int
+
+
+@dataclass(frozen=True)
+class ScanContinued(_EventBase):
+    """A paused scan takes frames again (``free_bytes`` free on its output's disk)."""
+
+    kind: ClassVar[str] = "scan.continued"
+    scan: str
+    free_bytes: int
 
 
 @dataclass(frozen=True)
@@ -152,11 +179,12 @@ class ApxReadouts(_EventBase):
     scan: str | None = None
 
 
-Event = Union[ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded, ApxReadouts]
+Event = Union[ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded, ScanPaused,
+              ScanContinued, ApxReadouts]
 
 EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in
                                 (ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded,
-                                 ApxReadouts)}
+                                 ScanPaused, ScanContinued, ApxReadouts)}
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:

@@ -17,7 +17,7 @@ from typing import Any, Sequence, Callable, Iterable, Iterator, Optional, Tuple
 import numpy as np
 
 from .config import GeometryConfig, PrepareConfig, PrepConfig, parse_config
-from .errors import ConfigError, InputError, OutputError, ScanInterrupted
+from .errors import ConfigError, DiskFull, InputError, OutputError, ScanInterrupted, is_disk_full
 from .prep import (Calibration, Preparation, PreparedChunk, PreparedPart, center_from_spec,
                    mass_center)
 from .ptyd.layout import ScanMeta, ScanState
@@ -393,7 +393,16 @@ def run_scan(
             if writer is not None:
                 writer.suspend()
         raise
-    except BaseException:
+    except BaseException as exc:
+        if is_disk_full(exc):
+            # Nothing is published aborted for a full disk: the master stays as it was
+            # (acquiring), and the scan is written again from its files once there is space.
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.halt()
+            if isinstance(exc, DiskFull):
+                raise
+            raise DiskFull(f"{output}: the disk is full: {exc}") from exc
         if writer is not None and not chunk_submitted and (resume is None
                                                            or resume.next_key == 0):
             # Only parts of the first chunk were stored, nothing published: the scan
@@ -483,10 +492,12 @@ def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np
     raise InputError(source.root, "no frame of the scan could be read")
 
 
-def writer_params(config: PrepareConfig, resolved: dict[str, Any]) -> dict[str, Any]:
-    """The provenance stored with every chunk (and hashed): the settings and what the
-    first chunk resolved."""
-    return {**config.model_dump(mode="json"), "resolved": resolved}
+def writer_params(config: PrepareConfig, resolved: dict[str, Any],
+                  calibration: Calibration | None = None) -> dict[str, Any]:
+    """The provenance stored with every chunk (and hashed): the settings, what the first
+    chunk resolved, and the calibration maps' contents (their digests)."""
+    maps = (calibration or Calibration()).digests()
+    return {**config.model_dump(mode="json"), "resolved": resolved, "calibration": maps}
 
 
 def _open_writer(output: Path, config: PrepareConfig, preparer: ChunkPreparer,
@@ -499,7 +510,7 @@ def _open_writer(output: Path, config: PrepareConfig, preparer: ChunkPreparer,
         meta=meta, save=out_cfg.save, chunk_frames=out_cfg.chunk_frames,
         chunk_format=out_cfg.chunk_format, compression=out_cfg.compression,
         compression_level=out_cfg.compression_level,
-        params=writer_params(config, preparer.resolved()))
+        params=writer_params(config, preparer.resolved(), preparer.calibration))
     if resume is not None and resume.next_key > 0:
         return PtydWriter.resume(output, resume, **kwargs)
     return PtydWriter(output, overwrite=overwrite, **kwargs)

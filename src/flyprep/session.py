@@ -13,16 +13,26 @@ shut down; the output stays ``acquiring`` and the next start resumes it).
 A scan ends when ``num_frames`` frames are handed on, when its end marker appears
 (``complete``), after ``inactivity_timeout_s`` without news (``aborted``), or by the
 ``end_scan`` control command. A frame that has not come while a later one has waited
-``frame_timeout_s`` is missing; one that cannot be read after ``read_retries`` is
-quarantined and failed. Either way it is written with weight 0 and the scan goes on.
+``frame_timeout_s`` is missing; one that cannot be read after ``read_retries``, or whose
+shape or type is not the scan's, is quarantined and failed. Either way it is written with
+weight 0 and the scan goes on. The scan's frame shape and type come from its scan file or
+the config, else from the first frames that agree (two of the first three readable).
+
+Below ``limits.min_free_bytes`` of free space on the output's disk the session pauses
+(frame files wait on disk) and goes on when there is space. A write that meets a full disk
+anyway publishes nothing more: the session waits for space, then asks the daemon to start
+the scan again from its files (a :class:`RestartRequested`), which resumes the output as
+after a restart.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import fcntl
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -35,8 +45,10 @@ import h5py
 import numpy as np
 
 from .config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
-from .errors import ConfigError, FlyprepError, InputError, OutputError, ScanInterrupted
-from .events import ChunkWritten, EventSink, FrameFailed, FrameMissing, ScanEnded, ScanStarted
+from .errors import (ConfigError, DiskFull, FlyprepError, InputError, OutputError,
+                     ScanInterrupted)
+from .events import (ChunkWritten, EventSink, FrameFailed, FrameMissing, ScanContinued,
+                     ScanEnded, ScanPaused, ScanStarted)
 from .pipeline import (
     ChunkPreparer,
     effective_config,
@@ -50,12 +62,17 @@ from .prep import PreparedChunk
 from .ptyd.layout import chunk_file_name, params_hash
 from .ptyd.resume import ResumeState, finished_state, reconcile
 from .sources.layouts import ScanSource, parse_geometry
-from .sources.live import LiveFrames
+from .sources.live import FrameType, LiveFrames
 
 log = logging.getLogger(__name__)
 
 #: How often a waiting session looks at its clock (timeouts) and its positions file.
 TICK_S = 0.05
+#: Frames looked at (headers only) to agree on the scan's frame shape and type.
+TYPE_VOTES = 3
+TYPE_LOOKAHEAD = 32
+#: Files matching no pattern named in status and errors (the rest are counted).
+UNMATCHED_KEPT = 5
 
 
 class SessionState(str, enum.Enum):
@@ -87,7 +104,42 @@ class _End:
     grace_s: float = 0.0  # frames still absent this long after the end are missing
 
 
+@dataclass(frozen=True)
+class _Unmatched:
+    path: Path
+
+
+@dataclass(frozen=True)
+class RestartRequested:
+    """A session gave up its run after a full disk and space is back: the daemon starts
+    the scan again from its files (resumed from its output, as after a restart)."""
+
+    scan_dir: Path
+    end_reason: str | None = None  # an end already asked for carries over
+    end_state: str = "complete"
+
+
+@dataclass
+class _Run:
+    """Consecutive frames reported together: missing or failed, one file, one reason."""
+
+    kind: str  # "missing" or "failed"
+    first: int
+    count: int
+    path: str
+    reason: str
+
+
 _STOP = object()
+
+
+def marker_grace_s(config: DaemonConfig) -> float:
+    """How long after an end frames still absent may come: the end marker can come just
+    before the close of the last files it follows (twice the quiet window, plus the poll
+    interval when polling, plus half a second; at most ``frame_timeout_s``)."""
+    watch = config.watch
+    return min(watch.frame_timeout_s, 2 * watch.quiet_window_s + (
+        watch.poll_interval_s if watch.observer == "polling" else 0.0) + 0.5)
 
 
 def output_path(config: DaemonConfig, scan_dir: Path) -> Path:
@@ -103,7 +155,10 @@ class ScanSession:
     """A scan being prepared; its methods may be called from any thread."""
 
     def __init__(self, scan_dir: Path, config: DaemonConfig, *, events: EventSink,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_restart: Callable[[RestartRequested], Any] | None = None,
+                 carried_end: tuple[str, str] | None = None,
+                 announce: bool = True) -> None:
         self.scan_dir = Path(scan_dir)
         self.name = self.scan_dir.name
         self.config = config
@@ -126,7 +181,15 @@ class ScanSession:
         self._thread: threading.Thread | None = None
         self._end: _End | None = None
         self._end_at = 0.0
-        self._gap_run: list[Any] | None = None  # [first index, count, path, reason]
+        self._reported: _Run | None = None  # frames missing or failed, not reported yet
+        self._on_restart = on_restart
+        self._restart: RestartRequested | None = None
+        self._announce = announce
+        self._carried_end = carried_end
+        self.paused: str | None = None  # why the scan takes no frames now
+        self._next_disk_check = 0.0
+        self._unmatched: list[str] = []
+        self.files_unmatched = 0
         self._final: dict[str, Any] = {"pending_frames": 0, "ignored_files": []}
         self._stop = False
         self._output_lock: Any = None
@@ -135,8 +198,10 @@ class ScanSession:
         self._last_news = clock()
         self._arrivals: dict[int, float] = {}
         self._live: LiveFrames | None = None
-        self._frame_shape: tuple[tuple[int, ...], np.dtype] | None = None
+        self._frame_type: FrameType | None = None
+        self._type_source = "agreed by the scan's first frames"
         self._early_files: list[_File] = []  # before the settings are known
+        self._scan_settings: Any = None
 
     # ---- from the daemon (any thread)
 
@@ -154,6 +219,10 @@ class ScanSession:
     def file_completed(self, path: Path, arrived: float | None = None) -> None:
         """A file of the scan is finished (frame, positions or scan file)."""
         self._inbox.put(_File(Path(path), self.clock() if arrived is None else arrived))
+
+    def file_unmatched(self, path: Path) -> None:
+        """A file of the scan matches no pattern: it is never read (said once per scan)."""
+        self._inbox.put(_Unmatched(Path(path)))
 
     def end(self, reason: str, *, state: str = "complete", grace_s: float = 0.0) -> None:
         """End the scan: every frame already finished is still prepared; frames absent
@@ -190,7 +259,9 @@ class ScanSession:
                 "frames_missing": self.frames_missing, "frames_failed": self.frames_failed,
                 "chunks_written": self.chunks_written, "resumed_at_frame": self.resumed_at,
                 "end_reason": self.end_reason, "error": self.error,
-                "files_seen": self._files_seen,
+                "paused": self.paused, "files_seen": self._files_seen,
+                "files_unmatched": self.files_unmatched,
+                "unmatched_files": list(self._unmatched),
                 "pending_frames": self._final["pending_frames"] if live is None else live.pending,
                 "ignored_files": (self._final["ignored_files"] if live is None else
                                   [f"{p}: {why}" for p, why in live.ignored]),
@@ -201,6 +272,8 @@ class ScanSession:
     def _run(self) -> None:
         try:
             self._serve()
+        except DiskFull as exc:
+            self._after_disk_full(exc)
         except ScanInterrupted:
             self._set_state(SessionState.STOPPED)
             log.info("%s: stopped at frame %d; the next start resumes it", self.name,
@@ -212,6 +285,25 @@ class ScanSession:
             self._fail(f"{type(exc).__name__}: {exc}")
         finally:
             self._release()
+            if self._restart is not None and self._on_restart is not None:
+                self._on_restart(self._restart)
+
+    def _after_disk_full(self, exc: DiskFull) -> None:
+        """A write met a full disk: nothing more is published; wait for space, then have
+        the daemon start the scan again from its files."""
+        self._flush_run()
+        log.error("%s: %s; the scan waits for space, then goes on from its files",
+                  self.name, exc)
+        try:
+            self._wait_for_space(f"disk full: {exc}", force=True)
+        except ScanInterrupted:
+            self._set_state(SessionState.STOPPED)
+            return
+        end = self._end
+        self._restart = RestartRequested(self.scan_dir,
+                                         None if end is None else end.reason,
+                                         "complete" if end is None else end.state)
+        self._set_state(SessionState.STOPPED)
 
     def _lock_output(self) -> None:
         """Hold an exclusive lock on the output for the session's life: another scan (of
@@ -244,8 +336,11 @@ class ScanSession:
                                "ignored_files": [f"{p}: {why}" for p, why in live.ignored]}
         self._arrivals.clear()
         self._early_files.clear()
+        with self._lock:
+            self.paused = None
 
     def _fail(self, message: str) -> None:
+        self._flush_run()
         with self._lock:
             self.error = message
             started = self.frames_written > 0 or self.chunks_written > 0
@@ -257,7 +352,16 @@ class ScanSession:
             self._set_state(SessionState.FAILED)
         log.error("%s: %s", self.name, message)
 
+    @property
+    def _settings_type(self) -> tuple[Any, Any]:
+        """The frame shape and dtype the scan's settings fix (either may be None)."""
+        scan = self._scan_settings.scan if self._scan_settings is not None else None
+        return (None, None) if scan is None else (scan.frame_shape, scan.frame_dtype)
+
     def _serve(self) -> None:
+        if self._carried_end is not None:
+            reason, state = self._carried_end
+            self._take(_End(reason, state, marker_grace_s(self.config)))
         finished = finished_state(self.output)
         if finished is not None:
             # Made by an earlier run, maybe with other settings: never redone on its own.
@@ -267,6 +371,7 @@ class ScanSession:
             log.info("%s: %s is finished already (%s)", self.name, self.output, finished)
             return
         settings = self._settings()
+        self._scan_settings = settings
         self._lock_output()
         num_frames = settings.scan.num_frames
         assert num_frames is not None
@@ -275,18 +380,27 @@ class ScanSession:
         calibration = load_calibration(settings.prep)
         resume, resolved = self._reconcile(settings, calibration, num_frames)
         start = 0 if resume is None else resume.next_frame
+        shape, dtype = settings.scan.frame_shape, settings.scan.frame_dtype
         if resolved is not None:  # frames must match those of the kept chunks
-            self._frame_shape = (tuple(resolved["raw_shape"]), np.dtype(resolved["raw_dtype"]))
+            self._frame_type = (tuple(resolved["raw_shape"]), np.dtype(resolved["raw_dtype"]))
+            self._type_source = "those of the chunks written before"
+        elif shape is not None and dtype is not None:
+            self._frame_type = (tuple(shape), np.dtype(dtype))
+            self._type_source = "as the scan's settings declare"
         live.start_at(start)
+        kept_weightless = [] if resume is None else resume.missing_indices
+        failed_before = sum(1 for i in kept_weightless if live.failure(int(i)) is not None)
         with self._lock:
             self.frames_done = self.frames_written = start
             self.chunks_written = 0 if resume is None else resume.next_key
-            self.frames_missing = 0 if resume is None else len(resume.missing_indices)
+            self.frames_failed = failed_before
+            self.frames_missing = len(kept_weightless) - failed_before
             self.resumed_at = start if start else None
         self._set_state(SessionState.ACQUIRING)
-        self.events.emit(ScanStarted(scan=self.name, master=str(self.output),
-                                     num_frames=num_frames,
-                                     chunk_frames=settings.output.chunk_frames))
+        if self._announce:
+            self.events.emit(ScanStarted(scan=self.name, master=str(self.output),
+                                         num_frames=num_frames,
+                                         chunk_frames=settings.output.chunk_frames))
         run_scan(self._frames(start, num_frames, settings.output.chunk_frames),
                  num_frames=num_frames, positions=None, config=settings, output=self.output,
                  calibration=calibration, allow_missing=True, on_chunk=self._chunk_written,
@@ -305,7 +419,8 @@ class ScanSession:
     def _emit_end(self, state: str) -> None:
         self.events.emit(ScanEnded(scan=self.name, state=state,
                                    frames=self.num_frames or 0,
-                                   frames_missing=self.frames_missing))
+                                   frames_missing=self.frames_missing,
+                                   frames_failed=self.frames_failed))
 
     def _set_state(self, state: SessionState) -> None:
         with self._lock:
@@ -329,8 +444,8 @@ class ScanSession:
                 settings = scan_settings(cfg, description, source=str(scan_file))
                 settings = self._with_geometry_file(settings)
                 if self._files_seen == 0:
-                    raise ConfigError(f"{self.scan_dir}: the scan ended before any frame file "
-                                      "was finished")
+                    raise InputError(self.scan_dir, "the scan ended before any frame file "
+                                                    f"was finished ({self._arrived_text()})")
                 if settings.scan.num_frames is not None:
                     break
                 if self._end is not None:
@@ -342,8 +457,23 @@ class ScanSession:
         require_geometry(settings.geometry)
         with self._lock:
             self.num_frames = settings.scan.num_frames
-        self._make_live()
+        self._make_live(settings)
         return settings
+
+    def _arrived_text(self) -> str:
+        """What did arrive, for an error saying that no frame did."""
+        cfg = self.config.watch
+        parts = [f"{self._files_seen} file(s) matching watch.frame_patterns "
+                 f"{list(cfg.frame_patterns)} finished"]
+        if self.files_unmatched:
+            names = ", ".join(self._unmatched)
+            more = self.files_unmatched - len(self._unmatched)
+            parts.append(f"{self.files_unmatched} file(s) matching no pattern, never read: "
+                         f"{names}{f' and {more} more' if more > 0 else ''}")
+        live = self._live
+        if live is not None and live.ignored:
+            parts.append("ignored: " + "; ".join(f"{p}: {why}" for p, why in live.ignored[:3]))
+        return "; ".join(parts)
 
     def _read_description(self, path: Path) -> ScanDescription:
         """The scan file; read again a few times if it does not parse (it may be being
@@ -366,7 +496,7 @@ class ScanSession:
         source = ScanSource(self.scan_dir, "ptypy", (), np.zeros((0, 2)), parse_geometry(path))
         return effective_config(settings, source)
 
-    def _make_live(self) -> None:
+    def _make_live(self, settings: Any) -> None:
         cfg = self.config
         live = LiveFrames(
             self.scan_dir, layout=cfg.input.layout, positions_file=cfg.watch.positions_file,
@@ -375,7 +505,8 @@ class ScanSession:
             ignore_patterns=tuple(cfg.watch.ignore_patterns),
             quarantine_dir=cfg.watch.quarantine_dir, read_retries=cfg.watch.read_retries,
             retry_delay_s=cfg.watch.retry_delay_s, hold_timeout_s=cfg.watch.frame_timeout_s,
-            clock=self.clock)
+            frames_per_file=settings.scan.frames_per_file,
+            num_frames=settings.scan.num_frames, clock=self.clock)
         with self._lock:
             self._live = live
         for item in self._early_files:
@@ -400,7 +531,7 @@ class ScanSession:
                 preparation = preparer.preset(resolved)
                 meta = scan_meta(preparation, num_frames=num_frames, geometry=settings.geometry,
                                  label=settings.scan.label)
-                expected_hash = params_hash(writer_params(settings, resolved))
+                expected_hash = params_hash(writer_params(settings, resolved, calibration))
             except (ConfigError, InputError, ValueError) as exc:
                 log.warning("%s: earlier chunks do not fit this configuration (%s)",
                             self.name, exc)
@@ -422,36 +553,42 @@ class ScanSession:
         assert live is not None
         timeout_s = self.config.watch.frame_timeout_s
         index = start
+        finished = False
         while index < num_frames:
             self._drain()
             if self._stop:
                 raise ScanInterrupted(f"{self.name}: stopped at frame {index}")
+            self._guard_space()
             ending = self._end is not None and self.clock() - self._end_at >= self._end.grace_s
+            if ending and not finished:
+                live.finish()  # nothing more will come: no file waits for an earlier one
+                finished = True
             item = self._next_frame(live, index, num_frames, chunk_frames, timeout_s, ending)
             if item is None:
                 if not ending:
-                    self._flush_gaps()
+                    self._flush_run()
                     self._wait_news(TICK_S)
                     live.refresh()  # growth reports are debounced: do not wait for them
                     continue
                 item = self._gap(live, index)
-            else:
-                self._flush_gaps()
             with self._lock:
                 self.frames_done = index + 1
             self._last_news = self.clock()  # handing frames on is activity too
             live.consume(index)
             yield item
             index += 1
-        self._flush_gaps()
+        self._flush_run()
+        if self._frame_type is None:
+            raise InputError(self.scan_dir, f"no frame of the scan could be read "
+                                            f"({self._arrived_text()})")
 
     def _next_frame(self, live: LiveFrames, index: int, num_frames: int, chunk_frames: int,
                     timeout_s: float, ending: bool) -> tuple | None:
         """Frame ``index`` as a run_scan item, a missing/failed item, or None (not there:
         wait, or once the scan has ended, a gap)."""
-        if index in live.failed:
-            return self._failed(index, str(live.expected_path(index) or self.scan_dir),
-                                live.failed[index])
+        failure = live.failure(index)
+        if failure is not None:
+            return self._failed(index, failure.path, failure.reason)
         frame = live.get(index)
         if frame is None:
             if self._end is None and live.overdue(index, timeout_s):
@@ -465,31 +602,76 @@ class ScanSession:
         if position is None:
             if ending or (self._end is None and live.overdue(index, timeout_s)):
                 live.fail(index, "no position for it in the positions file")
-                return self._failed(index, frame.describe(), live.failed[index])
+                return self._failed(index, str(frame.path), live.failed[index].reason)
             return None
+        if self._frame_type is None and not self._agree_on_type(live, index, num_frames,
+                                                                timeout_s, ending):
+            return None
+        expected = self._frame_type
+        declared = frame.kind
+        if expected is not None and declared is not None and declared != expected:
+            return self._wrong_type(live, index, frame.path, declared)
         chunk_stop = min(num_frames, (index // chunk_frames + 1) * chunk_frames)
         try:
             data = live.read(index, stop=chunk_stop)
         except InputError as exc:
             where = live.quarantine_file(frame.path, exc.reason)
             note = f"; moved to {where}" if where is not None else ""
-            return self._failed(index, frame.describe(), f"{exc.reason}{note}")
-        expected = self._frame_shape
-        if expected is None:
-            self._frame_shape = (data.shape, data.dtype)
-        elif (data.shape, data.dtype) != expected:
-            live.fail(index, "wrong frame")
-            return self._failed(index, frame.describe(),
-                                f"frame is {data.shape} {data.dtype}, the scan's frames are "
-                                f"{expected[0]} {expected[1]}")
+            return self._failed(index, str(frame.path), f"{exc.reason}{note}")
+        if expected is None:  # no header told (all unreadable so far): this frame does
+            self._frame_type = expected = (data.shape, data.dtype)
+        if (data.shape, data.dtype) != expected:
+            return self._wrong_type(live, index, frame.path, (data.shape, data.dtype))
         self._arrivals[index] = frame.arrived
         return index, data, frame.describe(), position
+
+    def _agree_on_type(self, live: LiveFrames, index: int, num_frames: int, timeout_s: float,
+                       ending: bool) -> bool:
+        """Decide the scan's frame shape and type from what the first readable frames'
+        headers declare (and the part the settings fix): two of the first three must
+        agree, unless the scan ends or they waited ``timeout_s``. False: wait for more."""
+        shape, dtype = self._settings_type
+        votes: list[FrameType] = []
+        oldest = None
+        stop = min(num_frames, index + TYPE_LOOKAHEAD)
+        for i in range(index, stop):
+            frame = live.get(i)
+            kind = None if frame is None else live.frame_type(i)
+            if kind is None or (shape is not None and tuple(kind[0]) != tuple(shape)) or \
+                    (dtype is not None and kind[1] != np.dtype(dtype)):
+                continue
+            votes.append(kind)
+            oldest = frame.arrived if oldest is None else min(oldest, frame.arrived)
+            if len(votes) == TYPE_VOTES:
+                break
+        counts = collections.Counter(votes)
+        if votes:
+            best, n = max(counts.items(), key=lambda kv: (kv[1], -votes.index(kv[0])))
+            everything = stop == num_frames and all(
+                live.get(i) is not None or live.failure(i) is not None for i in range(index, stop))
+            assert oldest is not None
+            if n >= 2 or ending or everything or self.clock() - oldest >= timeout_s:
+                self._frame_type = (tuple(best[0]), np.dtype(best[1]))
+                log.info("%s: frames are %s %s (%s)", self.name, self._frame_type[0],
+                         self._frame_type[1], self._type_source)
+                return True
+            return False
+        # No header readable yet: reading this frame tells (or quarantines it).
+        return True
+
+    def _wrong_type(self, live: LiveFrames, index: int, path: Path, kind: FrameType) -> tuple:
+        """Frame ``index``'s file holds frames of another shape or type: quarantined."""
+        assert self._frame_type is not None
+        reason = (f"frame is {tuple(kind[0])} {np.dtype(kind[1])}, the scan's frames are "
+                  f"{self._frame_type[0]} {self._frame_type[1]} ({self._type_source})")
+        where = live.quarantine_file(path, reason)
+        note = f"; moved to {where}" if where is not None else ""
+        return self._failed(index, str(path), f"{reason}{note}")
 
     def _failed(self, index: int, path: str, reason: str) -> tuple:
         with self._lock:
             self.frames_failed += 1
-        log.warning("%s: frame %d failed: %s: %s", self.name, index, path, reason)
-        self.events.emit(FrameFailed(scan=self.name, index=index, path=path, reason=reason))
+        self._report("failed", index, path, reason)
         return self._blank(index, path)
 
     def _blank(self, index: int, path: str) -> tuple:
@@ -504,28 +686,43 @@ class ScanSession:
         if expected is not None and expected.exists():
             # Unfinished: listed in the quarantine, left where it is (a writer may hold it).
             live.quarantine_file(expected, f"frame {index}: {reason}", move=False)
-        self.events.emit(FrameMissing(scan=self.name, index=index, path=path, reason=reason))
+        with self._lock:
+            self.frames_missing += 1
+        self._report("missing", index, path, reason)
         return self._blank(index, path)
 
     def _gap(self, live: LiveFrames, index: int) -> tuple:
-        """Frame ``index`` never came before the scan ended: missing. Consecutive gaps are
-        reported as one event (a scan ended early can leave thousands)."""
+        """Frame ``index`` never came before the scan ended: missing."""
         assert self._end is not None
         path = str(live.expected_path(index) or self.scan_dir)
-        run = self._gap_run
-        if run is not None and run[0] + run[1] == index:
-            run[1] += 1
-        else:
-            self._flush_gaps()
-            self._gap_run = [index, 1, path,
-                             f"scan ended ({self._end.reason}) before this frame arrived"]
+        with self._lock:
+            self.frames_missing += 1
+        self._report("missing", index, path,
+                     f"scan ended ({self._end.reason}) before this frame arrived")
         return self._blank(index, path)
 
-    def _flush_gaps(self) -> None:
-        run, self._gap_run = self._gap_run, None
-        if run is not None:
-            self.events.emit(FrameMissing(scan=self.name, index=run[0], count=run[1],
-                                          path=run[2], reason=run[3]))
+    def _report(self, kind: str, index: int, path: str, reason: str) -> None:
+        """Frames missing or failed are reported in runs: one event and one log line per
+        file and reason (a bad stack, a scan ended early), not one per frame."""
+        run = self._reported
+        if run is not None and run.kind == kind and run.first + run.count == index and \
+                run.reason == reason and (run.path == path or kind == "missing"
+                                          and run.reason.startswith("scan ended")):
+            run.count += 1
+            return
+        self._flush_run()
+        self._reported = _Run(kind, index, 1, path, reason)
+
+    def _flush_run(self) -> None:
+        run, self._reported = self._reported, None
+        if run is None:
+            return
+        last = run.first + run.count - 1
+        frames = f"frame {run.first}" if run.count == 1 else f"frames {run.first}-{last}"
+        log.warning("%s: %s %s: %s: %s", self.name, frames, run.kind, run.path, run.reason)
+        cls = FrameFailed if run.kind == "failed" else FrameMissing
+        self.events.emit(cls(scan=self.name, index=run.first, count=run.count, path=run.path,
+                             reason=run.reason))
 
     def _chunk_written(self, chunk: PreparedChunk) -> None:
         """Called by the writer thread once a chunk is on disk."""
@@ -533,15 +730,62 @@ class ScanSession:
         arrivals = [self._arrivals.pop(i, None) for i in range(chunk.frame_start,
                                                               chunk.frame_start + chunk.n_frames)]
         known = [t for t in arrivals if t is not None]
-        missing = int(np.count_nonzero(chunk.missing))
+        weightless = int(np.count_nonzero(chunk.missing))
         with self._lock:
             self.frames_written = chunk.frame_start + chunk.n_frames
-            self.frames_missing += missing
             self.chunks_written += 1
         self.events.emit(ChunkWritten(scan=self.name, key=chunk.key, frame_start=chunk.frame_start,
                                       n_frames=chunk.n_frames, path=str(self.output),
-                                      frames_missing=missing,
+                                      frames_missing=weightless,
                                       latency_s=(now - max(known)) if known else None))
+
+    # ---- free space
+
+    def _guard_space(self) -> None:
+        """Every ``limits.disk_check_s``: below ``limits.min_free_bytes`` free on the
+        output's disk, take no frame until there is space again."""
+        now = self.clock()
+        if now < self._next_disk_check:
+            return
+        self._next_disk_check = now + self.config.limits.disk_check_s
+        free = self._free_bytes()
+        if free is not None and free < self.config.limits.min_free_bytes:
+            self._wait_for_space("low disk space")
+
+    def _free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.output.parent)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _wait_for_space(self, why: str, *, force: bool = False) -> None:
+        """Pause until the output's disk has ``limits.min_free_bytes`` free (with
+        ``force``, also at least once re-checked after a failed write); files keep
+        arriving meanwhile and wait on disk. Raises ScanInterrupted on stop."""
+        floor = self.config.limits.min_free_bytes
+        free = self._free_bytes() or 0
+        reason = (f"{why}: {_size(free)} free on {self.output.parent}, below "
+                  f"limits.min_free_bytes ({_size(floor)}); frames wait on disk")
+        with self._lock:
+            self.paused = reason
+        log.warning("%s: paused: %s", self.name, reason)
+        self.events.emit(ScanPaused(scan=self.name, reason=reason, path=str(self.output.parent),
+                                    free_bytes=free, min_free_bytes=floor))
+        step = self.config.limits.disk_check_s
+        while True:
+            self._wait_news(step)
+            self._last_news = self.clock()  # a pause is no inactivity
+            if self._stop:
+                raise ScanInterrupted(f"{self.name}: stopped while paused")
+            free = self._free_bytes()
+            # After a full disk some room beyond the floor: a write needs more than 0.
+            if free is not None and free >= floor and (not force or free > 0):
+                break
+        with self._lock:
+            self.paused = None
+        log.info("%s: goes on: %s free on %s", self.name, _size(free), self.output.parent)
+        self.events.emit(ScanContinued(scan=self.name, free_bytes=free))
 
     # ---- news
 
@@ -576,6 +820,15 @@ class ScanSession:
                 if self._live is not None:
                     self._live.refresh()
             return
+        if isinstance(item, _Unmatched):
+            self.files_unmatched += 1
+            if len(self._unmatched) < UNMATCHED_KEPT:
+                self._unmatched.append(self._rel_name(item.path))
+            if self.files_unmatched == 1:
+                log.warning("%s: %s matches none of watch.frame_patterns %s and is not read "
+                            "(reported once per scan; status counts the others)", self.name,
+                            item.path, list(self.config.watch.frame_patterns))
+            return
         self._last_news = self.clock()
         if isinstance(item, _File):
             if item.path.name == self.config.watch.scan_file and \
@@ -590,6 +843,12 @@ class ScanSession:
                     self._live.add_file(item.path, item.arrived)
                 except InputError as exc:
                     log.error("%s: %s", self.name, exc)
+
+    def _rel_name(self, path: Path) -> str:
+        try:
+            return path.relative_to(self.scan_dir).as_posix()
+        except ValueError:
+            return path.name
 
     def _check_inactivity(self) -> None:
         limit = self.config.watch.inactivity_timeout_s
@@ -607,3 +866,11 @@ def _resolved_of_first_chunk(master: Path, chunk_format: str) -> dict[str, Any] 
         return None
     resolved = prov.get("params", {}).get("resolved") if isinstance(prov, dict) else None
     return resolved if isinstance(resolved, dict) else None
+
+
+def _size(n: float) -> str:
+    """Bytes for people: 1.5 GiB, 12 MiB, 512 B."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{int(n)} B"

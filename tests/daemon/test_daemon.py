@@ -253,7 +253,8 @@ def test_a_malformed_hdf5_frame_file_is_quarantined_not_fatal(inprocess_daemon, 
     root, out, _ = daemon_dirs
     staging = root.parent / "staging" / "scan_group"
     staging.mkdir(parents=True)
-    (staging / "flyprep-scan.toml").write_text("num_frames = 20\n")
+    # the detector writes 5 frames per file: said, so that d_2's range is certain
+    (staging / "flyprep-scan.toml").write_text("num_frames = 20\nframes_per_file = 5\n")
     (staging / "positions.txt").write_text("".join(f"{i} {i}\n" for i in range(20)))
     for k in range(4):
         with h5py.File(staging / f"d_{k}.h5", "w") as f:

@@ -7,6 +7,8 @@ chunk is a handful of vectorised numpy operations into preallocated arrays.
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
@@ -27,6 +29,21 @@ class Calibration:
     dark: np.ndarray | None = None
     flat: np.ndarray | None = None
     bad_pixels: np.ndarray | None = None  # True (nonzero) marks a pixel to ignore
+
+    def digests(self) -> dict[str, str | None]:
+        """A SHA-256 of each map's contents (dtype, shape, values): part of a preparation's
+        identity, so that a map replaced under the same name is noticed."""
+        out: dict[str, str | None] = {}
+        for name in ("dark", "flat", "bad_pixels"):
+            arr = getattr(self, name)
+            if arr is None:
+                out[name] = None
+                continue
+            arr = np.ascontiguousarray(arr)
+            h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(memoryview(arr).cast("B"))
+            out[name] = h.hexdigest()
+        return out
 
     def check(self, raw_shape: tuple[int, int]) -> None:
         """Raise ValueError naming the map whose shape is not the raw frame shape."""

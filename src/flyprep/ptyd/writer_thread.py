@@ -90,6 +90,12 @@ class WriterThread:
         self.writer.discard_partial()
         self.writer.publish()
 
+    def halt(self) -> None:
+        """Stop after what is queued (what fails is dropped), remove a chunk filled only in
+        parts, publish nothing: the output stays as last published (a full disk)."""
+        self._stop()
+        self.writer.discard_partial()
+
     def abort(self) -> None:
         """Stop after what is queued and publish the master as aborted."""
         self._stop()

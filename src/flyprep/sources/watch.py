@@ -22,7 +22,10 @@ When a file counts as finished (:class:`FileCompleted`, once per path):
   pause of the writer).
 
 Names matching ``ignore_patterns`` (``.*``, ``*.part``, ``*.tmp``) are never reported, nor
-anything below an ignored directory or the quarantine directory.
+anything below an ignored directory or the quarantine directory. A file of a scan
+directory that matches no pattern (nor is a file flyprep reads, such as ``geometry.txt``)
+is reported once as :class:`FileUnmatched`, so that a pattern that misses the detector's
+files is said, not silent.
 
 Thread safety: ``on_event`` is called from the watchdog observer thread, from the
 watcher's timer thread, and from the thread calling :meth:`ScanWatcher.start` (initial
@@ -69,8 +72,11 @@ MOVE_PAIRING_S = 0.01
 
 from ..config import WatchConfig
 
-__all__ = ["EndMarkerSeen", "FileCompleted", "FileGrew", "ScanDirectoryAppeared",
-           "ScanWatcher", "WatchEvent"]
+__all__ = ["EndMarkerSeen", "FileCompleted", "FileGrew", "FileUnmatched",
+           "ScanDirectoryAppeared", "ScanWatcher", "WatchEvent"]
+
+#: Files of a scan directory flyprep reads that match no configured pattern.
+KNOWN_NAMES = frozenset({"geometry.txt"})
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +118,22 @@ class EndMarkerSeen:
     scan_dir: Path
 
 
-WatchEvent = ScanDirectoryAppeared | FileCompleted | FileGrew | EndMarkerSeen
+@dataclass(frozen=True)
+class FileUnmatched:
+    """A file in ``scan_dir`` matches none of the patterns: never read (reported once)."""
+
+    path: Path
+    scan_dir: Path
+
+
+WatchEvent = ScanDirectoryAppeared | FileCompleted | FileGrew | EndMarkerSeen | FileUnmatched
 
 #: Events the native observer needs when growth is not reported.
 _NATIVE_EVENTS = [FileClosedEvent, FileMovedEvent, DirMovedEvent, FileCreatedEvent,
                   DirCreatedEvent, FileDeletedEvent, DirDeletedEvent]
 
 # file kinds
-_FILE, _GROWING, _MARKER = "file", "growing", "marker"
+_FILE, _GROWING, _MARKER, _UNMATCHED = "file", "growing", "marker", "unmatched"
 
 
 @dataclass
@@ -272,7 +286,7 @@ class ScanWatcher:
             return _GROWING
         if name == c.scan_file or self._frame_re.match(name):
             return _FILE
-        return None
+        return None if name in KNOWN_NAMES else _UNMATCHED
 
     # ---- watchdog events (observer thread)
 
@@ -337,6 +351,11 @@ class ScanWatcher:
             self._announce(scan_dir)
             if kind == _MARKER:
                 self._marker(scan_dir)
+                return None
+            if kind == _UNMATCHED:
+                if scan_dir not in self._roots and path not in self._completed:
+                    self._completed[path] = None  # reported once, as a finished file is
+                    self._emit(FileUnmatched(path, scan_dir))
                 return None
         return kind, scan_dir
 
@@ -437,6 +456,17 @@ class ScanWatcher:
             log.exception("watch: on_event failed for %r", event)
 
     # ---- initial scan and directory listing
+
+    def relist(self, scan_dir: Path) -> None:
+        """Report ``scan_dir``'s files again as at a start (its scan is prepared again from
+        its files): those quiet for the quiet window at once, the others once finished."""
+        with self._lock:
+            for table in (self._pending, self._completed):
+                for p in [p for p in table if scan_dir in p.parents]:
+                    del table[p]
+            self._markers_seen.discard(scan_dir)
+            self._markers_pending.pop(scan_dir, None)
+        self._found_all(self._list_files(scan_dir), trust_age=True)
 
     def _initial_scan(self) -> None:
         for root in self._roots:
