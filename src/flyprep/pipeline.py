@@ -306,6 +306,8 @@ def run_scan(
         book.missing_total = len(resume.missing_indices)
     preparer = ChunkPreparer(config.prep, calibration=calibration,
                              chunk_frames=out_cfg.chunk_frames, buffers=max(2, chunk_buffers))
+    if frame_shape is not None and dtype is not None:
+        preparer.warm(tuple(frame_shape), np.dtype(dtype))  # parts from the first frame on
     if resolved is not None:
         preparation = preparer.preset(resolved)
         # Known even if no frame of the rest of the scan ever comes.

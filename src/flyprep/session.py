@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 TICK_S = 0.05
 #: Frames looked at (headers only) to agree on the scan's frame shape and type.
 TYPE_VOTES = 3
-TYPE_LOOKAHEAD = 32
+TYPE_SCAN = 4096  # frames looked through for them at most
 #: Files matching no pattern named in status and errors (the rest are counted).
 UNMATCHED_KEPT = 5
 
@@ -401,7 +401,11 @@ class ScanSession:
             self.events.emit(ScanStarted(scan=self.name, master=str(self.output),
                                          num_frames=num_frames,
                                          chunk_frames=settings.output.chunk_frames))
+        if self._frame_type is None:
+            self._wait_for_frame_type(live, start, num_frames)
+        assert self._frame_type is not None
         run_scan(self._frames(start, num_frames, settings.output.chunk_frames),
+                 frame_shape=self._frame_type[0], dtype=self._frame_type[1],
                  num_frames=num_frames, positions=None, config=settings, output=self.output,
                  calibration=calibration, allow_missing=True, on_chunk=self._chunk_written,
                  resume=resume, resolved=resolved, final_state=self._final_state,
@@ -578,9 +582,6 @@ class ScanSession:
             yield item
             index += 1
         self._flush_run()
-        if self._frame_type is None:
-            raise InputError(self.scan_dir, f"no frame of the scan could be read "
-                                            f"({self._arrived_text()})")
 
     def _next_frame(self, live: LiveFrames, index: int, num_frames: int, chunk_frames: int,
                     timeout_s: float, ending: bool) -> tuple | None:
@@ -604,9 +605,6 @@ class ScanSession:
                 live.fail(index, "no position for it in the positions file")
                 return self._failed(index, str(frame.path), live.failed[index].reason)
             return None
-        if self._frame_type is None and not self._agree_on_type(live, index, num_frames,
-                                                                timeout_s, ending):
-            return None
         expected = self._frame_type
         declared = frame.kind
         if expected is not None and declared is not None and declared != expected:
@@ -618,46 +616,80 @@ class ScanSession:
             where = live.quarantine_file(frame.path, exc.reason)
             note = f"; moved to {where}" if where is not None else ""
             return self._failed(index, str(frame.path), f"{exc.reason}{note}")
-        if expected is None:  # no header told (all unreadable so far): this frame does
-            self._frame_type = expected = (data.shape, data.dtype)
+        assert expected is not None, "the frame type is decided before frames are handed on"
         if (data.shape, data.dtype) != expected:
             return self._wrong_type(live, index, frame.path, (data.shape, data.dtype))
         self._arrivals[index] = frame.arrived
         return index, data, frame.describe(), position
 
-    def _agree_on_type(self, live: LiveFrames, index: int, num_frames: int, timeout_s: float,
-                       ending: bool) -> bool:
-        """Decide the scan's frame shape and type from what the first readable frames'
-        headers declare (and the part the settings fix): two of the first three must
-        agree, unless the scan ends or they waited ``timeout_s``. False: wait for more."""
+    def _wait_for_frame_type(self, live: LiveFrames, start: int, num_frames: int) -> None:
+        """Decide the scan's frame shape and type before any frame is handed on (PtyPy's
+        meta needs it even if the first chunk has no good frame): what the first readable
+        frames' headers declare, two of the first three agreeing; failing that once the
+        scan ends or they waited ``frame_timeout_s``, the most common (the earliest of
+        equals). Raises InputError if the scan ends without a readable frame."""
+        timeout_s = self.config.watch.frame_timeout_s
+        finished = False
+        while self._frame_type is None:
+            self._drain()
+            if self._stop:
+                raise ScanInterrupted(f"{self.name}: stopped before its first frame")
+            ending = self._end is not None and self.clock() - self._end_at >= self._end.grace_s
+            if ending and not finished:
+                live.finish()
+                finished = True
+            decided = self._agreed_type(live, start, num_frames, timeout_s, ending)
+            if decided is not None:
+                self._frame_type = decided
+                log.info("%s: frames are %s %s (%s)", self.name, decided[0], decided[1],
+                         self._type_source)
+                return
+            if finished:
+                raise InputError(self.scan_dir, "no frame of the scan could be read "
+                                                f"({self._arrived_text()})")
+            self._wait_news(TICK_S)
+            live.refresh()
+
+    def _agreed_type(self, live: LiveFrames, start: int, num_frames: int, timeout_s: float,
+                     ending: bool) -> FrameType | None:
         shape, dtype = self._settings_type
+
+        def fits(kind: FrameType) -> bool:
+            return (shape is None or tuple(kind[0]) == tuple(shape)) and \
+                (dtype is None or kind[1] == np.dtype(dtype))
+
         votes: list[FrameType] = []
-        oldest = None
-        stop = min(num_frames, index + TYPE_LOOKAHEAD)
-        for i in range(index, stop):
+        oldest: float | None = None
+        unresolved = False
+        for i in range(start, min(num_frames, start + TYPE_SCAN)):
             frame = live.get(i)
-            kind = None if frame is None else live.frame_type(i)
-            if kind is None or (shape is not None and tuple(kind[0]) != tuple(shape)) or \
-                    (dtype is not None and kind[1] != np.dtype(dtype)):
+            if frame is None:
+                unresolved = unresolved or live.failure(i) is None
+                continue
+            kind = live.frame_type(i)
+            if kind is None or not fits(kind):
                 continue
             votes.append(kind)
             oldest = frame.arrived if oldest is None else min(oldest, frame.arrived)
             if len(votes) == TYPE_VOTES:
                 break
+        else:
+            # every frame looked at is in or failed: no vote is still to come from them
+            unresolved = unresolved or num_frames > start + TYPE_SCAN
+            if not votes and not unresolved:
+                ending = True
+        if not votes:
+            # no placed frame can tell: files that could not be placed still can
+            votes = [k for k in live.kinds_seen if fits(k)] if ending else []
+            if not votes:
+                return None
+            oldest = -float("inf")
         counts = collections.Counter(votes)
-        if votes:
-            best, n = max(counts.items(), key=lambda kv: (kv[1], -votes.index(kv[0])))
-            everything = stop == num_frames and all(
-                live.get(i) is not None or live.failure(i) is not None for i in range(index, stop))
-            assert oldest is not None
-            if n >= 2 or ending or everything or self.clock() - oldest >= timeout_s:
-                self._frame_type = (tuple(best[0]), np.dtype(best[1]))
-                log.info("%s: frames are %s %s (%s)", self.name, self._frame_type[0],
-                         self._frame_type[1], self._type_source)
-                return True
-            return False
-        # No header readable yet: reading this frame tells (or quarantines it).
-        return True
+        best, n = max(counts.items(), key=lambda kv: (kv[1], -votes.index(kv[0])))
+        assert oldest is not None
+        if n >= 2 or ending or not unresolved or self.clock() - oldest >= timeout_s:
+            return (tuple(best[0]), np.dtype(best[1]))
+        return None
 
     def _wrong_type(self, live: LiveFrames, index: int, path: Path, kind: FrameType) -> tuple:
         """Frame ``index``'s file holds frames of another shape or type: quarantined."""

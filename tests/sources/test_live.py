@@ -306,18 +306,18 @@ def test_hdf5_file_finished_after_a_later_one_was_placed_is_ignored(tmp_path: Pa
 def test_hdf5_ignored_and_excluded_names(tmp_path: Path) -> None:
     (tmp_path / "positions.txt").write_text("0 0\n")
     lf = make(tmp_path)
-    lf.add_file(h5(tmp_path / "data_000001.h5", 0))
-    # unfinished files that are no frame files do not hold data_000003.h5 back
-    h5(tmp_path / ".data_000002.h5", 50)
-    h5(tmp_path / "data_000002_master.h5", 51)
-    for name in (".data_000002.h5", "data_000002_master.h5", "data_000002.h5.tmp",
-                 "notes.txt"):
+    lf.add_file(h5(tmp_path / "data_a.h5", 0))
+    # unfinished files that are no frame files do not hold data_c.h5 back (names without
+    # numbers: the directory is listed for earlier frame files)
+    h5(tmp_path / ".data_b.h5", 50)
+    h5(tmp_path / "data_b_master.h5", 51)
+    for name in (".data_b.h5", "data_b_master.h5", "data_b.h5.tmp", "notes.txt"):
         path = tmp_path / name
         if not path.exists():
             path.write_text("x")
         lf.add_file(path)
-    lf.add_file(h5(tmp_path / "data_000003.h5", 1))
-    assert placed(lf) == {0: ("data_000001.h5", None), 1: ("data_000003.h5", None)}
+    lf.add_file(h5(tmp_path / "data_c.h5", 1))
+    assert placed(lf) == {0: ("data_a.h5", None), 1: ("data_c.h5", None)}
     assert lf.pending == 2
     assert not (tmp_path / "q").exists()
 
@@ -340,8 +340,8 @@ def test_hdf5_positions_file_is_no_frame_file(tmp_path: Path) -> None:
     lf.add_file(pos)
     assert lf.layout == "hdf5"
     lf.add_file(h5(tmp_path / "scan_000001.h5", 0))
-    lf.add_file(h5(tmp_path / "scan_000003.h5", 1))
-    assert placed(lf) == {0: ("scan_000001.h5", None), 1: ("scan_000003.h5", None)}
+    lf.add_file(h5(tmp_path / "scan_000002.h5", 1))
+    assert placed(lf) == {0: ("scan_000001.h5", None), 1: ("scan_000002.h5", None)}
     np.testing.assert_array_equal(lf.position(1), [3, 4])
 
 

@@ -136,3 +136,41 @@ def test_frame_types_come_from_headers(tmp_path: Path) -> None:
     assert lf.frame_type(0) == ((7, 9), np.dtype("<u2"))
     assert lf.frame_type(1) is None  # unreadable header: no vote
     assert lf.frame_type(2) is None  # not placed
+
+
+def test_a_stack_never_written_is_noticed_by_the_gap_in_the_names(tmp_path: Path) -> None:
+    """data_000003.h5 never comes: data_000004.h5 is not placed where data_000003's
+    frames belong; with a declared length its frames go after the gap."""
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"data_{k + 1:06d}.h5" for k in range(5)], 4, bad=set())
+    paths[2].unlink()
+    lf = live(tmp_path / "s", clock)
+    for path in (paths[0], paths[1], paths[3], paths[4]):
+        lf.add_file(path)
+    assert values(lf, 20) == {i: i for i in range(8)}  # data_000004 waits for data_000003
+    clock.t += 10.0
+    lf.refresh()
+    assert values(lf, 20) == {i: i for i in range(8)}  # its length is unknown: nothing after
+    assert all(lf.failure(i) is not None for i in range(8, 20))
+
+    declared = live(tmp_path / "s2", clock, frames_per_file=4)
+    paths = stacks(tmp_path / "s2", [f"data_{k + 1:06d}.h5" for k in range(5)], 4, bad=set())
+    paths[2].unlink()
+    declared = live(tmp_path / "s2", clock, frames_per_file=4)
+    for path in (paths[0], paths[1], paths[3], paths[4]):
+        declared.add_file(path)
+    clock.t += 10.0
+    declared.refresh()
+    assert values(declared, 20) == {i: i for i in range(20) if not 8 <= i < 12}
+    assert all(declared.failure(i) is None for i in range(8, 12))  # missing, not failed
+
+
+def test_a_late_stack_that_fills_a_gap_in_time_is_placed(tmp_path: Path) -> None:
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"data_{k + 1:06d}.h5" for k in range(3)], 4, bad=set())
+    lf = live(tmp_path / "s", clock)
+    lf.add_file(paths[0])
+    lf.add_file(paths[2])  # data_000002 not finished yet (exists: waits as unfinished)
+    clock.t += 5.0
+    lf.add_file(paths[1])
+    assert values(lf, 12) == {i: i for i in range(12)}

@@ -107,6 +107,7 @@ class _Blocker:
     key: list[Any]
     start: int
     reason: str
+    missing: bool = False  # never written (a gap in the names): its frames are missing
 
 
 def _name_number(path: Path) -> tuple[tuple[str, str, str], int, str] | None:
@@ -194,6 +195,7 @@ class LiveFrames:
         self._last_count: int | None = None  # frames of the last file placed (None: unknown)
         self._warned_count = False
         self._ending = False
+        self.kinds_seen: list[FrameType] = []  # hdf5: the first few files' frame types
         self._stack: tuple[Path, int, np.ndarray] | None = None  # (file, first slot, frames)
         self._load_quarantine()
 
@@ -472,6 +474,8 @@ class LiveFrames:
             probe: _Probe | InputError = self._probe(path)
         except InputError as exc:
             probe = exc
+        if isinstance(probe, _Probe) and len(self.kinds_seen) < 3:
+            self.kinds_seen.append(probe.kind)
         self._held[path] = _Held(key, arrived, probe)
         self._place_held()
 
@@ -509,6 +513,13 @@ class LiveFrames:
                     self._block(first, f"not finished within {self.hold_timeout_s:g} s while "
                                        "a later file was", move=False)
                     continue
+                gap = self._missing_name_before(path)
+                if gap is not None:
+                    if not self._waited_enough():
+                        return
+                    self._block(gap, "never written (a gap in the file names' numbers)",
+                                move=False, missing=True)
+                    continue
             earlier = self._listed_before(held.key)
             if earlier is not None:
                 self._take_listed(earlier)
@@ -521,7 +532,26 @@ class LiveFrames:
         oldest = min(h.arrived for h in self._held.values())
         return self._ending or self.clock() - oldest >= self.hold_timeout_s
 
-    def _block(self, path: Path, reason: str, *, move: bool) -> None:
+    def _missing_name_before(self, path: Path) -> Path | None:
+        """The name of a frame file that should come between the last file placed and
+        ``path`` but does not exist (their name numbers skip one), or None."""
+        last, count = self._last_path, self._last_count
+        if last is None:
+            return None
+        mine, theirs = _name_number(last), _name_number(path)
+        if mine is None or theirs is None or mine[0] != theirs[0]:
+            return None
+        step = theirs[1] - mine[1]
+        if step == 1 or (count is not None and step == count):
+            return None  # names number files, or frames
+        frames_named = self._name_steps > 0 and not self._name_steps_refuted and count
+        expected = mine[1] + (count if frames_named else 1)
+        if expected >= theirs[1]:
+            return None
+        _, head, tail = mine[0]
+        return last.with_name(f"{head}{expected:0{len(mine[2])}d}{tail}")
+
+    def _block(self, path: Path, reason: str, *, move: bool, missing: bool = False) -> None:
         """``path`` holds the next frames but their number is unknown: quarantine it (move
         it, or only list it), and let later files wait until its count is known."""
         target = None
@@ -534,7 +564,7 @@ class LiveFrames:
         key = natural_key(self._rel_path(path))
         self._reserved_names.add(self._rel(path))
         self._last_key, self._last_path, self._last_count = key, path, None
-        self._blocker = _Blocker(path, key, self._next_index, reason)
+        self._blocker = _Blocker(path, key, self._next_index, reason, missing)
         log.warning("%s: %s; frames from %d on wait until its frame count is known",
                     path, reason, self._next_index)
         self._resolve_blocker(None)
@@ -606,12 +636,15 @@ class LiveFrames:
     def _fail_range(self, blocker: _Blocker, count: int) -> None:
         """The blocker's ``count`` frames fail at their certain place; later files follow."""
         indices = list(range(blocker.start, blocker.start + count))
-        for i in indices:
-            if i >= self.floor:
-                self.failed[i] = Failure(str(blocker.path), blocker.reason)
+        if not blocker.missing:  # a file never written: its frames go missing by timeout
+            for i in indices:
+                if i >= self.floor:
+                    self.failed[i] = Failure(str(blocker.path), blocker.reason)
         self._next_index = blocker.start + count
+        self._last_count = count
         try:
-            self._list(blocker.path, None, indices, blocker.reason, reserved=True)
+            self._list(blocker.path, None, indices, blocker.reason, reserved=True,
+                       missing=blocker.missing)
         except OSError as exc:
             log.error("%s: could not list in the quarantine (%s)", blocker.path, exc)
 
@@ -781,7 +814,7 @@ class LiveFrames:
                     # Only listed, left in place (it was unfinished): if it is finished
                     # now, its frames are read like any other (those not in a chunk yet).
                     continue
-                for i in indices:
+                for i in [] if entry.get("missing") else indices:
                     self.failed[i] = Failure(str(self.scan_dir / name),
                                              f"quarantined earlier: {reason}")
                 self._reserved_names.add(name)
