@@ -245,9 +245,9 @@ class Daemon:
             if scan_dir in self._queued:
                 self._queued.remove(scan_dir)
         log.info("%s: prepared again from its files (space is back)", scan_dir.name)
-        self._admit(session)
         if self._watcher is not None:
-            self._watcher.relist(scan_dir)
+            self._watcher.relist(scan_dir)  # into the inbox before the session starts
+        self._admit(session)
 
     def _admit(self, session: ScanSession) -> None:
         """Start the session's thread on its first file (a directory without scan files

@@ -441,9 +441,10 @@ class ScanSession:
         while True:
             if self._stop:
                 raise ScanInterrupted(f"{self.name}: stopped while waiting for its settings")
-            described = self._described or (self._end is not None and scan_file.is_file())
+            ended = self._end is not None and self.clock() - self._end_at >= self._end.grace_s
+            described = self._described or (ended and scan_file.is_file())
             ready = self._files_seen > 0 and (described or not scan_file.exists())
-            if ready or self._end is not None:
+            if ready or ended:
                 description = self._read_description(scan_file) if described else None
                 settings = scan_settings(cfg, description, source=str(scan_file))
                 settings = self._with_geometry_file(settings)
@@ -452,7 +453,7 @@ class ScanSession:
                                                     f"was finished ({self._arrived_text()})")
                 if settings.scan.num_frames is not None:
                     break
-                if self._end is not None:
+                if ended:
                     raise ConfigError(
                         f"{self.scan_dir}: the scan ended before its number of frames was "
                         f"known (set num_frames in {cfg.watch.scan_file} or [scan] of the "
@@ -784,6 +785,14 @@ class ScanSession:
         if free is not None and free < self.config.limits.min_free_bytes:
             self._wait_for_space("low disk space")
 
+    def _chunk_bytes_bound(self) -> int:
+        """More than two prepared chunks (data and weights) take on disk."""
+        settings = self._scan_settings
+        if settings is None or self._frame_type is None:
+            return 64 << 20
+        side = settings.prep.shape or min(self._frame_type[0])
+        return 2 * settings.output.chunk_frames * side * side * 9 + (1 << 20)
+
     def _free_bytes(self) -> int | None:
         try:
             st = os.statvfs(self.output.parent)
@@ -792,10 +801,12 @@ class ScanSession:
         return st.f_bavail * st.f_frsize
 
     def _wait_for_space(self, why: str, *, force: bool = False) -> None:
-        """Pause until the output's disk has ``limits.min_free_bytes`` free (with
-        ``force``, also at least once re-checked after a failed write); files keep
-        arriving meanwhile and wait on disk. Raises ScanInterrupted on stop."""
+        """Pause until the output's disk has ``limits.min_free_bytes`` free (after a
+        failed write, ``force``: also room for two chunks); files keep arriving meanwhile
+        and wait on disk. Raises ScanInterrupted on stop."""
         floor = self.config.limits.min_free_bytes
+        if force:
+            floor = max(floor, self._chunk_bytes_bound())
         free = self._free_bytes() or 0
         reason = (f"{why}: {_size(free)} free on {self.output.parent}, below "
                   f"limits.min_free_bytes ({_size(floor)}); frames wait on disk")
@@ -806,13 +817,14 @@ class ScanSession:
                                     free_bytes=free, min_free_bytes=floor))
         step = self.config.limits.disk_check_s
         while True:
-            self._wait_news(step)
+            due = self.clock() + step
+            while self.clock() < due:  # news (files) may come meanwhile: taken, not read
+                self._wait_news(max(0.0, due - self.clock()))
+                if self._stop:
+                    raise ScanInterrupted(f"{self.name}: stopped while paused")
             self._last_news = self.clock()  # a pause is no inactivity
-            if self._stop:
-                raise ScanInterrupted(f"{self.name}: stopped while paused")
             free = self._free_bytes()
-            # After a full disk some room beyond the floor: a write needs more than 0.
-            if free is not None and free >= floor and (not force or free > 0):
+            if free is not None and free >= floor:
                 break
         with self._lock:
             self.paused = None
