@@ -465,3 +465,26 @@ def test_inspect_shows_a_gap_instead_of_failing(link_output, tmp_path, cli):
     res = cli("inspect", link_output)
     assert res.code == 0, res.err
     assert "GAP before resolved chunks at keys [1]" in res.out
+
+
+def test_prepare_takes_the_frame_type_the_first_frames_agree_on(tmp_path):
+    """One odd first frame is the one refused (or, with --allow-missing, the one filled),
+    not the 99 good ones after it."""
+    from flyprep.config import parse_config
+    from flyprep.errors import InputError
+    from flyprep.pipeline import prepare_scan
+    from flyprep.sources.layouts import discover
+
+    scan = tmp_path / "scan"
+    (scan / "ccd").mkdir(parents=True)
+    with open(scan / "positions.txt", "w") as pos:
+        for i in range(30):
+            frame = np.full((32, 32), i, np.int32) if i else np.zeros((20, 20), np.int32)
+            np.save(scan / f"ccd/f_{i:02d}.npy", frame)
+            pos.write(f"ccd/f_{i:02d}.npy {i * 1e-7} 0\n")
+    config = parse_config({"geometry": {"energy": 6.2, "distance": 7.0, "psize": 172e-6},
+                           "prep": {"shape": 16}, "output": {"chunk_frames": 10}})
+    with pytest.raises(InputError, match=r"f_00\.npy.*\(20, 20\)"):
+        prepare_scan(discover(scan), config, tmp_path / "a.ptyd")
+    summary = prepare_scan(discover(scan), config, tmp_path / "b.ptyd", allow_missing=True)
+    assert summary.frames_missing == 1

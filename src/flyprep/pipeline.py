@@ -26,6 +26,7 @@ from .ptyd.writer import PtydWriter
 from .ptyd.writer_thread import WriterThread
 from .scan import FrameBook, RawChunk, RawPart, Scan
 from .sources.layouts import ScanSource, read_frame, read_frames, read_map
+from .sources.live import agreed_type
 
 
 def load_calibration(prep: PrepConfig) -> Calibration:
@@ -471,7 +472,11 @@ def prepare_scan(
     if Path(output).exists() and not overwrite:
         raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
     calibration = load_calibration(config.prep)
-    shape, dtype = _probe(source, allow_missing)
+    declared = config.scan
+    if declared.frame_shape is not None and declared.frame_dtype is not None:
+        shape, dtype = tuple(declared.frame_shape), np.dtype(declared.frame_dtype)
+    else:
+        shape, dtype = _probe(source, allow_missing)
     frames = _frames_from(source, min(num_frames, len(source.frames)), allow_missing,
                           block=config.output.chunk_frames)
     return run_scan(frames,
@@ -482,16 +487,28 @@ def prepare_scan(
 
 
 def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:
-    """Shape and dtype of the scan's frames, from its first readable frame."""
+    """Shape and dtype of the scan's frames: what its first readable files agree on (two
+    of the first three), so that one odd first frame does not decide for all the others."""
+    votes: list[Any] = []
+    seen: set[Path] = set()
     for ref in source.frames:
+        if ref.path in seen:
+            continue  # one vote per file: a stack's frames share its header
+        seen.add(ref.path)
         try:
             frame = read_frame(ref, dataset=source.dataset)
         except InputError:
             if not allow_missing:
                 raise
             continue
-        return frame.shape, frame.dtype
-    raise InputError(source.root, "no frame of the scan could be read")
+        votes.append((frame.shape, frame.dtype))
+        decided = agreed_type(votes, final=False)
+        if decided is not None or len(votes) == 3:
+            break
+    decided = agreed_type(votes, final=True)
+    if decided is None:
+        raise InputError(source.root, "no frame of the scan could be read")
+    return decided  # type: ignore[return-value]
 
 
 def writer_params(config: PrepareConfig, resolved: dict[str, Any],

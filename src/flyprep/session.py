@@ -27,7 +27,6 @@ after a restart.
 
 from __future__ import annotations
 
-import collections
 import enum
 import fcntl
 import json
@@ -62,7 +61,7 @@ from .prep import PreparedChunk
 from .ptyd.layout import chunk_file_name, params_hash
 from .ptyd.resume import ResumeState, finished_state, reconcile
 from .sources.layouts import ScanSource, parse_geometry
-from .sources.live import FrameType, LiveFrames
+from .sources.live import FrameType, LiveFrames, agreed_type
 
 log = logging.getLogger(__name__)
 
@@ -614,9 +613,7 @@ class ScanSession:
         try:
             data = live.read(index, stop=chunk_stop)
         except InputError as exc:
-            where = live.quarantine_file(frame.path, exc.reason)
-            note = f"; moved to {where}" if where is not None else ""
-            return self._failed(index, str(frame.path), f"{exc.reason}{note}")
+            return self._quarantined(live, index, frame.path, exc.reason)
         assert expected is not None, "the frame type is decided before frames are handed on"
         if (data.shape, data.dtype) != expected:
             return self._wrong_type(live, index, frame.path, (data.shape, data.dtype))
@@ -626,7 +623,7 @@ class ScanSession:
     def _wait_for_frame_type(self, live: LiveFrames, start: int, num_frames: int) -> None:
         """Decide the scan's frame shape and type before any frame is handed on (PtyPy's
         meta needs it even if the first chunk has no good frame): what the first readable
-        frames' headers declare, two of the first three agreeing; failing that once the
+        files' headers declare, two of the first three agreeing; failing that once the
         scan ends or they waited ``frame_timeout_s``, the most common (the earliest of
         equals). Raises InputError if the scan ends without a readable frame."""
         timeout_s = self.config.watch.frame_timeout_s
@@ -660,6 +657,7 @@ class ScanSession:
                 (dtype is None or kind[1] == np.dtype(dtype))
 
         votes: list[FrameType] = []
+        voted: set[Path] = set()  # one vote per file: a stack's frames share one header
         oldest: float | None = None
         unresolved = False
         for i in range(start, min(num_frames, start + TYPE_SCAN)):
@@ -667,6 +665,9 @@ class ScanSession:
             if frame is None:
                 unresolved = unresolved or live.failure(i) is None
                 continue
+            if frame.path in voted:
+                continue
+            voted.add(frame.path)
             kind = live.frame_type(i)
             if kind is None or not fits(kind):
                 continue
@@ -685,21 +686,22 @@ class ScanSession:
             if not votes:
                 return None
             oldest = -float("inf")
-        counts = collections.Counter(votes)
-        best, n = max(counts.items(), key=lambda kv: (kv[1], -votes.index(kv[0])))
         assert oldest is not None
-        if n >= 2 or ending or not unresolved or self.clock() - oldest >= timeout_s:
-            return (tuple(best[0]), np.dtype(best[1]))
-        return None
+        return agreed_type(votes, final=ending or not unresolved
+                           or self.clock() - oldest >= timeout_s)
 
     def _wrong_type(self, live: LiveFrames, index: int, path: Path, kind: FrameType) -> tuple:
         """Frame ``index``'s file holds frames of another shape or type: quarantined."""
         assert self._frame_type is not None
         reason = (f"frame is {tuple(kind[0])} {np.dtype(kind[1])}, the scan's frames are "
                   f"{self._frame_type[0]} {self._frame_type[1]} ({self._type_source})")
-        where = live.quarantine_file(path, reason)
-        note = f"; moved to {where}" if where is not None else ""
-        return self._failed(index, str(path), f"{reason}{note}")
+        return self._quarantined(live, index, path, reason)
+
+    def _quarantined(self, live: LiveFrames, index: int, path: Path, reason: str) -> tuple:
+        """Frame ``index``'s file cannot be used: quarantined, with every frame it holds."""
+        live.quarantine_file(path, reason)
+        failure = live.failure(index)
+        return self._failed(index, str(path), reason if failure is None else failure.reason)
 
     def _failed(self, index: int, path: str, reason: str) -> tuple:
         with self._lock:

@@ -32,3 +32,28 @@ def assert_same_ptyd(a: Path, b: Path) -> None:
     assert bad.size == 0, f"frames differ: {bad[:10]}"
     np.testing.assert_array_equal(w_a, w_b)
     np.testing.assert_array_equal(pos_a, pos_b)
+
+
+def contents(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """data, weights and positions of every frame."""
+    _, data, weights, positions = ptyd_contents(path)
+    return data, weights, positions
+
+
+def check_never_misplaced(out: Path, ref: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Every frame of ``out`` is the reference's frame at that index (data, weights,
+    position), or has weight 0 and no data; the file verifies. Returns which are good."""
+    from flyprep.ptyd.verify import verify
+
+    data, weights, positions = contents(out)
+    r_data, r_weights, r_positions = ref
+    assert data.shape == r_data.shape
+    good = weights.reshape(len(weights), -1).any(axis=1)
+    for i in np.flatnonzero(good):
+        assert np.array_equal(data[i], r_data[i]), f"frame {i} holds another frame's data"
+        assert np.array_equal(weights[i], r_weights[i]), f"frame {i}: wrong weights"
+        assert np.array_equal(positions[i], r_positions[i]), f"frame {i}: wrong position"
+    assert not data[~good].any(), "a weightless frame holds data"
+    errors = [f for f in verify(out) if f.level == "error"]
+    assert not errors, errors
+    return good

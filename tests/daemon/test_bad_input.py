@@ -13,18 +13,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from compare import check_never_misplaced, contents
 from daemon_helpers import GEOMETRY
 
 from flyprep.config import parse_config
 from flyprep.events import FrameFailed, FrameMissing, ScanEnded
 from flyprep.pipeline import prepare_scan
 from flyprep.ptyd.reader import open_ptyd
-from flyprep.ptyd.verify import verify
 from flyprep.sources.layouts import discover
 
 SIDE = 32
 PREP = {"shape": 24}
 CHUNK = 16
+
+
+def reference(scan: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """data, weights and positions of the clean scan prepared offline."""
+    config = parse_config({"geometry": dict(GEOMETRY), "prep": dict(PREP),
+                           "output": {"chunk_frames": CHUNK}})
+    prepare_scan(discover(scan), config, out)
+    return contents(out)
 
 
 def frames_of(n: int, *, seed: int = 0, dtype: str = "int32") -> np.ndarray:
@@ -70,37 +78,6 @@ def stack_scan(scan: Path, frames: np.ndarray, per_file: int, *, names: str = "f
     if marker:
         (scan / "flyprep-scan.done").touch()
     return paths
-
-
-def reference(scan: Path, out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """data, weights and positions of the clean scan prepared offline."""
-    config = parse_config({"geometry": dict(GEOMETRY), "prep": dict(PREP),
-                           "output": {"chunk_frames": CHUNK}})
-    prepare_scan(discover(scan), config, out)
-    return contents(out)
-
-
-def contents(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    chunks = list(open_ptyd(path).iter_chunks())
-    return (np.concatenate([c.data for c in chunks]), np.concatenate([c.weights for c in chunks]),
-            np.concatenate([c.positions for c in chunks]))
-
-
-def check_never_misplaced(out: Path, ref: tuple[np.ndarray, ...]) -> np.ndarray:
-    """Every frame of ``out`` is the reference's frame at that index, or has weight 0;
-    returns which frames are good."""
-    data, weights, positions = contents(out)
-    r_data, r_weights, r_positions = ref
-    assert data.shape == r_data.shape
-    good = weights.reshape(len(weights), -1).any(axis=1)
-    for i in np.flatnonzero(good):
-        assert np.array_equal(data[i], r_data[i]), f"frame {i} holds another frame's data"
-        assert np.array_equal(weights[i], r_weights[i]), f"frame {i}: wrong weights"
-        assert np.array_equal(positions[i], r_positions[i]), f"frame {i}: wrong position"
-    assert not data[~good].any(), "a weightless frame holds data"
-    errors = [f for f in verify(out) if f.level == "error"]
-    assert not errors, errors
-    return good
 
 
 def settings(**watch: object) -> dict[str, dict]:
@@ -326,3 +303,26 @@ def test_reference_helpers_see_a_misplaced_frame(tmp_path):
     with pytest.raises(AssertionError, match="frame 0 holds another frame's data"):
         check_never_misplaced(tmp_path / "shifted.ptyd", ref)
     shutil.rmtree(shifted)
+
+
+def test_a_wrong_shaped_first_stack_votes_once_and_is_quarantined_whole(
+        inprocess_daemon, daemon_dirs, tmp_path):
+    """A stack's frames share one header: its 20 frames are one vote, not 20, so the
+    scan's type is the other stacks'; the odd stack fails as one event with its range."""
+    root, out, _ = daemon_dirs
+    frames = frames_of(100)
+    clean = tmp_path / "clean"
+    stack_scan(clean, frames, 20)
+    ref = reference(clean, tmp_path / "ref.ptyd")
+    staging = tmp_path / "staging" / "scan_wide"
+    paths = stack_scan(staging, frames, 20)
+    with h5py.File(paths[0], "w") as f:
+        f["/entry/data/data"] = np.zeros((20, SIDE + 8, SIDE), np.int32)
+    with inprocess_daemon(**settings()) as d:
+        staging.rename(root / "scan_wide")
+        info = d.wait_state("scan_wide", ("complete",), timeout_s=60)
+    good = check_never_misplaced(out / "scan_wide.ptyd", ref)
+    assert np.flatnonzero(~good).tolist() == list(range(20))
+    assert info["frames_failed"] == 20
+    [event] = d.sink.of_kind(FrameFailed)
+    assert (event.index, event.count) == (0, 20) and "moved to" in event.reason

@@ -468,7 +468,7 @@ def test_ptypy_restart_after_quarantine(tmp_path: Path) -> None:
     b = npy(tmp_path / "b.npy", 1)
     lf.add_file(b)
     assert lf.quarantine_file(b, "broken") == tmp_path / "q" / "b.npy"
-    assert lf.failed == {1: (str(b), "broken")}
+    assert lf.failed == {1: (str(b), f"broken; moved to {tmp_path / 'q' / 'b.npy'}")}
     again = make(tmp_path)
     assert again.failed == {1: (str(b), "quarantined earlier: broken")}
     a = npy(tmp_path / "a.npy", 0)

@@ -29,6 +29,7 @@ a restart if it is finished by then, unless it was given an index range.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import json
 import logging
@@ -108,6 +109,18 @@ class _Blocker:
     start: int
     reason: str
     missing: bool = False  # never written (a gap in the names): its frames are missing
+
+
+def agreed_type(votes: list[FrameType], *, final: bool) -> FrameType | None:
+    """The frame type the first files declare (``votes``, one per file, in order): the one
+    two of them agree on; with ``final`` (no more votes will come) the most common, the
+    earliest of equals; else None (wait for more)."""
+    if not votes:
+        return None
+    counts = collections.Counter((tuple(k[0]), np.dtype(k[1])) for k in votes)
+    order = [(tuple(k[0]), np.dtype(k[1])) for k in votes]
+    best, n = max(counts.items(), key=lambda kv: (kv[1], -order.index(kv[0])))
+    return best if n >= 2 or final else None
 
 
 def _name_number(path: Path) -> tuple[tuple[str, str, str], int, str] | None:
@@ -367,12 +380,12 @@ class LiveFrames:
     def quarantine_file(self, path: Path, reason: str, *, move: bool = True,
                         reserve: bool = False) -> Path | None:
         """Move ``path`` into the quarantine directory (or only list it) and fail every frame
-        it holds; returns where it went (None if only listed). Never deletes anything.
-        ``reserve``: the frames were given an assumed index range that a restart must keep
-        (a listed HDF5 file that finishes later is not placed again)."""
+        it holds (the reason then says where it went); returns where it went (None if only
+        listed). Never deletes anything. ``reserve``: the frames were given an index range
+        that a restart must keep (a listed HDF5 file that finishes later is not placed
+        again)."""
         indices = sorted(i for i, f in self._frames.items() if f.path == path)
         for i in indices:
-            self.failed[i] = Failure(str(path), reason)
             self._frames.pop(i, None)
         if self._stack is not None and self._stack[0] == path:
             self._stack = None
@@ -384,6 +397,9 @@ class LiveFrames:
         except OSError as exc:
             log.error("%s: could not quarantine (%s); it stays where it is", path, exc)
             target = None
+        told = reason if target is None else f"{reason}; moved to {target}"
+        for i in indices:
+            self.failed[i] = Failure(str(path), told)
         return target
 
     def _move_to_quarantine(self, path: Path) -> Path:
