@@ -89,6 +89,12 @@ def print_status(status: Any, *, endpoint: str, file: TextIO | None = None) -> N
             if end and scan.get("state") in ("complete", "aborted"):
                 parts.append(f"ended by {end}")
             print(f"  {scan.get('scan', '?')}: {', '.join(p for p in parts if p)}", file=out)
+            if scan.get("paused"):
+                print(f"    paused: {scan['paused']}", file=out)
+            if scan.get("files_unmatched"):
+                names = ", ".join(scan.get("unmatched_files") or [])
+                print(f"    {scan['files_unmatched']} file(s) match no frame pattern, never "
+                      f"read: {names}", file=out)
             if scan.get("error"):
                 print(f"    error: {scan['error']}", file=out)
     for key, value in status.items():

@@ -6,6 +6,7 @@ position, or have weight 0; every scan must end with readers reaching its end.""
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from flyprep.events import FrameFailed, FrameMissing, ScanEnded
 from flyprep.pipeline import prepare_scan
 from flyprep.ptyd.reader import open_ptyd
 from flyprep.sources.layouts import discover
+from flyprep.status_command import print_status
 
 SIDE = 32
 PREP = {"shape": 24}
@@ -245,6 +247,9 @@ def test_files_matching_no_pattern_are_said_once_and_named_when_no_frame_arrives
         with InProcessDaemon(data) as d:
             ptypy_scan(root / "scan_npy", frames_of(20))
             info = d.wait_state("scan_npy", ("failed",), timeout_s=60)
+            shown = io.StringIO()
+            print_status(d.daemon.status(), endpoint="x", file=shown)
+    assert "20 file(s) match no frame pattern, never read: ccd/f_0000.npy" in shown.getvalue()
     assert info["files_unmatched"] == 20
     assert len(info["unmatched_files"]) == 5
     assert "ccd/f_0000.npy" in info["error"] and "matching no pattern" in info["error"]

@@ -8,6 +8,7 @@ with an injected ENOSPC in-process where no file system can be mounted."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from flyprep.config import parse_config
 from flyprep.events import ScanContinued, ScanEnded, ScanPaused, ScanStarted
 from flyprep.pipeline import prepare_scan
 from flyprep.sources.layouts import discover
+from flyprep.status_command import print_status
 
 
 def write_scan(scan: Path, n: int, *, side: int = 64, marker: bool = True) -> None:
@@ -158,6 +160,10 @@ def test_an_injected_enospc_pauses_then_the_scan_is_prepared_again_from_its_file
                  "a first chunk")
         full.set()
         wait_for(lambda: (s := d.scan("scan_inj")) and s["paused"], 30, "the pause")
+        shown = io.StringIO()
+        print_status(d.daemon.status(), endpoint="x", file=shown)
+        assert "    paused: disk full: " in shown.getvalue()
+        assert "frames wait on disk" in shown.getvalue()
         time.sleep(0.5)
         (root / "scan_inj" / "flyprep-scan.done").touch()  # the end comes while paused
         full.clear()
