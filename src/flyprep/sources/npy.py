@@ -14,6 +14,7 @@ made of Python objects.
 from __future__ import annotations
 
 import io
+import math
 import os
 from functools import lru_cache
 from typing import NamedTuple
@@ -21,8 +22,9 @@ from typing import NamedTuple
 import numpy as np
 
 _MAGIC = b"\x93NUMPY"
-#: Bytes read first: the magic, the header and usually the start of the data.
-_HEAD_BYTES = 4096
+#: Bytes read first: the magic and the header (numpy pads it to 128 bytes or a multiple
+#: of 64); a longer header takes a second read.
+_HEAD_BYTES = 512
 
 
 class NpyHeader(NamedTuple):
@@ -36,7 +38,7 @@ class NpyHeader(NamedTuple):
     @property
     def nbytes(self) -> int:
         """Data bytes the header declares."""
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @lru_cache(maxsize=32)
@@ -106,12 +108,16 @@ def read_npy_header(path: str | os.PathLike[str]) -> NpyHeader:
     return header
 
 
-def _check_size(header: NpyHeader, size: int) -> None:
-    declared = header.offset + header.nbytes
+def _check_size(header: NpyHeader, size: int) -> int:
+    """The data bytes, if the file's ``size`` is what its header declares; else
+    ValueError saying both."""
+    nbytes = header.nbytes
+    declared = header.offset + nbytes
     if size != declared:
         what = "truncated: " if size < declared else ""
         raise ValueError(f"{what}the file is {size} bytes, its header declares {declared} "
                          f"({header.offset} of header, then {header.shape} {header.dtype})")
+    return nbytes
 
 
 def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
@@ -123,17 +129,17 @@ def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         size = os.fstat(fd).st_size
         header, head = _header_of(fd, size)
-        _check_size(header, size)
+        nbytes = _check_size(header, size)
         arr = np.empty(header.shape, header.dtype, order="F" if header.fortran else "C")
-        view = memoryview(arr.reshape(-1, order="A").view(np.uint8)) if arr.size else None
-        if view is not None:
+        if nbytes:
+            view = memoryview(arr.reshape(-1, order="A").view(np.uint8))
             have = head[header.offset:]  # the start of the data came with the header
             view[:len(have)] = have
             got = len(have)
-            while got < header.nbytes:
+            while got < nbytes:
                 n = os.preadv(fd, [view[got:]], header.offset + got)
                 if n == 0:
-                    raise ValueError(f"read {got} of {header.nbytes} data bytes: the file "
+                    raise ValueError(f"read {got} of {nbytes} data bytes: the file "
                                      "shrank while read")
                 got += n
     finally:
