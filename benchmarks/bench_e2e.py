@@ -366,7 +366,7 @@ class DaemonProcess:
     """``flyprep run --config`` in a child process, configured for one profile."""
 
     def __init__(self, work: Path, profile: Profile, chunk_frames: int,
-                 part_bytes: int | None = None) -> None:
+                 part_bytes: int | None = None, declare_type: bool = False) -> None:
         self.work = work
         self.root, self.out, sockets = work / "root", work / "out", work / "s"
         for d in (self.root, self.out, sockets):
@@ -382,6 +382,9 @@ class DaemonProcess:
                        "compression": profile.compression},
             "bus": {"events": self.events_endpoint, "control": self.control},
             "limits": {} if part_bytes is None else {"part_bytes": part_bytes},
+            # Declared, the frame type needs no second file to agree with the first.
+            "scan": {"frame_shape": [profile.side, profile.side],
+                     "frame_dtype": profile.dtype} if declare_type else {},
         })
         self.log = work / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -869,6 +872,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--part-bytes", type=int, default=None,
                         help="the daemon's limits.part_bytes (default: its default; 0: chunks "
                              "written whole at their last frame)")
+    parser.add_argument("--declare-frame-type", action="store_true",
+                        help="the daemon's [scan] frame_shape and frame_dtype set: the first "
+                             "chunk does not wait for a second file to agree on the frame "
+                             "type (HDF5 stacks: one file is one vote)")
     parser.add_argument("--frames-per-file", type=int, default=100,
                         help="HDF5 layout: frames per stack file (default 100)")
     parser.add_argument("--partial-fraction", type=float, default=0.2,
@@ -991,7 +998,8 @@ def main(argv: list[str] | None = None) -> None:
                                       profile.side * profile.side * np.dtype(profile.dtype).itemsize)
                 print(f"  disk alone: {args.frames} frames' output in chunk files written, "
                       f"fsynced and renamed: {disk_fps:.0f} frames/s", flush=True)
-            daemon = DaemonProcess(pwork, profile, args.chunk_frames, args.part_bytes).start()
+            daemon = DaemonProcess(pwork, profile, args.chunk_frames, args.part_bytes,
+                                   args.declare_frame_type).start()
             events = Events(daemon.events_endpoint)
             time.sleep(0.3)  # the subscription reaches the publisher
             bench = Bench(args, pwork, daemon, events, profile)
