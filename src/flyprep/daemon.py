@@ -242,6 +242,7 @@ class Daemon:
                 old.join(10.0)  # it sent this as its last act
             session = self._new_session(scan_dir, carried_end=carried, announce=False)
             self._sessions[scan_dir] = session
+            self._finished.pop(scan_dir, None)  # housekeeping may have moved the old one
             if scan_dir in self._queued:
                 self._queued.remove(scan_dir)
         log.info("%s: prepared again from its files (space is back)", scan_dir.name)

@@ -515,8 +515,11 @@ def writer_params(config: PrepareConfig, resolved: dict[str, Any],
                   calibration: Calibration | None = None) -> dict[str, Any]:
     """The provenance stored with every chunk (and hashed): the settings, what the first
     chunk resolved, and the calibration maps' contents (their digests)."""
+    params = {**config.model_dump(mode="json"), "resolved": resolved}
     maps = (calibration or Calibration()).digests()
-    return {**config.model_dump(mode="json"), "resolved": resolved, "calibration": maps}
+    if any(maps.values()):  # without maps the identity is what it was before digests
+        params["calibration"] = maps
+    return params
 
 
 def _open_writer(output: Path, config: PrepareConfig, preparer: ChunkPreparer,

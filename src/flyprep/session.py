@@ -45,7 +45,7 @@ import numpy as np
 
 from .config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
 from .errors import (ConfigError, DiskFull, FlyprepError, InputError, OutputError,
-                     ScanInterrupted)
+                     ScanInterrupted, is_disk_full)
 from .events import (ChunkWritten, EventSink, FrameFailed, FrameMissing, ScanContinued,
                      ScanEnded, ScanPaused, ScanStarted)
 from .pipeline import (
@@ -278,7 +278,10 @@ class ScanSession:
             log.info("%s: stopped at frame %d; the next start resumes it", self.name,
                      self.frames_done)
         except FlyprepError as exc:
-            self._fail(str(exc))
+            if is_disk_full(exc):  # before run_scan: the lock file, the reconciliation
+                self._after_disk_full(DiskFull(str(exc)))
+            else:
+                self._fail(str(exc))
         except Exception as exc:  # a bug must not take the daemon down
             log.exception("%s: unexpected error", self.name)
             self._fail(f"{type(exc).__name__}: {exc}")
@@ -656,30 +659,28 @@ class ScanSession:
             return (shape is None or tuple(kind[0]) == tuple(shape)) and \
                 (dtype is None or kind[1] == np.dtype(dtype))
 
-        votes: list[FrameType] = []
-        voted: set[Path] = set()  # one vote per file: a stack's frames share one header
+        votes: list[FrameType] = []  # one per file: a stack's frames share one header
         oldest: float | None = None
         unresolved = False
-        for i in range(start, min(num_frames, start + TYPE_SCAN)):
+        i, looked = start, 0
+        while i < num_frames and len(votes) < TYPE_VOTES:
+            if looked == TYPE_SCAN:
+                unresolved = True
+                break
+            looked += 1
             frame = live.get(i)
             if frame is None:
                 unresolved = unresolved or live.failure(i) is None
+                i += 1
                 continue
-            if frame.path in voted:
-                continue
-            voted.add(frame.path)
             kind = live.frame_type(i)
+            i += 1 if frame.slot is None else frame.file_frames - frame.slot  # next file
             if kind is None or not fits(kind):
                 continue
             votes.append(kind)
             oldest = frame.arrived if oldest is None else min(oldest, frame.arrived)
-            if len(votes) == TYPE_VOTES:
-                break
-        else:
-            # every frame looked at is in or failed: no vote is still to come from them
-            unresolved = unresolved or num_frames > start + TYPE_SCAN
-            if not votes and not unresolved:
-                ending = True
+        if not votes and not unresolved and i >= num_frames:
+            ending = True  # every frame is in or failed, none readable: no vote will come
         if not votes:
             # no placed frame can tell: files that could not be placed still can
             votes = [k for k in live.kinds_seen if fits(k)] if ending else []

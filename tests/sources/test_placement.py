@@ -8,6 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import pytest
+
 from flyprep.sources.live import LiveFrames
 
 DATA = "/entry/data/data"
@@ -174,3 +176,89 @@ def test_a_late_stack_that_fills_a_gap_in_time_is_placed(tmp_path: Path) -> None
     clock.t += 5.0
     lf.add_file(paths[1])
     assert values(lf, 12) == {i: i for i in range(12)}
+
+
+# ---- found in review: each of these misplaced or lost frames before its fix
+
+
+def test_a_missing_stack_whose_step_equals_a_stack_length_is_still_a_gap(tmp_path: Path) -> None:
+    """Names number files (f_2 after f_1 says so), 2-frame stacks; f_3 never written: f_4
+    is not placed at f_3's frames even though its number steps by 2."""
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"f_{k + 1}.h5" for k in range(4)], 2, bad=set())
+    paths[2].unlink()
+    lf = live(tmp_path / "s", clock)
+    for p in (paths[0], paths[1], paths[3]):
+        lf.add_file(p)
+    clock.t += 20
+    lf.refresh()
+    assert all(i == v for i, v in values(lf, 8).items())
+    assert values(lf, 8) == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_names_counting_frames_take_an_unfinished_file_as_the_successor(tmp_path: Path) -> None:
+    """data_000020 garbage; data_000040 finishes while data_000030 is still written: the
+    garbage file holds 10 frames (not 20), and data_000030 goes to 30."""
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"data_{k * 10:06d}.h5" for k in range(6)], 10, bad={2})
+    lf = live(tmp_path / "s", clock)
+    for p in paths[:3]:
+        lf.add_file(p)
+    lf.add_file(paths[4])
+    clock.t += 1
+    lf.add_file(paths[3])
+    lf.add_file(paths[5])
+    assert values(lf, 60) == {i: i for i in range(60) if not 20 <= i < 30}
+
+
+@pytest.mark.parametrize("declared", [None, 10])
+def test_a_restart_after_the_session_quarantined_a_stack_places_the_later_ones(
+        tmp_path: Path, declared: int | None) -> None:
+    """The session moved f_3 away (wrong type); after a restart f_4 and f_5 keep their
+    places at once: the quarantine list holds f_3's whole range."""
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"f_{k + 1}.h5" for k in range(5)], 10, bad=set())
+    lf = live(tmp_path / "s", clock, frames_per_file=declared)
+    for p in paths:
+        lf.add_file(p)
+    for i in range(20):
+        lf.consume(i)
+    lf.quarantine_file(paths[2], "frame is (5, 5) int32, the scan's frames are ...")
+    again = live(tmp_path / "s", Clock(), frames_per_file=declared)
+    again.start_at(20)
+    for p in (paths[0], paths[1], paths[3], paths[4]):
+        again.add_file(p)
+    assert values(again, 50) == {i: i for i in range(30, 50)}
+    assert all(again.failure(i) is not None for i in range(20, 30))
+
+
+def test_a_gap_blocker_stays_missing_after_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"f_{k + 1}.h5" for k in range(4)], 3, bad=set())
+    paths[2].unlink()
+    lf = live(tmp_path / "s", clock)
+    lf.add_file(paths[0])
+    lf.add_file(paths[1])
+    lf.add_file(paths[3])
+    clock.t += 20
+    lf.refresh()  # f_3's count is unknown: every frame from 6 on fails
+    again = live(tmp_path / "s", clock, frames_per_file=3)
+    for p in (paths[0], paths[1], paths[3]):
+        again.add_file(p)
+    assert all(again.failure(i) is not None for i in range(6, 12))
+
+
+def test_a_readable_hdf5_file_without_the_frame_dataset_is_not_a_frame_file(
+        tmp_path: Path) -> None:
+    """A dark or mask next to the frames (dark.h5 sorts before data_...) is ignored, not
+    taken for an unreadable frame file that would hold every later frame back."""
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"data_{k + 1:06d}.h5" for k in range(3)], 4, bad=set())
+    with h5py.File(tmp_path / "s" / "dark.h5", "w") as f:
+        f["/data"] = np.zeros((4, 4))
+    lf = live(tmp_path / "s", clock)
+    lf.add_file(tmp_path / "s" / "dark.h5")
+    for p in paths:
+        lf.add_file(p)
+    assert values(lf, 12) == {i: i for i in range(12)}
+    assert any("not a frame file" in why for _, why in lf.ignored)

@@ -75,10 +75,17 @@ class LiveFrame:
     arrived: float
     position: tuple[float, float] | None = None
     kind: FrameType | None = None  # declared shape and dtype, once looked at
+    file_frames: int = 1  # frames in its file (a stack's length)
 
     def describe(self) -> str:
         """The file, and the frame inside it for stacks."""
         return str(self.path) if self.slot is None else f"{self.path}[{self.slot}]"
+
+
+class NotAFrameFile(InputError):
+    """A readable HDF5 file without the frame dataset (a dark, a mask, a master file):
+    not one of the scan's frame files. A frame file that is never written instead is
+    noticed by the gap in the names."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +202,7 @@ class LiveFrames:
         self._index_peak = 0
         # hdf5, from a restart's quarantine list: (file key, first index, count or None
         # when unknown, file, reason)
-        self._quarantined: list[tuple[list[Any], int, int | None, str, str]] = []
+        self._quarantined: list[tuple[Any, ...]] = []  # + whether it was never written
         self._reserved_names: set[str] = set()  # hdf5: files given an index range earlier
         self._next_index = 0  # hdf5: index of the next file's first frame
         self._last_key: list[Any] | None = None
@@ -208,6 +215,10 @@ class LiveFrames:
         self._last_count: int | None = None  # frames of the last file placed (None: unknown)
         self._warned_count = False
         self._ending = False
+        self._not_frames: set[str] = set()  # hdf5: files without the frame dataset
+        # hdf5: (first index, frames) of the last files placed, for the quarantine list
+        self._file_ranges: collections.OrderedDict[Path, tuple[int, int]] = \
+            collections.OrderedDict()
         self.kinds_seen: list[FrameType] = []  # hdf5: the first few files' frame types
         self._stack: tuple[Path, int, np.ndarray] | None = None  # (file, first slot, frames)
         self._load_quarantine()
@@ -389,11 +400,19 @@ class LiveFrames:
             self._frames.pop(i, None)
         if self._stack is not None and self._stack[0] == path:
             self._stack = None
+        extra: dict[str, Any] = {}
+        whole = self._file_ranges.get(path)
+        if whole is not None:  # a restart places later files after all of it
+            extra = {"first": whole[0], "count": whole[1]}
         target: Path | None = None
         try:
-            if move and path.exists():
-                target = self._move_to_quarantine(path)
-            self._list(path, target, indices, reason, reserved=reserve or target is not None)
+            # Listed first: a file moved but never listed would let a restart place the
+            # files after it too early.
+            target = self._quarantine_name(path) if move and path.exists() else None
+            self._list(path, target, indices, reason, reserved=reserve or target is not None,
+                       **extra)
+            if target is not None:
+                os.replace(path, target)
         except OSError as exc:
             log.error("%s: could not quarantine (%s); it stays where it is", path, exc)
             target = None
@@ -402,15 +421,14 @@ class LiveFrames:
             self.failed[i] = Failure(str(path), told)
         return target
 
-    def _move_to_quarantine(self, path: Path) -> Path:
-        """Move ``path`` into the quarantine directory under a name not taken yet."""
+    def _quarantine_name(self, path: Path) -> Path:
+        """Where ``path`` goes in the quarantine directory: a name not taken yet."""
         self.quarantine.mkdir(parents=True, exist_ok=True)
         base = self.quarantine / self._rel(path).replace("/", "__")
         target, k = base, 1
         while target.exists():
             target = base.with_name(f"{base.name}.{k}")
             k += 1
-        os.replace(path, target)
         return target
 
     def _list(self, path: Path, target: Path | None, indices: list[int], reason: str, *,
@@ -488,6 +506,11 @@ class LiveFrames:
             return
         try:
             probe: _Probe | InputError = self._probe(path)
+        except NotAFrameFile as exc:
+            self._note_ignored(path, exc.reason)
+            self._not_frames.add(self._rel(path))  # holds no later file back either
+            self._place_held()
+            return
         except InputError as exc:
             probe = exc
         if isinstance(probe, _Probe) and len(self.kinds_seen) < 3:
@@ -505,8 +528,9 @@ class LiveFrames:
 
     def _place_held(self) -> None:
         """Place finished files in name order, each only where it certainly belongs: a
-        file waits while an earlier-named frame file is unfinished, or while the frame
-        count of an earlier one is unknown (at most ``hold_timeout_s``)."""
+        file waits while an earlier-named frame file is unfinished or missing, or while
+        the frame count of an earlier one is unknown (at most ``hold_timeout_s``). A file
+        quarantined before a restart takes its place in that order too."""
         while self._held:
             path = min(self._held, key=lambda p: self._held[p].key)
             held = self._held[path]
@@ -520,8 +544,11 @@ class LiveFrames:
                 if not self._resolve_blocker(path):
                     return
                 continue
-            if not self._is_successor(path):
-                unfinished = self._unfinished_before(path, held.key)
+            listed = self._listed_before(held.key)
+            target, target_key = (path, held.key) if listed is None else \
+                (self.scan_dir / listed[3], listed[0])
+            if not self._is_successor(target):
+                unfinished = self._unfinished_before(target, target_key)
                 if unfinished:
                     if not self._waited_enough():
                         return
@@ -529,16 +556,15 @@ class LiveFrames:
                     self._block(first, f"not finished within {self.hold_timeout_s:g} s while "
                                        "a later file was", move=False)
                     continue
-                gap = self._missing_name_before(path)
+                gap = self._missing_name_before(target)
                 if gap is not None:
                     if not self._waited_enough():
                         return
                     self._block(gap, "never written (a gap in the file names' numbers)",
                                 move=False, missing=True)
                     continue
-            earlier = self._listed_before(held.key)
-            if earlier is not None:
-                self._take_listed(earlier)
+            if listed is not None:
+                self._take_listed(listed)
                 continue
             del self._held[path]
             self._place_file(path, held)
@@ -557,10 +583,13 @@ class LiveFrames:
         mine, theirs = _name_number(last), _name_number(path)
         if mine is None or theirs is None or mine[0] != theirs[0]:
             return None
-        step = theirs[1] - mine[1]
-        if step == 1 or (count is not None and step == count):
-            return None  # names number files, or frames
-        frames_named = self._name_steps > 0 and not self._name_steps_refuted and count
+        refuted, confirmed = self._name_steps_refuted, self._name_steps > 0
+        if not refuted and self._name_offset is not None and \
+                theirs[1] - self._name_offset == self._next_index:
+            return None  # its number is the frame it must start at
+        if theirs[1] - mine[1] == 1 and not (confirmed and not refuted and (count or 0) > 1):
+            return None  # names number files: the next one
+        frames_named = confirmed and not refuted and count
         expected = mine[1] + (count if frames_named else 1)
         if expected >= theirs[1]:
             return None
@@ -572,9 +601,11 @@ class LiveFrames:
         it, or only list it), and let later files wait until its count is known."""
         target = None
         try:
-            if move and path.exists():
-                target = self._move_to_quarantine(path)
-            self._list(path, target, [], reason, reserved=True, first=self._next_index)
+            target = self._quarantine_name(path) if move and path.exists() else None
+            self._list(path, target, [], reason, reserved=True, first=self._next_index,
+                       missing=missing)
+            if target is not None:
+                os.replace(path, target)
         except OSError as exc:
             log.error("%s: could not quarantine (%s); it stays where it is", path, exc)
         key = natural_key(self._rel_path(path))
@@ -611,9 +642,18 @@ class LiveFrames:
             return count
         if successor is None or not self._names_number_frames(blocker):
             return None
+        # The name that follows the blocker's: a file still being written counts too (its
+        # name is all the rule needs), so that none is skipped.
+        between = self._unfinished_before(successor, natural_key(self._rel_path(successor)))
+        if between:
+            successor = min(between, key=lambda p: natural_key(self._rel_path(p)))
         mine, theirs = _name_number(blocker.path), _name_number(successor)
         if mine is None or theirs is None or mine[0] != theirs[0] or theirs[1] <= mine[1]:
             return None
+        # Names number frames: so the gap checks of the files after it know it too.
+        if self._name_offset is None:
+            self._name_offset = mine[1] - blocker.start
+        self._name_steps += 1
         return theirs[1] - mine[1]
 
     def _names_number_frames(self, blocker: _Blocker) -> bool:
@@ -660,7 +700,7 @@ class LiveFrames:
         self._last_count = count
         try:
             self._list(blocker.path, None, indices, blocker.reason, reserved=True,
-                       missing=blocker.missing)
+                       missing=blocker.missing, first=blocker.start, count=count)
         except OSError as exc:
             log.error("%s: could not list in the quarantine (%s)", blocker.path, exc)
 
@@ -679,7 +719,7 @@ class LiveFrames:
             log.error("%s: could not list in the quarantine (%s)", blocker.path, exc)
         self._place_held()
 
-    def _listed_before(self, key: list[Any]) -> tuple[list[Any], int, int | None, str, str] | None:
+    def _listed_before(self, key: list[Any]) -> tuple[Any, ...] | None:
         """A file quarantined before a restart named before ``key`` and after the last
         file placed: its frames keep their indices."""
         found = None
@@ -690,14 +730,14 @@ class LiveFrames:
                 found = entry
         return found
 
-    def _take_listed(self, entry: tuple[list[Any], int, int | None, str, str]) -> None:
+    def _take_listed(self, entry: tuple[Any, ...]) -> None:
         self._quarantined.remove(entry)
-        key, first, count, name, reason = entry
+        key, first, count, name, reason, missing = entry
         self._next_index = max(self._next_index, first)
         path = self.scan_dir / name
         if count is None:
             self._last_key, self._last_path, self._last_count = key, path, None
-            self._blocker = _Blocker(path, key, self._next_index, reason)
+            self._blocker = _Blocker(path, key, self._next_index, reason, missing)
             self._resolve_blocker(None)
             return
         self._next_index = max(self._next_index, first + count)
@@ -729,6 +769,7 @@ class LiveFrames:
             other = path.parent / name
             if other == path or other in self._held or other == self.positions_path \
                     or other.suffix == ".npy" or self._rel(other) in self._reserved_names \
+                    or self._rel(other) in self._not_frames \
                     or not self._is_frame_file(name) or any(other.match(x) for x in self.exclude):
                 continue
             other_key = natural_key(self._rel_path(other))
@@ -749,8 +790,11 @@ class LiveFrames:
             pos = None if probe.positions is None else (float(probe.positions[j][0]),
                                                         float(probe.positions[j][1]))
             self._frames[start + j] = LiveFrame(path, j if probe.stack else None, held.arrived,
-                                                pos, probe.kind)
+                                                pos, probe.kind, probe.n)
         self._next_index += probe.n
+        self._file_ranges[path] = (start, probe.n)
+        while len(self._file_ranges) > 64:
+            self._file_ranges.popitem(last=False)
         self._note_name(path, start)
         self._last_count = probe.n
         fpf = self.frames_per_file
@@ -768,6 +812,8 @@ class LiveFrames:
                 self.sleep(self.retry_delay_s)
             try:
                 return self._probe_once(path)
+            except NotAFrameFile:
+                raise
             except InputError as exc:
                 last = exc
         assert last is not None
@@ -777,8 +823,10 @@ class LiveFrames:
         try:
             with h5py.File(path, "r") as f:
                 data = f.get(self.dataset)
+                if data is None:
+                    raise NotAFrameFile(path, f"no dataset {self.dataset!r}: not a frame file")
                 if not isinstance(data, h5py.Dataset):
-                    raise InputError(path, f"no dataset {self.dataset!r}")
+                    raise InputError(path, f"{self.dataset!r} is not a dataset")
                 shape, dtype = data.shape, data.dtype
                 pos = None
                 if self.positions is None:
@@ -814,7 +862,7 @@ class LiveFrames:
         except OSError as exc:
             log.warning("%s: unreadable (%s)", listing, exc)
             return
-        ranges: dict[str, tuple[list[Any], int, int | None, str, str]] = {}
+        ranges: dict[str, tuple[Any, ...]] = {}
         for lineno, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
@@ -830,16 +878,23 @@ class LiveFrames:
                     # Only listed, left in place (it was unfinished): if it is finished
                     # now, its frames are read like any other (those not in a chunk yet).
                     continue
-                for i in [] if entry.get("missing") else indices:
+                missing = bool(entry.get("missing"))
+                for i in [] if missing else indices:
                     self.failed[i] = Failure(str(self.scan_dir / name),
                                              f"quarantined earlier: {reason}")
                 self._reserved_names.add(name)
                 key = natural_key(Path(name))
-                if indices:
+                if entry.get("count") is not None:  # the file's whole range
+                    first, count = int(entry["first"]), int(entry["count"])
+                    for i in [] if missing else range(first, first + count):
+                        self.failed.setdefault(i, Failure(str(self.scan_dir / name),
+                                                          f"quarantined earlier: {reason}"))
+                    ranges[name] = (key, first, count, name, reason, missing)
+                elif indices and name not in ranges:
                     ranges[name] = (key, min(indices), max(indices) + 1 - min(indices), name,
-                                    reason)
+                                    reason, missing)
                 elif "first" in entry and name not in ranges:
-                    ranges[name] = (key, int(entry["first"]), None, name, reason)
+                    ranges[name] = (key, int(entry["first"]), None, name, reason, missing)
             except (ValueError, TypeError, AttributeError, KeyError):
                 log.warning("%s: line %d is not a quarantine entry", listing, lineno)
         self._quarantined = list(ranges.values())
