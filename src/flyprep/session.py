@@ -46,8 +46,7 @@ import numpy as np
 from .config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
 from .errors import (ConfigError, DiskFull, FlyprepError, InputError, OutputError,
                      ScanInterrupted, is_disk_full)
-from .events import (ChunkWritten, EventSink, FrameFailed, FrameMissing, ScanContinued,
-                     ScanEnded, ScanPaused, ScanStarted)
+from .events import ChunkWritten, EventSink, ScanContinued, ScanEnded, ScanPaused, ScanStarted
 from .pipeline import (
     ChunkPreparer,
     effective_config,
@@ -61,15 +60,13 @@ from .prep import PreparedChunk
 from .ptyd.layout import chunk_file_name, params_hash
 from .ptyd.resume import ResumeState, finished_state, reconcile
 from .sources.layouts import ScanSource, parse_geometry
-from .sources.live import FrameType, LiveFrames, agreed_type
+from .frame_order import FrameOrder
+from .sources.live import FrameType, LiveFrames
 
 log = logging.getLogger(__name__)
 
 #: How often a waiting session looks at its clock (timeouts) and its positions file.
 TICK_S = 0.05
-#: Frames looked at (headers only) to agree on the scan's frame shape and type.
-TYPE_VOTES = 3
-TYPE_SCAN = 4096  # frames looked through for them at most
 #: Files matching no pattern named in status and errors (the rest are counted).
 UNMATCHED_KEPT = 5
 
@@ -116,17 +113,6 @@ class RestartRequested:
     scan_dir: Path
     end_reason: str | None = None  # an end already asked for carries over
     end_state: str = "complete"
-
-
-@dataclass
-class _Run:
-    """Consecutive frames reported together: missing or failed, one file, one reason."""
-
-    kind: str  # "missing" or "failed"
-    first: int
-    count: int
-    path: str
-    reason: str
 
 
 _STOP = object()
@@ -180,7 +166,6 @@ class ScanSession:
         self._thread: threading.Thread | None = None
         self._end: _End | None = None
         self._end_at = 0.0
-        self._reported: _Run | None = None  # frames missing or failed, not reported yet
         self._on_restart = on_restart
         self._restart: RestartRequested | None = None
         self._announce = announce
@@ -195,10 +180,11 @@ class ScanSession:
         self._described = False
         self._files_seen = 0
         self._last_news = clock()
-        self._arrivals: dict[int, float] = {}
+        self._arrivals: dict[int, float] = {}  # under _lock: the writer thread pops them
         self._live: LiveFrames | None = None
-        self._frame_type: FrameType | None = None
-        self._type_source = "agreed by the scan's first frames"
+        self._frame_type: FrameType | None = None  # once decided (for the disk bound)
+        self._order: FrameOrder | None = None
+        self._failed_before = self._missing_before = 0  # in chunks kept from an earlier run
         self._early_files: list[_File] = []  # before the settings are known
         self._scan_settings: Any = None
 
@@ -293,7 +279,8 @@ class ScanSession:
     def _after_disk_full(self, exc: DiskFull) -> None:
         """A write met a full disk: nothing more is published; wait for space, then have
         the daemon start the scan again from its files."""
-        self._flush_run()
+        if self._order is not None:
+            self._order.flush()
         log.error("%s: %s; the scan waits for space, then goes on from its files",
                   self.name, exc)
         try:
@@ -336,13 +323,15 @@ class ScanSession:
             if live is not None:
                 self._final = {"pending_frames": live.pending,
                                "ignored_files": [f"{p}: {why}" for p, why in live.ignored]}
-        self._arrivals.clear()
+        with self._lock:
+            self._arrivals.clear()
         self._early_files.clear()
         with self._lock:
             self.paused = None
 
     def _fail(self, message: str) -> None:
-        self._flush_run()
+        if self._order is not None:
+            self._order.flush()
         with self._lock:
             self.error = message
             started = self.frames_written > 0 or self.chunks_written > 0
@@ -353,12 +342,6 @@ class ScanSession:
         else:
             self._set_state(SessionState.FAILED)
         log.error("%s: %s", self.name, message)
-
-    @property
-    def _settings_type(self) -> tuple[Any, Any]:
-        """The frame shape and dtype the scan's settings fix (either may be None)."""
-        scan = self._scan_settings.scan if self._scan_settings is not None else None
-        return (None, None) if scan is None else (scan.frame_shape, scan.frame_dtype)
 
     def _serve(self) -> None:
         if self._carried_end is not None:
@@ -382,32 +365,36 @@ class ScanSession:
         calibration = load_calibration(settings.prep)
         resume, resolved = self._reconcile(settings, calibration, num_frames)
         start = 0 if resume is None else resume.next_frame
-        shape, dtype = settings.scan.frame_shape, settings.scan.frame_dtype
+        order = FrameOrder(live, scan=self.name, scan_dir=self.scan_dir, num_frames=num_frames,
+                           chunk_frames=settings.output.chunk_frames,
+                           frame_timeout_s=self.config.watch.frame_timeout_s,
+                           events=self.events, clock=self.clock,
+                           declared=(settings.scan.frame_shape, settings.scan.frame_dtype))
         if resolved is not None:  # frames must match those of the kept chunks
-            self._frame_type = (tuple(resolved["raw_shape"]), np.dtype(resolved["raw_dtype"]))
-            self._type_source = "those of the chunks written before"
-        elif shape is not None and dtype is not None:
-            self._frame_type = (tuple(shape), np.dtype(dtype))
-            self._type_source = "as the scan's settings declare"
+            order.fix_type((tuple(resolved["raw_shape"]), np.dtype(resolved["raw_dtype"])),
+                           "those of the chunks written before")
         live.start_at(start)
         kept_weightless = [] if resume is None else resume.missing_indices
-        failed_before = sum(1 for i in kept_weightless if live.failure(int(i)) is not None)
+        self._failed_before = sum(1 for i in kept_weightless if live.failure(int(i)) is not None)
+        self._missing_before = len(kept_weightless) - self._failed_before
         with self._lock:
             self.frames_done = self.frames_written = start
             self.chunks_written = 0 if resume is None else resume.next_key
-            self.frames_failed = failed_before
-            self.frames_missing = len(kept_weightless) - failed_before
+            self.frames_failed = self._failed_before
+            self.frames_missing = self._missing_before
             self.resumed_at = start if start else None
         self._set_state(SessionState.ACQUIRING)
         if self._announce:
             self.events.emit(ScanStarted(scan=self.name, master=str(self.output),
                                          num_frames=num_frames,
                                          chunk_frames=settings.output.chunk_frames))
-        if self._frame_type is None:
-            self._wait_for_frame_type(live, start, num_frames)
-        assert self._frame_type is not None
-        run_scan(self._frames(start, num_frames, settings.output.chunk_frames),
-                 frame_shape=self._frame_type[0], dtype=self._frame_type[1],
+        if order.frame_type is None:
+            self._wait_for_frame_type(order, start)
+        assert order.frame_type is not None
+        self._frame_type = order.frame_type
+        self._order = order
+        run_scan(self._frames(order, start),
+                 frame_shape=order.frame_type[0], dtype=order.frame_type[1],
                  num_frames=num_frames, positions=None, config=settings, output=self.output,
                  calibration=calibration, allow_missing=True, on_chunk=self._chunk_written,
                  resume=resume, resolved=resolved, final_state=self._final_state,
@@ -553,218 +540,80 @@ class ScanSession:
                  state.next_frame)
         return state, resolved
 
-    # ---- frames in index order
+    # ---- frames in index order (the logic is FrameOrder's; this drives it)
 
-    def _frames(self, start: int, num_frames: int, chunk_frames: int) -> Iterator[tuple]:
-        live = self._live
-        assert live is not None
-        timeout_s = self.config.watch.frame_timeout_s
+    def _frames(self, order: FrameOrder, start: int) -> Iterator[tuple]:
+        live = order.live
         index = start
         finished = False
-        while index < num_frames:
+        while index < order.num_frames:
             self._drain()
             if self._stop:
                 raise ScanInterrupted(f"{self.name}: stopped at frame {index}")
             self._guard_space()
-            ending = self._end is not None and self.clock() - self._end_at >= self._end.grace_s
+            ending = self._ending()
             if ending and not finished:
                 live.finish()  # nothing more will come: no file waits for an earlier one
                 finished = True
-            item = self._next_frame(live, index, num_frames, chunk_frames, timeout_s, ending)
+            frame = live.get(index)
+            arrived = None if frame is None else frame.arrived
+            item = order.next(index, ended=self._end is not None, ending=ending)
             if item is None:
                 if not ending:
-                    self._flush_run()
+                    order.flush()
                     self._wait_news(TICK_S)
                     live.refresh()  # growth reports are debounced: do not wait for them
                     continue
-                item = self._gap(live, index)
+                assert self._end is not None
+                item = order.gap(index, self._end.reason)
             with self._lock:
                 self.frames_done = index + 1
+                self.frames_failed = self._failed_before + order.failed
+                self.frames_missing = self._missing_before + order.missing
+                if item[1] is not None and arrived is not None:
+                    self._arrivals[index] = arrived  # read by the writer thread, locked
             self._last_news = self.clock()  # handing frames on is activity too
             live.consume(index)
             yield item
             index += 1
-        self._flush_run()
+        order.flush()
 
-    def _next_frame(self, live: LiveFrames, index: int, num_frames: int, chunk_frames: int,
-                    timeout_s: float, ending: bool) -> tuple | None:
-        """Frame ``index`` as a run_scan item, a missing/failed item, or None (not there:
-        wait, or once the scan has ended, a gap)."""
-        failure = live.failure(index)
-        if failure is not None:
-            return self._failed(index, failure.path, failure.reason)
-        frame = live.get(index)
-        if frame is None:
-            if self._end is None and live.overdue(index, timeout_s):
-                return self._missing(live, index, f"not finished within {timeout_s:g} s of a "
-                                                  "later frame")
-            return None
-        position = live.position(index)
-        if position is None:
-            live.refresh()
-            position = live.position(index)
-        if position is None:
-            if ending or (self._end is None and live.overdue(index, timeout_s)):
-                live.fail(index, "no position for it in the positions file")
-                return self._failed(index, str(frame.path), live.failed[index].reason)
-            return None
-        expected = self._frame_type
-        declared = frame.kind
-        if expected is not None and declared is not None and declared != expected:
-            return self._wrong_type(live, index, frame.path, declared)
-        chunk_stop = min(num_frames, (index // chunk_frames + 1) * chunk_frames)
-        try:
-            data = live.read(index, stop=chunk_stop)
-        except InputError as exc:
-            return self._quarantined(live, index, frame.path, exc.reason)
-        assert expected is not None, "the frame type is decided before frames are handed on"
-        if (data.shape, data.dtype) != expected:
-            return self._wrong_type(live, index, frame.path, (data.shape, data.dtype))
-        self._arrivals[index] = frame.arrived
-        return index, data, frame.describe(), position
-
-    def _wait_for_frame_type(self, live: LiveFrames, start: int, num_frames: int) -> None:
+    def _wait_for_frame_type(self, order: FrameOrder, start: int) -> None:
         """Decide the scan's frame shape and type before any frame is handed on (PtyPy's
-        meta needs it even if the first chunk has no good frame): what the first readable
-        files' headers declare, two of the first three agreeing; failing that once the
-        scan ends or they waited ``frame_timeout_s``, the most common (the earliest of
-        equals). Raises InputError if the scan ends without a readable frame."""
-        timeout_s = self.config.watch.frame_timeout_s
+        meta needs it even if the first chunk has no good frame); see
+        :meth:`FrameOrder.agreed_type`. Raises InputError if the scan ends without a
+        readable frame."""
         finished = False
-        while self._frame_type is None:
+        while order.frame_type is None:
             self._drain()
             if self._stop:
                 raise ScanInterrupted(f"{self.name}: stopped before its first frame")
-            ending = self._end is not None and self.clock() - self._end_at >= self._end.grace_s
+            ending = self._ending()
             if ending and not finished:
-                live.finish()
+                order.live.finish()
                 finished = True
-            decided = self._agreed_type(live, start, num_frames, timeout_s, ending)
+            decided = order.agreed_type(start, ending=ending)
             if decided is not None:
-                self._frame_type = decided
+                order.fix_type(decided, order.type_source)
                 log.info("%s: frames are %s %s (%s)", self.name, decided[0], decided[1],
-                         self._type_source)
+                         order.type_source)
                 return
             if finished:
                 raise InputError(self.scan_dir, "no frame of the scan could be read "
                                                 f"({self._arrived_text()})")
             self._wait_news(TICK_S)
-            live.refresh()
+            order.live.refresh()
 
-    def _agreed_type(self, live: LiveFrames, start: int, num_frames: int, timeout_s: float,
-                     ending: bool) -> FrameType | None:
-        shape, dtype = self._settings_type
-
-        def fits(kind: FrameType) -> bool:
-            return (shape is None or tuple(kind[0]) == tuple(shape)) and \
-                (dtype is None or kind[1] == np.dtype(dtype))
-
-        votes: list[FrameType] = []  # one per file: a stack's frames share one header
-        oldest: float | None = None
-        unresolved = False
-        i, looked = start, 0
-        while i < num_frames and len(votes) < TYPE_VOTES:
-            if looked == TYPE_SCAN:
-                unresolved = True
-                break
-            looked += 1
-            frame = live.get(i)
-            if frame is None:
-                unresolved = unresolved or live.failure(i) is None
-                i += 1
-                continue
-            kind = live.frame_type(i)
-            i += 1 if frame.slot is None else frame.file_frames - frame.slot  # next file
-            if kind is None or not fits(kind):
-                continue
-            votes.append(kind)
-            oldest = frame.arrived if oldest is None else min(oldest, frame.arrived)
-        if not votes and not unresolved and i >= num_frames:
-            ending = True  # every frame is in or failed, none readable: no vote will come
-        if not votes:
-            # no placed frame can tell: files that could not be placed still can
-            votes = [k for k in live.kinds_seen if fits(k)] if ending else []
-            if not votes:
-                return None
-            oldest = -float("inf")
-        assert oldest is not None
-        return agreed_type(votes, final=ending or not unresolved
-                           or self.clock() - oldest >= timeout_s)
-
-    def _wrong_type(self, live: LiveFrames, index: int, path: Path, kind: FrameType) -> tuple:
-        """Frame ``index``'s file holds frames of another shape or type: quarantined."""
-        assert self._frame_type is not None
-        reason = (f"frame is {tuple(kind[0])} {np.dtype(kind[1])}, the scan's frames are "
-                  f"{self._frame_type[0]} {self._frame_type[1]} ({self._type_source})")
-        return self._quarantined(live, index, path, reason)
-
-    def _quarantined(self, live: LiveFrames, index: int, path: Path, reason: str) -> tuple:
-        """Frame ``index``'s file cannot be used: quarantined, with every frame it holds."""
-        live.quarantine_file(path, reason)
-        failure = live.failure(index)
-        return self._failed(index, str(path), reason if failure is None else failure.reason)
-
-    def _failed(self, index: int, path: str, reason: str) -> tuple:
-        with self._lock:
-            self.frames_failed += 1
-        self._report("failed", index, path, reason)
-        return self._blank(index, path)
-
-    def _blank(self, index: int, path: str) -> tuple:
-        """A run_scan item for a frame that will not come, at its position if known."""
-        live = self._live
-        position = None if live is None else live.position(index)
-        return (index, None, path) if position is None else (index, None, path, position)
-
-    def _missing(self, live: LiveFrames, index: int, reason: str) -> tuple:
-        expected = live.expected_path(index)
-        path = str(expected) if expected is not None else str(self.scan_dir)
-        if expected is not None and expected.exists():
-            # Unfinished: listed in the quarantine, left where it is (a writer may hold it).
-            live.quarantine_file(expected, f"frame {index}: {reason}", move=False)
-        with self._lock:
-            self.frames_missing += 1
-        self._report("missing", index, path, reason)
-        return self._blank(index, path)
-
-    def _gap(self, live: LiveFrames, index: int) -> tuple:
-        """Frame ``index`` never came before the scan ended: missing."""
-        assert self._end is not None
-        path = str(live.expected_path(index) or self.scan_dir)
-        with self._lock:
-            self.frames_missing += 1
-        self._report("missing", index, path,
-                     f"scan ended ({self._end.reason}) before this frame arrived")
-        return self._blank(index, path)
-
-    def _report(self, kind: str, index: int, path: str, reason: str) -> None:
-        """Frames missing or failed are reported in runs: one event and one log line per
-        file and reason (a bad stack, a scan ended early), not one per frame."""
-        run = self._reported
-        if run is not None and run.kind == kind and run.first + run.count == index and \
-                run.reason == reason and (run.path == path or kind == "missing"
-                                          and run.reason.startswith("scan ended")):
-            run.count += 1
-            return
-        self._flush_run()
-        self._reported = _Run(kind, index, 1, path, reason)
-
-    def _flush_run(self) -> None:
-        run, self._reported = self._reported, None
-        if run is None:
-            return
-        last = run.first + run.count - 1
-        frames = f"frame {run.first}" if run.count == 1 else f"frames {run.first}-{last}"
-        log.warning("%s: %s %s: %s: %s", self.name, frames, run.kind, run.path, run.reason)
-        cls = FrameFailed if run.kind == "failed" else FrameMissing
-        self.events.emit(cls(scan=self.name, index=run.first, count=run.count, path=run.path,
-                             reason=run.reason))
+    def _ending(self) -> bool:
+        """The scan was ended and its grace for late files is over."""
+        return self._end is not None and self.clock() - self._end_at >= self._end.grace_s
 
     def _chunk_written(self, chunk: PreparedChunk) -> None:
         """Called by the writer thread once a chunk is on disk."""
         now = self.clock()
-        arrivals = [self._arrivals.pop(i, None) for i in range(chunk.frame_start,
-                                                              chunk.frame_start + chunk.n_frames)]
+        with self._lock:
+            arrivals = [self._arrivals.pop(i, None)
+                        for i in range(chunk.frame_start, chunk.frame_start + chunk.n_frames)]
         known = [t for t in arrivals if t is not None]
         weightless = int(np.count_nonzero(chunk.missing))
         with self._lock:
