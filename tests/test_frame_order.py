@@ -10,6 +10,7 @@ import numpy as np
 
 from flyprep.events import FrameFailed, FrameMissing, MemorySink
 from flyprep.frame_order import FrameOrder
+from flyprep.pipeline import FailedFrame, MissingFrame, ReadyFrame
 from flyprep.sources.live import LiveFrames
 
 
@@ -57,16 +58,17 @@ def test_frames_in_order_a_gap_waits_then_is_missing_after_the_timeout(tmp_path:
     add(order, paths)
     assert order.agreed_type(0, ending=False) == ((6, 6), np.dtype("<i4"))
     order.fix_type(order.agreed_type(0, ending=False), "agreed")
-    assert order.next(0, ended=False, ending=False)[0:3:2] == (0, str(paths[0]))
-    assert order.next(1, ended=False, ending=False)[1][0, 0] == 1
+    first = order.next(0, ended=False, ending=False)
+    assert (first.index, first.source) == (0, str(paths[0]))
+    assert order.next(1, ended=False, ending=False).data[0, 0] == 1
     assert order.next(2, ended=False, ending=False) is None  # frame 4 waited 0 s
     clock.t += 9.99
     assert order.next(2, ended=False, ending=False) is None
     clock.t += 0.01
     item = order.next(2, ended=False, ending=False)
-    assert item[1] is None and item[3].tolist() == [2.0, -2.0]  # its position, weight 0
-    assert order.next(3, ended=False, ending=False)[1] is None
-    assert order.next(4, ended=False, ending=False)[1][0, 0] == 4
+    assert isinstance(item, MissingFrame) and item.position.tolist() == [2.0, -2.0]
+    assert isinstance(order.next(3, ended=False, ending=False), MissingFrame)
+    assert order.next(4, ended=False, ending=False).data[0, 0] == 4
     # f2 and f3 were expected from two files: two runs, each reported once a later
     # frame is handed on
     assert [(e.index, e.count) for e in sink.of_kind(FrameMissing)] == [(2, 1), (3, 1)]
@@ -80,7 +82,7 @@ def test_a_scan_ended_early_reports_its_gap_once(tmp_path: Path) -> None:
     add(order, paths[:5])
     order.fix_type(((6, 6), np.dtype("<i4")), "declared")
     for i in range(5):
-        assert order.next(i, ended=True, ending=True)[1] is not None
+        assert isinstance(order.next(i, ended=True, ending=True), ReadyFrame)
     assert order.next(5, ended=True, ending=True) is None
     for i in range(5, 40):
         order.gap(i, "end marker")
@@ -99,10 +101,9 @@ def test_one_odd_first_frame_does_not_decide_the_type(tmp_path: Path) -> None:
     kind = order.agreed_type(0, ending=False)
     assert kind == ((6, 6), np.dtype("<i4"))
     order.fix_type(kind, "agreed by the scan's first frames")
-    item = order.next(0, ended=False, ending=False)
-    assert item[1] is None
+    assert isinstance(order.next(0, ended=False, ending=False), FailedFrame)
     assert (tmp_path / "q" / "f0.npy").exists()
-    assert order.next(1, ended=False, ending=False)[1][0, 0] == 1
+    assert order.next(1, ended=False, ending=False).data[0, 0] == 1
     [failed] = sink.of_kind(FrameFailed)  # reported once a good frame follows
     assert failed.path == str(paths[0]) and "(9, 9) uint16" in failed.reason
 

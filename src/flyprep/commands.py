@@ -16,8 +16,8 @@ from rich.tree import Tree
 
 from .config import PrepareConfig
 from .errors import FlyprepError, PtydError
+from .events import ChunkWritten, Event
 from .pipeline import PrepareSummary, prepare_scan
-from .prep import PreparedChunk
 from .ptyd import open_ptyd, verify
 from .sources import discover
 
@@ -55,12 +55,16 @@ def run_prepare(scan_dir: Path, output: Path, config: PrepareConfig, *, overwrit
                       units=inp.positions_units)
     total = config.scan.num_frames or len(source.frames)
     with frame_progress(total, progress, f"preparing {source.root.name}") as advance:
-        def on_chunk(chunk: PreparedChunk) -> None:
-            advance(chunk.n_frames)
+        class ChunkProgress:
+            """Advances the bar by each chunk the writer reports stored."""
+
+            def emit(self, event: Event) -> None:
+                if isinstance(event, ChunkWritten):
+                    advance(event.n_frames)
 
         try:
             summary = prepare_scan(source, config, output, overwrite=overwrite,
-                                   allow_missing=allow_missing, on_chunk=on_chunk)
+                                   allow_missing=allow_missing, events=ChunkProgress())
         except FlyprepError:
             _say_what_was_left(output)
             raise

@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import InputError
 from .events import EventSink, FrameFailed, FrameMissing
+from .pipeline import FailedFrame, MissingFrame, ReadyFrame
 from .sources.live import FrameType, LiveFrames, agreed_type
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ log = logging.getLogger(__name__)
 TYPE_VOTES = 3
 TYPE_SCAN = 4096  # frame indices looked through for them at most
 
-#: One frame for the preparation: (index, frame or None, source name[, (y, x)]).
-FrameItem = tuple[Any, ...]
+#: One frame for the preparation, as a :class:`~flyprep.pipeline.ScanRun` takes it.
+FrameItem = ReadyFrame | MissingFrame | FailedFrame
 
 
 @dataclass
@@ -158,7 +159,7 @@ class FrameOrder:
         if (data.shape, data.dtype) != expected:
             return self._wrong_type(index, frame.path, (data.shape, data.dtype))
         self.flush()  # a good frame ends a run of bad ones
-        return index, data, frame.describe(), position
+        return ReadyFrame(index, data, frame.describe(), position, frame.arrived)
 
     def gap(self, index: int, end_reason: str) -> FrameItem:
         """Frame ``index`` never came before the scan ended: missing."""
@@ -196,7 +197,7 @@ class FrameOrder:
     def _failed(self, index: int, path: str, reason: str) -> FrameItem:
         self.failed += 1
         self._report("failed", index, path, reason)
-        return self._blank(index, path)
+        return FailedFrame(index, path, self.live.position(index))
 
     def _missing(self, index: int, reason: str) -> FrameItem:
         expected = self.live.expected_path(index)
@@ -209,12 +210,7 @@ class FrameOrder:
     def _counted_missing(self, index: int, path: str, reason: str) -> FrameItem:
         self.missing += 1
         self._report("missing", index, path, reason)
-        return self._blank(index, path)
-
-    def _blank(self, index: int, path: str) -> FrameItem:
-        """An item for a frame that will not come, at its position if known."""
-        position = self.live.position(index)
-        return (index, None, path) if position is None else (index, None, path, position)
+        return MissingFrame(index, path, self.live.position(index))
 
     def _report(self, kind: str, index: int, path: str, reason: str) -> None:
         """Frames missing or failed are reported in runs: one event and one log line per

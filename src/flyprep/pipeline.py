@@ -8,16 +8,19 @@ finished scan directory through the same book, preparer and writer the daemon us
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Callable, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .config import GeometryConfig, PrepareConfig, PrepConfig, parse_config
 from .errors import ConfigError, DiskFull, InputError, OutputError, ScanInterrupted, is_disk_full
+from .events import ChunkWritten, EventSink
 from .prep import (Calibration, Preparation, PreparedChunk, PreparedPart, center_from_spec,
                    mass_center)
 from .ptyd.layout import ScanMeta, ScanState
@@ -253,6 +256,261 @@ PART_BYTES = 4 << 20
 FrameInput = Tuple[int, Optional[np.ndarray], str]
 
 
+@dataclass(frozen=True)
+class ReadyFrame:
+    """Frame ``index`` arrived and was read (``arrived``: when its file was finished,
+    on the run's clock; gives the chunk's latency)."""
+
+    index: int
+    data: np.ndarray
+    source: str
+    position: Any = None
+    arrived: float | None = None
+
+
+@dataclass(frozen=True)
+class MissingFrame:
+    """Frame ``index`` will never arrive: written with weight 0."""
+
+    index: int
+    source: str
+    position: Any = None
+
+
+@dataclass(frozen=True)
+class FailedFrame:
+    """Frame ``index`` arrived but cannot be used: written with weight 0."""
+
+    index: int
+    source: str
+    position: Any = None
+
+
+@dataclass(frozen=True)
+class ScanEnd:
+    """Every frame is pushed: finish the output with the master saying ``state``."""
+
+    state: ScanState = "complete"
+
+
+RunItem = Union[ReadyFrame, MissingFrame, FailedFrame, ScanEnd]
+
+
+class ScanRun:
+    """Prepares and writes one scan from frames pushed to it in index order: the one code
+    path of ``flyprep prepare``, of the daemon's scans and of the benchmarks. It owns the
+    frame book, the preparer and the writer thread; the writer side tells ``events`` of
+    every chunk on disk (``chunk.written``). Nothing calls back into the caller.
+
+    Frames never pushed are missing; a frame of the wrong shape or dtype raises
+    :class:`InputError`, or with ``allow_missing`` is filled as missing. A position with an
+    item overrides ``positions``.
+
+    ``resume`` continues a reconciled output at its next chunk; ``resolved`` fixes the
+    preparation as the kept chunks had it (see :meth:`ChunkPreparer.resolved`).
+    ``chunk_buffers`` bounds the prepared chunks in memory; ``part_bytes``: while a chunk
+    fills, its frames are prepared and written in parts of about this size (0: whole).
+
+    Ends: :meth:`push` of :class:`ScanEnd` (complete or aborted), :meth:`suspend` (whole
+    chunks written, master still ``acquiring``: a later run resumes it), or :meth:`fail`
+    after an error: every chunk whose frames are all in is still written, the rest filled
+    as missing, the master says ``aborted`` (a reader still reaches ``num_frames``) -
+    except for a full disk, which publishes nothing more (:class:`DiskFull`), and a failure
+    before any chunk, which leaves no output.
+    """
+
+    def __init__(self, *, num_frames: int, positions: np.ndarray | None,
+                 config: PrepareConfig, output: Path, calibration: Calibration | None = None,
+                 frame_shape: tuple[int, int] | None = None, dtype: np.dtype | str | None = None,
+                 allow_missing: bool = False, overwrite: bool = False,
+                 resume: ResumeState | None = None, resolved: dict[str, Any] | None = None,
+                 chunk_buffers: int = CHUNK_BUFFERS, part_bytes: int = PART_BYTES,
+                 events: EventSink | None = None, scan: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.t0 = time.perf_counter()
+        require_geometry(config.geometry)
+        if Path(output).exists() and not overwrite and resume is None:
+            raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
+        self.config, self.output, self.num_frames = config, Path(output), num_frames
+        self.overwrite, self.resume, self.allow_missing = overwrite, resume, allow_missing
+        self.chunk_buffers = chunk_buffers
+        self.events, self.scan_name, self.clock = events, scan, clock
+        out_cfg = config.output
+        self.chunk_frames = out_cfg.chunk_frames
+        self.book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames,
+                              buffer_chunks=1, positions=positions, frame_shape=frame_shape,
+                              dtype=dtype, start_key=0 if resume is None else resume.next_key)
+        if resume is not None:
+            self.book.missing_total = len(resume.missing_indices)
+        self.preparer = ChunkPreparer(config.prep, calibration=calibration,
+                                      chunk_frames=out_cfg.chunk_frames,
+                                      buffers=max(2, chunk_buffers))
+        if frame_shape is not None and dtype is not None:
+            self.preparer.warm(tuple(frame_shape), np.dtype(dtype))  # parts from frame 0 on
+        if resolved is not None:
+            preparation = self.preparer.preset(resolved)
+            # Known even if no frame of the rest of the scan ever comes.
+            self.book.set_frame_type(preparation.raw_shape, preparation.raw_dtype)
+        self._scan = Scan(self.book, self.preparer)
+        self._writer: WriterThread | None = None
+        self.bytes_written = 0
+        self._chunk_submitted = False  # from the first whole chunk on, the output exists
+        self._parts = out_cfg.save == "link" and part_bytes > 0
+        self._part_bytes = part_bytes
+        self._part_frames = 0  # frames per part; 0 until the preparation is fixed
+        self._arrivals: dict[int, float] = {}  # the pushing thread's only
+        self._lock = threading.Lock()  # guards the progress figures the writer updates
+        self._frames_written = 0 if resume is None else resume.next_frame
+        self._chunks_written = 0 if resume is None else resume.next_key
+        self.summary: PrepareSummary | None = None
+
+    # ---- the pushing side
+
+    def push(self, item: RunItem) -> PrepareSummary | None:
+        """Hand on the next frame (in index order), or the end; blocks while every chunk
+        buffer is in use (back-pressure). Returns the summary after :class:`ScanEnd`."""
+        if isinstance(item, ScanEnd):
+            return self._finish(item.state)
+        book, index = self.book, item.index
+        if not book.accepts(index):
+            self._flush_ready()
+            if not book.accepts(index):
+                raise InputError(item.source, f"frame {index} arrived out of order "
+                                              f"(expected frames {book.window.start}..)")
+        added = False
+        if isinstance(item, ReadyFrame):
+            try:
+                added = book.add(index, item.data, item.position, source=item.source)
+            except ValueError as exc:
+                if not self.allow_missing:
+                    raise InputError(item.source, str(exc)) from None
+            if added:
+                if item.arrived is not None:
+                    self._arrivals[index] = item.arrived
+                if self.preparer.preparation is None:
+                    self.preparer.warm(item.data.shape, item.data.dtype)
+        if not added:
+            book.mark_missing([index], [item.position])
+        chunk_frames = self.chunk_frames
+        if (index + 1) % chunk_frames == 0:
+            self._flush_ready()  # the chunk is whole: on disk now, not at the next frame
+        elif self._parts and self.preparer.preparation is not None:
+            if not self._part_frames:
+                self._part_frames = parts_of(self.preparer.preparation, chunk_frames,
+                                             self._part_bytes)
+            if (index + 1) % chunk_frames % self._part_frames == 0:
+                self._flush_part()
+        return None
+
+    def suspend(self) -> None:
+        """Stop here (the daemon shuts down): whole chunks written, the master still
+        ``acquiring``, ready to be resumed."""
+        try:
+            self._flush_ready()
+        finally:
+            if self._writer is not None:
+                self._writer.suspend()
+
+    def fail(self, exc: BaseException) -> BaseException:
+        """The run cannot go on because of ``exc``: finish the output as well as it can
+        (see the class) and return the error to raise (a full disk becomes DiskFull)."""
+        writer = self._writer
+        if is_disk_full(exc):
+            # Nothing is published aborted for a full disk: the master stays as it was
+            # (acquiring), and the scan is written again from its files once there is space.
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.halt()
+            if isinstance(exc, DiskFull):
+                return exc
+            full = DiskFull(f"{self.output}: the disk is full: {exc}")
+            full.__cause__ = exc
+            return full
+        resume = self.resume
+        if writer is not None and not self._chunk_submitted and (resume is None
+                                                                 or resume.next_key == 0):
+            # Only parts of the first chunk were stored, nothing published: the scan
+            # failed before its output existed, and leaves none.
+            with contextlib.suppress(Exception):
+                writer.abort()
+            return exc
+        finisher = None
+        with contextlib.suppress(Exception):
+            finisher = self._resumed_writer()
+        if finisher is not None:
+            _finish_aborted(self.book, self._flush_ready, finisher)
+        return exc
+
+    def progress(self) -> tuple[int, int]:
+        """(frames, chunks) on disk so far; any thread."""
+        with self._lock:
+            return self._frames_written, self._chunks_written
+
+    # ---- internals
+
+    def _finish(self, state: ScanState) -> PrepareSummary:
+        self.book.end()
+        self._flush_ready()
+        finisher = self._resumed_writer()
+        assert finisher is not None, "a scan has at least one chunk"
+        finisher.close(state)
+        self.summary = PrepareSummary(
+            output=self.output, frames=self.num_frames, chunks=self.book.n_chunks,
+            frames_missing=self.book.missing_total, seconds=time.perf_counter() - self.t0,
+            bytes_written=self.bytes_written)
+        return self.summary
+
+    def _open_writer(self) -> WriterThread:
+        if self._writer is None:
+            self._writer = WriterThread(
+                _open_writer(self.output, self.config, self.preparer, self.num_frames,
+                             self.overwrite, self.resume),
+                max_queued=max(1, self.chunk_buffers - 2), on_written=self._written)
+        return self._writer
+
+    def _resumed_writer(self) -> WriterThread | None:
+        # A resumed scan has a master to finish even when no new chunk was written.
+        if self._writer is None and self.resume is not None and self.resume.next_key > 0 \
+                and self.preparer.preparation is not None:
+            return self._open_writer()
+        return self._writer
+
+    def _flush_ready(self) -> None:
+        while isinstance(chunk := self._scan.auto(), PreparedChunk):
+            self.bytes_written += chunk.data.nbytes + chunk.weights.nbytes
+            self._chunk_submitted = True
+            times = [self._arrivals.pop(i) for i in range(chunk.frame_start,
+                                                          chunk.frame_start + chunk.n_frames)
+                     if i in self._arrivals]
+            if times:  # travels with the chunk to the writer thread
+                chunk = dataclasses.replace(chunk, last_arrival=max(times))
+            self._open_writer().submit(chunk)
+
+    def _flush_part(self) -> None:
+        raw = self.book.release_part()
+        if raw is None:
+            return
+        try:
+            part = self.preparer.part(raw)
+        except BaseException:
+            self.book.unrelease_part(raw)  # its frames stay for the chunk (and a failed run)
+            raise
+        self._open_writer().submit_part(part)
+
+    def _written(self, chunk: PreparedChunk, _target: Path) -> None:
+        """The writer thread stored ``chunk``: progress, and ``chunk.written``."""
+        with self._lock:
+            self._frames_written = chunk.frame_start + chunk.n_frames
+            self._chunks_written += 1
+        if self.events is None:
+            return
+        latency = None if chunk.last_arrival is None else self.clock() - chunk.last_arrival
+        self.events.emit(ChunkWritten(
+            scan=self.scan_name, key=chunk.key, frame_start=chunk.frame_start,
+            n_frames=chunk.n_frames, path=str(self.output),
+            frames_missing=int(np.count_nonzero(chunk.missing)), latency_s=latency))
+
+
 def run_scan(
     frames: Iterable[FrameInput],
     *,
@@ -265,163 +523,35 @@ def run_scan(
     dtype: np.dtype | str | None = None,
     allow_missing: bool = False,
     overwrite: bool = False,
-    on_chunk: Callable[[PreparedChunk], Any] | None = None,
     resume: ResumeState | None = None,
     resolved: dict[str, Any] | None = None,
-    final_state: Callable[[], ScanState] | None = None,
     chunk_buffers: int = CHUNK_BUFFERS,
     part_bytes: int = PART_BYTES,
+    events: EventSink | None = None,
 ) -> PrepareSummary:
-    """Prepare and write a scan whose frames come in index order: the one code path of
-    ``flyprep prepare``, of the daemon's scans and of the benchmarks. Frames never yielded
-    are missing; a frame of the wrong shape or dtype raises :class:`InputError`, or with
-    ``allow_missing`` is filled as missing. An item may carry the frame's position as a
-    fourth element (else ``positions`` gives it).
-
-    ``resume`` continues a reconciled output at its next chunk (frames before it are not
-    expected); ``resolved`` fixes the preparation as the kept chunks had it (see
-    :meth:`ChunkPreparer.resolved`). ``final_state`` says what the master says at the end
-    (default ``complete``). ``chunk_buffers`` bounds the prepared chunks in memory.
-    ``part_bytes``: while a chunk fills, its frames are prepared and written in parts of
-    about this size, so that little is left to do at its last frame (0: whole chunks).
-
-    :class:`~flyprep.errors.ScanInterrupted` raised by ``frames`` stops the run with the
-    whole chunks written and the master still ``acquiring``, ready to be resumed.
-
-    If the run fails after the output was started, every chunk whose frames are all in is
-    still written, the rest of the scan is filled with missing frames (zero weights, no
-    disk space) and the master says ``aborted``: a reader that already started still
-    reaches ``num_frames``, and nothing read so far is thrown away.
-
-    Preparation runs in the calling thread while a writer thread stores the previous
-    chunk; ``on_chunk`` is called from that thread once a chunk is on disk."""
-    t0 = time.perf_counter()
-    require_geometry(config.geometry)
-    if Path(output).exists() and not overwrite and resume is None:
-        raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
-    out_cfg = config.output
-    book = FrameBook(num_frames=num_frames, chunk_frames=out_cfg.chunk_frames, buffer_chunks=1,
-                     positions=positions, frame_shape=frame_shape, dtype=dtype,
-                     start_key=0 if resume is None else resume.next_key)
-    if resume is not None:
-        book.missing_total = len(resume.missing_indices)
-    preparer = ChunkPreparer(config.prep, calibration=calibration,
-                             chunk_frames=out_cfg.chunk_frames, buffers=max(2, chunk_buffers))
-    if frame_shape is not None and dtype is not None:
-        preparer.warm(tuple(frame_shape), np.dtype(dtype))  # parts from the first frame on
-    if resolved is not None:
-        preparation = preparer.preset(resolved)
-        # Known even if no frame of the rest of the scan ever comes.
-        book.set_frame_type(preparation.raw_shape, preparation.raw_dtype)
-    scan = Scan(book, preparer)
-    writer: WriterThread | None = None
-    bytes_written = 0
-    chunk_frames = out_cfg.chunk_frames
-
-    def open_writer() -> WriterThread:
-        nonlocal writer
-        if writer is None:
-            writer = WriterThread(
-                _open_writer(output, config, preparer, num_frames, overwrite, resume),
-                max_queued=max(1, chunk_buffers - 2),
-                on_written=None if on_chunk is None else lambda c, _: on_chunk(c))
-        return writer
-
-    chunk_submitted = False  # from the first whole chunk on, the output exists
-
-    def flush_ready() -> None:
-        nonlocal bytes_written, chunk_submitted
-        while isinstance(chunk := scan.auto(), PreparedChunk):
-            bytes_written += chunk.data.nbytes + chunk.weights.nbytes
-            chunk_submitted = True
-            open_writer().submit(chunk)
-
-    part_frames = 0  # frames per part; 0 until the preparation is fixed
-    parts = out_cfg.save == "link" and part_bytes > 0
-
-    def flush_part() -> None:
-        raw = book.release_part()
-        if raw is None:
-            return
-        try:
-            part = preparer.part(raw)
-        except BaseException:
-            book.unrelease_part(raw)  # its frames stay for the chunk (and a failed run)
-            raise
-        open_writer().submit_part(part)
-
-    def resumed_writer() -> WriterThread | None:
-        # A resumed scan has a master to finish even when no new chunk was written.
-        if writer is None and resume is not None and resume.next_key > 0 \
-                and preparer.preparation is not None:
-            return open_writer()
-        return writer
-
+    """A :class:`ScanRun` fed from ``frames``, ``(index, frame or None, source[, (y,
+    x)])`` in index order (None: missing), ended ``complete``.
+    :class:`~flyprep.errors.ScanInterrupted` raised by ``frames`` suspends the run (see
+    :meth:`ScanRun.suspend`); any other error fails it (:meth:`ScanRun.fail`)."""
+    run = ScanRun(num_frames=num_frames, positions=positions, config=config, output=output,
+                  calibration=calibration, frame_shape=frame_shape, dtype=dtype,
+                  allow_missing=allow_missing, overwrite=overwrite, resume=resume,
+                  resolved=resolved, chunk_buffers=chunk_buffers, part_bytes=part_bytes,
+                  events=events)
     try:
         for item in frames:
             index, frame, name = item[0], item[1], item[2]
             position = item[3] if len(item) > 3 else None
-            if not book.accepts(index):
-                flush_ready()
-                if not book.accepts(index):
-                    raise InputError(name, f"frame {index} arrived out of order "
-                                           f"(expected frames {book.window.start}..)")
-            added = False
-            if frame is not None:
-                try:
-                    added = book.add(index, frame, position, source=name)
-                except ValueError as exc:
-                    if not allow_missing:
-                        raise InputError(name, str(exc)) from None
-                if added and preparer.preparation is None:
-                    preparer.warm(frame.shape, frame.dtype)
-            if not added:
-                book.mark_missing([index], [position])
-            if (index + 1) % chunk_frames == 0:
-                flush_ready()  # the chunk is whole: on disk now, not at the next frame
-            elif parts and preparer.preparation is not None:
-                if not part_frames:
-                    part_frames = parts_of(preparer.preparation, chunk_frames, part_bytes)
-                if (index + 1) % chunk_frames % part_frames == 0:
-                    flush_part()
-        book.end()
-        flush_ready()
-        finisher = resumed_writer()
-        assert finisher is not None, "a scan has at least one chunk"
-        finisher.close("complete" if final_state is None else final_state())
+            run.push(MissingFrame(index, name, position) if frame is None
+                     else ReadyFrame(index, frame, name, position))
+        summary = run.push(ScanEnd("complete"))
     except ScanInterrupted:
-        try:
-            flush_ready()  # the chunks whose frames are all in
-        finally:
-            if writer is not None:
-                writer.suspend()
+        run.suspend()
         raise
     except BaseException as exc:
-        if is_disk_full(exc):
-            # Nothing is published aborted for a full disk: the master stays as it was
-            # (acquiring), and the scan is written again from its files once there is space.
-            if writer is not None:
-                with contextlib.suppress(Exception):
-                    writer.halt()
-            if isinstance(exc, DiskFull):
-                raise
-            raise DiskFull(f"{output}: the disk is full: {exc}") from exc
-        if writer is not None and not chunk_submitted and (resume is None
-                                                           or resume.next_key == 0):
-            # Only parts of the first chunk were stored, nothing published: the scan
-            # failed before its output existed, and leaves none.
-            with contextlib.suppress(Exception):
-                writer.abort()
-            raise
-        finisher = None
-        with contextlib.suppress(Exception):
-            finisher = resumed_writer()
-        if finisher is not None:
-            _finish_aborted(book, flush_ready, finisher)
-        raise
-    return PrepareSummary(output=Path(output), frames=num_frames, chunks=book.n_chunks,
-                          frames_missing=book.missing_total,
-                          seconds=time.perf_counter() - t0, bytes_written=bytes_written)
+        raise run.fail(exc)  # noqa: B904 - the error to report
+    assert summary is not None
+    return summary
 
 
 def parts_of(preparation: Preparation, chunk_frames: int, part_bytes: int) -> int:
@@ -460,10 +590,11 @@ def prepare_scan(
     *,
     allow_missing: bool = False,
     overwrite: bool = False,
-    on_chunk: Callable[[PreparedChunk], Any] | None = None,
+    events: EventSink | None = None,
 ) -> PrepareSummary:
     """Prepare a finished scan directory into ``output`` (.ptyd). Missing or unreadable
-    frame files raise :class:`InputError`, unless ``allow_missing`` fills them as missing."""
+    frame files raise :class:`InputError`, unless ``allow_missing`` fills them as missing.
+    ``events`` hears of each chunk on disk (``chunk.written``)."""
     config = effective_config(config, source)
     num_frames = config.scan.num_frames or len(source.frames)
     if num_frames > len(source.frames) and not allow_missing:
@@ -483,7 +614,7 @@ def prepare_scan(
                     num_frames=num_frames, positions=_positions_for(source, num_frames),
                     config=config, output=output, calibration=calibration,
                     frame_shape=shape, dtype=dtype, allow_missing=allow_missing,
-                    overwrite=overwrite, on_chunk=on_chunk)
+                    overwrite=overwrite, events=events)
 
 
 def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:

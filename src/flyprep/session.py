@@ -1,9 +1,10 @@
 """One running scan inside the daemon: its settings, its frames, its ``.ptyd``.
 
 A :class:`ScanSession` owns one thread. The daemon hands it news (a finished file, the
-positions file grew, the end marker, a control command) through a queue; the thread turns
-the scan's files into frames in index order and runs them through
-:func:`flyprep.pipeline.run_scan`, the same code path as ``flyprep prepare``.
+positions file grew, the end marker, a control command) through a queue; the thread
+drives a :class:`~flyprep.frame_order.FrameOrder` (which frame is next, and as what) and
+pushes its frames into a :class:`~flyprep.pipeline.ScanRun`, the same code path as
+``flyprep prepare``, which tells the events sink of each chunk on disk.
 
 Life of a session: ``waiting`` (for its settings: the scan file, or the config's defaults
 once frames come) -> ``acquiring`` -> ``complete`` | ``aborted`` (the master says so) |
@@ -46,21 +47,21 @@ import numpy as np
 from .config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
 from .errors import (ConfigError, DiskFull, FlyprepError, InputError, OutputError,
                      ScanInterrupted, is_disk_full)
-from .events import ChunkWritten, EventSink, ScanContinued, ScanEnded, ScanPaused, ScanStarted
+from .events import EventSink, ScanContinued, ScanEnded, ScanPaused, ScanStarted
 from .pipeline import (
     ChunkPreparer,
     effective_config,
     load_calibration,
     require_geometry,
-    run_scan,
+    ScanEnd,
+    ScanRun,
     scan_meta,
     writer_params,
 )
-from .prep import PreparedChunk
 from .ptyd.layout import chunk_file_name, params_hash
 from .ptyd.resume import ResumeState, finished_state, reconcile
 from .sources.layouts import ScanSource, parse_geometry
-from .frame_order import FrameOrder
+from .frame_order import FrameItem, FrameOrder
 from .sources.live import FrameType, LiveFrames
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class ScanSession:
         self._described = False
         self._files_seen = 0
         self._last_news = clock()
-        self._arrivals: dict[int, float] = {}  # under _lock: the writer thread pops them
+        self._scan_run: ScanRun | None = None  # under _lock (status reads its progress)
         self._live: LiveFrames | None = None
         self._frame_type: FrameType | None = None  # once decided (for the disk bound)
         self._order: FrameOrder | None = None
@@ -235,6 +236,7 @@ class ScanSession:
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot for ``flyprep status``."""
+        self._sync_progress()
         with self._lock:
             live = self._live
             return {
@@ -323,8 +325,9 @@ class ScanSession:
             if live is not None:
                 self._final = {"pending_frames": live.pending,
                                "ignored_files": [f"{p}: {why}" for p, why in live.ignored]}
+        self._sync_progress()
         with self._lock:
-            self._arrivals.clear()
+            self._scan_run = None  # its buffers go with it
         self._early_files.clear()
         with self._lock:
             self.paused = None
@@ -332,11 +335,12 @@ class ScanSession:
     def _fail(self, message: str) -> None:
         if self._order is not None:
             self._order.flush()
+        self._sync_progress()
         with self._lock:
             self.error = message
             started = self.frames_written > 0 or self.chunks_written > 0
         if started:
-            # run_scan published what it had as 'aborted' with every frame filled in.
+            # The run published what it had as 'aborted' with every frame filled in.
             self._set_state(SessionState.ABORTED)
             self._emit_end("aborted")
         else:
@@ -393,21 +397,42 @@ class ScanSession:
         assert order.frame_type is not None
         self._frame_type = order.frame_type
         self._order = order
-        run_scan(self._frames(order, start),
-                 frame_shape=order.frame_type[0], dtype=order.frame_type[1],
-                 num_frames=num_frames, positions=None, config=settings, output=self.output,
-                 calibration=calibration, allow_missing=True, on_chunk=self._chunk_written,
-                 resume=resume, resolved=resolved, final_state=self._final_state,
-                 chunk_buffers=self.config.limits.chunk_buffers,
-                 part_bytes=self.config.limits.part_bytes)
-        state = self._final_state()
+        run = ScanRun(num_frames=num_frames, positions=None, config=settings,
+                      output=self.output, calibration=calibration,
+                      frame_shape=order.frame_type[0], dtype=order.frame_type[1],
+                      allow_missing=True, resume=resume, resolved=resolved,
+                      chunk_buffers=self.config.limits.chunk_buffers,
+                      part_bytes=self.config.limits.part_bytes, events=self.events,
+                      scan=self.name, clock=self.clock)
+        with self._lock:
+            self._scan_run = run
+        state = self._push_frames(run, order, start)
         self._set_state(SessionState(state))
         self._emit_end(state)
         log.info("%s: %s (%s), %d frames, %d missing", self.name, state,
                  self.end_reason or "all frames", num_frames, self.frames_missing)
 
-    def _final_state(self) -> Any:
-        return "complete" if self._end is None else self._end.state
+    def _push_frames(self, run: ScanRun, order: FrameOrder, start: int) -> str:
+        """Push the scan's frames, then its end, into ``run``; returns the master's final
+        state. A stop suspends the run (resumable); any error fails it."""
+        try:
+            for item in self._frames(order, start):
+                run.push(item)
+            state = "complete" if self._end is None else self._end.state
+            run.push(ScanEnd(state))  # type: ignore[arg-type]
+        except ScanInterrupted:
+            run.suspend()
+            raise
+        except BaseException as exc:
+            raise run.fail(exc)  # noqa: B904 - the error to report, chained to ``exc``
+        return state
+
+    def _sync_progress(self) -> None:
+        """Take the run's figures (frames and chunks on disk) into the session's."""
+        with self._lock:
+            run = self._scan_run
+            if run is not None:
+                self.frames_written, self.chunks_written = run.progress()
 
     def _emit_end(self, state: str) -> None:
         self.events.emit(ScanEnded(scan=self.name, state=state,
@@ -542,7 +567,7 @@ class ScanSession:
 
     # ---- frames in index order (the logic is FrameOrder's; this drives it)
 
-    def _frames(self, order: FrameOrder, start: int) -> Iterator[tuple]:
+    def _frames(self, order: FrameOrder, start: int) -> Iterator[FrameItem]:
         live = order.live
         index = start
         finished = False
@@ -555,8 +580,6 @@ class ScanSession:
             if ending and not finished:
                 live.finish()  # nothing more will come: no file waits for an earlier one
                 finished = True
-            frame = live.get(index)
-            arrived = None if frame is None else frame.arrived
             item = order.next(index, ended=self._end is not None, ending=ending)
             if item is None:
                 if not ending:
@@ -570,8 +593,6 @@ class ScanSession:
                 self.frames_done = index + 1
                 self.frames_failed = self._failed_before + order.failed
                 self.frames_missing = self._missing_before + order.missing
-                if item[1] is not None and arrived is not None:
-                    self._arrivals[index] = arrived  # read by the writer thread, locked
             self._last_news = self.clock()  # handing frames on is activity too
             live.consume(index)
             yield item
@@ -607,22 +628,6 @@ class ScanSession:
     def _ending(self) -> bool:
         """The scan was ended and its grace for late files is over."""
         return self._end is not None and self.clock() - self._end_at >= self._end.grace_s
-
-    def _chunk_written(self, chunk: PreparedChunk) -> None:
-        """Called by the writer thread once a chunk is on disk."""
-        now = self.clock()
-        with self._lock:
-            arrivals = [self._arrivals.pop(i, None)
-                        for i in range(chunk.frame_start, chunk.frame_start + chunk.n_frames)]
-        known = [t for t in arrivals if t is not None]
-        weightless = int(np.count_nonzero(chunk.missing))
-        with self._lock:
-            self.frames_written = chunk.frame_start + chunk.n_frames
-            self.chunks_written += 1
-        self.events.emit(ChunkWritten(scan=self.name, key=chunk.key, frame_start=chunk.frame_start,
-                                      n_frames=chunk.n_frames, path=str(self.output),
-                                      frames_missing=weightless,
-                                      latency_s=(now - max(known)) if known else None))
 
     # ---- free space
 

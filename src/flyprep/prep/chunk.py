@@ -26,6 +26,9 @@ class PreparedChunk:
     #: Leading frames already passed on as :class:`PreparedPart` (their data, already
     #: stored, are in ``data`` too).
     written_ahead: int = 0
+    #: When the last of its frames' files was finished (monotonic s), if known: the
+    #: chunk's latency is measured from it.
+    last_arrival: float | None = None
     #: Returns ``data`` and ``weights`` to their pool once stored; None if not pooled.
     release: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
