@@ -262,6 +262,8 @@ class ScanSession:
         except DiskFull as exc:
             self._after_disk_full(exc)
         except ScanInterrupted:
+            if self._order is not None:
+                self._order.flush()  # the frames handed on are reported, as at any end
             self._set_state(SessionState.STOPPED)
             log.info("%s: stopped at frame %d; the next start resumes it", self.name,
                      self.frames_done)
@@ -283,6 +285,9 @@ class ScanSession:
         the daemon start the scan again from its files."""
         if self._order is not None:
             self._order.flush()
+        self._sync_progress()
+        with self._lock:
+            self._scan_run = None  # no chunk buffers held while waiting for space
         log.error("%s: %s; the scan waits for space, then goes on from its files",
                   self.name, exc)
         try:
@@ -328,6 +333,7 @@ class ScanSession:
         self._sync_progress()
         with self._lock:
             self._scan_run = None  # its buffers go with it
+            self._order = None  # and the scan's file tables (LiveFrames) with this
         self._early_files.clear()
         with self._lock:
             self.paused = None

@@ -331,3 +331,23 @@ def test_a_wrong_shaped_first_stack_votes_once_and_is_quarantined_whole(
     assert info["frames_failed"] == 20
     [event] = d.sink.of_kind(FrameFailed)
     assert (event.index, event.count) == (0, 20) and "moved to" in event.reason
+
+
+def test_a_finished_session_keeps_no_frame_tables_or_buffers(inprocess_daemon, daemon_dirs):
+    """Finished scans stay in status (up to 200): they must not keep their LiveFrames,
+    cached raw frames or chunk buffers."""
+    import gc
+
+    from flyprep.pipeline import ScanRun
+    from flyprep.sources.live import LiveFrames
+
+    root, _, _ = daemon_dirs
+    with inprocess_daemon(**settings()) as d:
+        stack_scan(root / "scan_mem", frames_of(60), 20)
+        d.wait_state("scan_mem", ("complete",), timeout_s=60)
+        [session] = [s for s in d.daemon._finished.values() if s.name == "scan_mem"] or \
+            [s for s in d.daemon._sessions.values() if s.name == "scan_mem"]
+        assert session.join(10)
+        gc.collect()
+        alive = [o for o in gc.get_objects() if isinstance(o, (LiveFrames, ScanRun))]
+        assert alive == []
