@@ -82,6 +82,17 @@ def stack_scan(scan: Path, frames: np.ndarray, per_file: int, *, names: str = "f
     return paths
 
 
+def stack_case(tmp_path: Path, name: str, n: int, per_file: int, *, names: str = "file",
+               extra: str = "") -> tuple[tuple[np.ndarray, ...], list[Path], Path]:
+    """The reference of a clean stack scan, and the same scan in a staging directory
+    (its files, to be spoilt, then the directory to move into the watched root)."""
+    frames = frames_of(n)
+    stack_scan(tmp_path / "clean", frames, per_file, names=names)
+    ref = reference(tmp_path / "clean", tmp_path / "ref.ptyd")
+    staging = tmp_path / "staging" / name
+    return ref, stack_scan(staging, frames, per_file, names=names, extra=extra), staging
+
+
 def settings(**watch: object) -> dict[str, dict]:
     return {"watch": {"frame_timeout_s": 3.0, **watch}, "prep": dict(PREP),
             "output": {"chunk_frames": CHUNK}}
@@ -98,12 +109,7 @@ def test_an_unreadable_first_stack_never_shifts_the_frames_after_it(
     another frame's data). Names that count frames place the rest exactly; names that
     count files leave the rest unplaceable: weight 0, never another frame."""
     root, out, _ = daemon_dirs
-    frames = frames_of(200)
-    clean = tmp_path / "clean"
-    stack_scan(clean, frames, 20, names=names)
-    ref = reference(clean, tmp_path / "ref.ptyd")
-    staging = tmp_path / "staging" / "scan_stack"
-    paths = stack_scan(staging, frames, 20, names=names)
+    ref, paths, staging = stack_case(tmp_path, "scan_stack", 200, 20, names=names)
     garbage(paths[0])
     with inprocess_daemon(**settings()) as d:
         staging.rename(root / "scan_stack")
@@ -124,12 +130,8 @@ def test_an_unreadable_first_stack_never_shifts_the_frames_after_it(
 def test_a_declared_stack_length_places_the_frames_after_an_unreadable_stack(
         inprocess_daemon, daemon_dirs, tmp_path):
     root, out, _ = daemon_dirs
-    frames = frames_of(200)
-    clean = tmp_path / "clean"
-    stack_scan(clean, frames, 20)
-    ref = reference(clean, tmp_path / "ref.ptyd")
-    staging = tmp_path / "staging" / "scan_decl"
-    paths = stack_scan(staging, frames, 20, extra="frames_per_file = 20\n")
+    ref, paths, staging = stack_case(tmp_path, "scan_decl", 200, 20,
+                                     extra="frames_per_file = 20\n")
     garbage(paths[0])
     garbage(paths[5])
     with inprocess_daemon(**settings()) as d:
@@ -315,12 +317,7 @@ def test_a_wrong_shaped_first_stack_votes_once_and_is_quarantined_whole(
     """A stack's frames share one header: its 20 frames are one vote, not 20, so the
     scan's type is the other stacks'; the odd stack fails as one event with its range."""
     root, out, _ = daemon_dirs
-    frames = frames_of(100)
-    clean = tmp_path / "clean"
-    stack_scan(clean, frames, 20)
-    ref = reference(clean, tmp_path / "ref.ptyd")
-    staging = tmp_path / "staging" / "scan_wide"
-    paths = stack_scan(staging, frames, 20)
+    ref, paths, staging = stack_case(tmp_path, "scan_wide", 100, 20)
     with h5py.File(paths[0], "w") as f:
         f["/entry/data/data"] = np.zeros((20, SIDE + 8, SIDE), np.int32)
     with inprocess_daemon(**settings()) as d:
