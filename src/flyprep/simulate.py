@@ -44,7 +44,6 @@ import argparse
 import io
 import os
 import random
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -332,15 +331,12 @@ class Simulator:
             files=tuple(dict.fromkeys(files)))
 
 
-_RECORD_PREFIX = struct.Struct("<3sIQI")  # magic, readout_id, timestamp, length
-
-
 def _record(readout_id: int, timestamp: int, payload: bytes) -> bytes:
-    """One record's exact bytes as the DAQ writes them."""
-    from .apx.format import RECORD_MAGIC
+    """One record's exact bytes as the DAQ writes them (its readout counter wraps at
+    2**32, as the hardware's)."""
+    from .apx.format import record_bytes
 
-    prefix = _RECORD_PREFIX.pack(RECORD_MAGIC, readout_id % (1 << 32), timestamp, len(payload))
-    return prefix + payload
+    return record_bytes(readout_id % (1 << 32), timestamp, payload)
 
 
 class _PtypyFrames:

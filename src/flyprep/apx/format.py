@@ -726,6 +726,19 @@ class ApxReader:
         self.close()
 
 
+def record_bytes(readout_id: int, timestamp: int, payload: bytes) -> bytes:
+    """One record's exact bytes, as the DAQ writes them; ValueError for a field that does
+    not fit."""
+    if not 0 <= readout_id <= _MAX_U32:
+        raise ValueError(f"readout_id {readout_id} does not fit a uint32")
+    if not 0 <= timestamp <= _MAX_U64:
+        raise ValueError(f"timestamp {timestamp} does not fit a uint64")
+    payload = bytes(payload)
+    if len(payload) > _MAX_U32:
+        raise ValueError("payload longer than 4 GiB")
+    return _PREFIX.pack(RECORD_MAGIC, readout_id, timestamp, len(payload)) + payload
+
+
 class ApxWriter:
     """A new ``.apx`` file: the header is written at once, then records as they come."""
 
@@ -739,15 +752,7 @@ class ApxWriter:
 
     def write(self, readout_id: int, timestamp: int, payload: bytes) -> None:
         """Append one record."""
-        if not 0 <= readout_id <= _MAX_U32:
-            raise ValueError(f"readout_id {readout_id} does not fit a uint32")
-        if not 0 <= timestamp <= _MAX_U64:
-            raise ValueError(f"timestamp {timestamp} does not fit a uint64")
-        payload = bytes(payload)
-        if len(payload) > _MAX_U32:
-            raise ValueError("payload longer than 4 GiB")
-        self._file.write(_PREFIX.pack(RECORD_MAGIC, readout_id, timestamp, len(payload)))
-        self._file.write(payload)
+        self._file.write(record_bytes(readout_id, timestamp, payload))
 
     def write_batch(self, batch: ReadoutBatch) -> None:
         """Append every record of ``batch`` in order."""
