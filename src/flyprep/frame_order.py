@@ -23,6 +23,7 @@ import numpy as np
 from .errors import InputError
 from .events import EventSink, FrameFailed, FrameMissing
 from .pipeline import FailedFrame, MissingFrame, ReadyFrame
+from .ptyd.layout import ChunkGrid
 from .sources.live import FrameType, LiveFrames, agreed_type
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class FrameOrder:
         self.scan = scan
         self.scan_dir = scan_dir
         self.num_frames = num_frames
-        self.chunk_frames = chunk_frames
+        self.grid = ChunkGrid(num_frames, chunk_frames)
         self.frame_timeout_s = frame_timeout_s
         self.events = events
         self.clock = clock
@@ -151,7 +152,7 @@ class FrameOrder:
         assert expected is not None, "the frame type is decided before frames are handed on"
         if frame.kind is not None and frame.kind != expected:
             return self._wrong_type(index, frame.path, frame.kind)
-        chunk_stop = min(self.num_frames, (index // self.chunk_frames + 1) * self.chunk_frames)
+        chunk_stop = self.grid.stop(self.grid.key_of(index))
         try:
             data = live.read(index, stop=chunk_stop)
         except InputError as exc:

@@ -391,14 +391,14 @@ class ScanRun:
                     self.preparer.warm(item.data.shape, item.data.dtype)
         if not added:
             book.mark_missing([index], [item.position])
-        chunk_frames = self.chunk_frames
-        if (index + 1) % chunk_frames == 0:
+        grid = self.book.grid
+        if grid.ends_chunk(index):
             self._flush_ready()  # the chunk is whole: on disk now, not at the next frame
         elif self._parts and self.preparer.preparation is not None:
             if not self._part_frames:
-                self._part_frames = parts_of(self.preparer.preparation, chunk_frames,
+                self._part_frames = parts_of(self.preparer.preparation, grid.chunk_frames,
                                              self._part_bytes)
-            if (index + 1) % chunk_frames % self._part_frames == 0:
+            if (index + 1 - grid.start(grid.key_of(index))) % self._part_frames == 0:
                 self._flush_part()
         return None
 

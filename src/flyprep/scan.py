@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .prep.chunk import PreparedChunk
+from .ptyd.layout import ChunkGrid
 
 
 class Signal(enum.Enum):
@@ -87,7 +88,8 @@ class FrameBook:
         ``start_key``: the first chunk still to release (a resumed scan's next chunk)."""
         if num_frames < 1 or chunk_frames < 1 or buffer_chunks < 1:
             raise ValueError("num_frames, chunk_frames and buffer_chunks must be positive")
-        if start_key < 0 or start_key > -(-num_frames // chunk_frames):
+        self.grid = ChunkGrid(num_frames, chunk_frames)
+        if start_key < 0 or start_key > self.grid.n_chunks:
             raise ValueError(f"start_key {start_key} outside the scan's chunks")
         self.num_frames = num_frames
         self.chunk_frames = chunk_frames
@@ -120,13 +122,13 @@ class FrameBook:
     @property
     def n_chunks(self) -> int:
         """Number of chunks the scan will have."""
-        return -(-self.num_frames // self.chunk_frames)
+        return self.grid.n_chunks
 
     @property
     def window(self) -> range:
         """Global frame indices that can be accepted now."""
-        start = self.next_key * self.chunk_frames
-        return range(start, min(self.num_frames, start + self.buffer_chunks * self.chunk_frames))
+        start = self.grid.start(self.next_key)
+        return range(start, self.grid.stop(self.next_key + self.buffer_chunks - 1))
 
     def accepts(self, index: int) -> bool:
         """True when frame ``index`` fits in the buffers now (False: hold it and retry)."""
@@ -141,7 +143,7 @@ class FrameBook:
         """
         if not 0 <= index < self.num_frames:
             raise ValueError(f"frame index {index} outside the scan (0..{self.num_frames - 1})")
-        if index < self.next_key * self.chunk_frames:
+        if index < self.grid.start(self.next_key):
             raise ValueError(f"frame {index} arrived after its chunk was released")
         if not self.accepts(index):
             return False
@@ -182,8 +184,7 @@ class FrameBook:
         self.ended = True
 
     def _chunk_slots(self, key: int) -> tuple[int, int, slice]:
-        start = key * self.chunk_frames
-        stop = min(start + self.chunk_frames, self.num_frames)
+        start, stop = self.grid.start(key), self.grid.stop(key)
         base = start % self._present.size
         return start, stop, slice(base, base + stop - start)
 

@@ -17,6 +17,37 @@ TMP_SUFFIX = ".flyprep-tmp"
 ScanState = Literal["acquiring", "complete", "aborted"]
 
 
+@dataclass(frozen=True)
+class ChunkGrid:
+    """How a scan of ``num_frames`` is cut into chunks: chunk k holds frames
+    ``[k * chunk_frames, (k + 1) * chunk_frames)``, the last one fewer (the one place
+    this arithmetic is written)."""
+
+    num_frames: int
+    chunk_frames: int
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of chunks of the scan."""
+        return -(-self.num_frames // self.chunk_frames)
+
+    def key_of(self, index: int) -> int:
+        """The chunk holding frame ``index``."""
+        return index // self.chunk_frames
+
+    def start(self, key: int) -> int:
+        """First frame of chunk ``key``."""
+        return key * self.chunk_frames
+
+    def stop(self, key: int) -> int:
+        """One past the last frame of chunk ``key``."""
+        return min(self.num_frames, (key + 1) * self.chunk_frames)
+
+    def ends_chunk(self, index: int) -> bool:
+        """True when frame ``index`` is the last of a whole (full-size) chunk."""
+        return (index + 1) % self.chunk_frames == 0
+
+
 def chunk_file_name(master_name: str, chunk_format: str, key: int) -> str:
     """Bare file name of chunk ``key``: the master's name plus ``chunk_format % key``."""
     return master_name + (chunk_format % key)

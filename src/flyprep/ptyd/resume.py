@@ -28,6 +28,7 @@ import numpy as np
 from .. import __version__
 from ..errors import OutputError
 from .layout import (
+    ChunkGrid,
     TMP_SUFFIX,
     MasterPlan,
     ScanMeta,
@@ -144,9 +145,10 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
     key = 0
     if meta is None and chunk_names:
         broken = "chunk 0: the scan's preparation could not be recovered from it"
-    while broken is None and meta is not None:
-        start = key * chunk_frames
-        if start >= meta.num_frames:
+    grid = None if meta is None else ChunkGrid(meta.num_frames, chunk_frames)
+    while broken is None and grid is not None:
+        start = grid.start(key)
+        if key >= grid.n_chunks:
             break
         name = chunk_file_name(master.name, chunk_format, key)
         if name not in by_name:
@@ -154,8 +156,7 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
         expected_hash = params_hash if params_hash is not None else (
             kept[0].params_hash if kept else None)
         reason, chunk = _check_chunk(master.parent / name, key, start,
-                                     min(chunk_frames, meta.num_frames - start), meta,
-                                     expected_hash, old, deep)
+                                     grid.stop(key) - start, meta, expected_hash, old, deep)
         if chunk is None:
             broken = f"chunk {key}: {reason}"
             orphans.append((name, reason))
@@ -166,7 +167,7 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
         key += 1
     if broken is not None:
         after = f"after the invalid {broken}"
-    elif meta is not None and len(kept) * chunk_frames >= meta.num_frames:
+    elif grid is not None and len(kept) >= grid.n_chunks:
         after = f"beyond the scan's {meta.num_frames} frames"
     else:
         after = f"after the missing chunk {len(kept)}"
