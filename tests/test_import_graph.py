@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "flyprep"
 
 #: Layers, bottom first: a module may import its own layer and those below it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"__init__", "errors", "config", "events"}),
+    ("base", {"__init__", "errors", "config", "events", "states"}),
     ("sources", {"sources"}),
     ("prep", {"prep"}),
     ("ptyd", {"ptyd"}),

@@ -29,6 +29,8 @@ from typing import (
 
 from typing_extensions import Self
 
+from .states import END_STATES
+
 log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound="_EventBase")
@@ -121,7 +123,7 @@ class FrameFailed(_EventBase):
     count: int = 1  # one event per bad file: frames index .. index + count - 1
 
 
-SCAN_END_STATES = ("complete", "aborted")
+SCAN_END_STATES = tuple(s.value for s in END_STATES)
 
 
 @dataclass(frozen=True)

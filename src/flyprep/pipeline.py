@@ -290,7 +290,7 @@ class FailedFrame:
 class ScanEnd:
     """Every frame is pushed: finish the output with the master saying ``state``."""
 
-    state: ScanState = "complete"
+    state: ScanState = ScanState.COMPLETE
 
 
 RunItem = Union[ReadyFrame, MissingFrame, FailedFrame, ScanEnd]
@@ -544,7 +544,7 @@ def run_scan(
             position = item[3] if len(item) > 3 else None
             run.push(MissingFrame(index, name, position) if frame is None
                      else ReadyFrame(index, frame, name, position))
-        summary = run.push(ScanEnd("complete"))
+        summary = run.push(ScanEnd(ScanState.COMPLETE))
     except ScanInterrupted:
         run.suspend()
         raise
@@ -567,7 +567,7 @@ def _finish_aborted(book: FrameBook, flush_ready: Callable[[], None], writer: Wr
     try:
         book.end()
         flush_ready()
-        writer.close("aborted")
+        writer.close(ScanState.ABORTED)
     except Exception:
         with contextlib.suppress(Exception):
             writer.abort()

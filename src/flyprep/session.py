@@ -63,6 +63,7 @@ from .ptyd.resume import ResumeState, finished_state, reconcile
 from .sources.layouts import ScanSource, parse_geometry
 from .frame_order import FrameItem, FrameOrder
 from .sources.live import FrameType, LiveFrames
+from .states import END_STATES, ScanState
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ class SessionState(str, enum.Enum):
     """Where a session is in its life (see the module docstring)."""
 
     WAITING = "waiting"
-    ACQUIRING = "acquiring"
-    COMPLETE = "complete"
-    ABORTED = "aborted"
+    ACQUIRING = ScanState.ACQUIRING.value
+    COMPLETE = ScanState.COMPLETE.value
+    ABORTED = ScanState.ABORTED.value
     FAILED = "failed"
     STOPPED = "stopped"
 
@@ -213,7 +214,7 @@ class ScanSession:
     def end(self, reason: str, *, state: str = "complete", grace_s: float = 0.0) -> None:
         """End the scan: every frame already finished is still prepared; frames absent
         ``grace_s`` after the end are missing; the master says ``state``."""
-        if state not in ("complete", "aborted"):
+        if state not in END_STATES:
             raise ValueError(f"state must be 'complete' or 'aborted', got {state!r}")
         self._inbox.put(_End(reason, state, grace_s))
 
@@ -424,8 +425,8 @@ class ScanSession:
         try:
             for item in self._frames(order, start):
                 run.push(item)
-            state = "complete" if self._end is None else self._end.state
-            run.push(ScanEnd(state))  # type: ignore[arg-type]
+            state = ScanState.COMPLETE if self._end is None else ScanState(self._end.state)
+            run.push(ScanEnd(state))
         except ScanInterrupted:
             run.suspend()
             raise

@@ -8,13 +8,14 @@ import os.path
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..states import ScanState  # also this layer's name for it (re-exported)
+
 FORMAT_VERSION = 1
 TMP_SUFFIX = ".flyprep-tmp"
-ScanState = Literal["acquiring", "complete", "aborted"]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from .. import __version__
+from ..states import END_STATES, ScanState
 from ..errors import OutputError
 from .layout import (
     ChunkGrid,
@@ -174,7 +175,7 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
     for name in sorted(by_name):
         orphans.append((name, after))
     frames = kept[-1].frame_stop if kept else 0
-    finished = (meta is not None and old.state in ("complete", "aborted")
+    finished = (meta is not None and old.state in END_STATES
                 and frames == meta.num_frames
                 and not orphans and old.chunk_files == tuple(c.name for c in kept))
     return ReconcilePlan(master, chunk_format, chunk_frames, meta, old, tuple(kept),
@@ -185,7 +186,7 @@ def finished_state(master: str | os.PathLike[str]) -> str | None:
     """``complete`` or ``aborted`` when ``master`` is a readable, finished master (whatever
     settings it was made with), else None."""
     old = _read_old_master(Path(master))
-    return old.state if old.readable and old.state in ("complete", "aborted") else None
+    return old.state if old.readable and old.state in END_STATES else None
 
 
 def _read_old_master(master: Path) -> OldMaster:
@@ -311,7 +312,7 @@ def _publish_master(plan: ReconcilePlan, generation: int, created: str,
                     missing: tuple[int, ...]) -> None:
     first = plan.kept[0]
     master_plan = MasterPlan(
-        meta=plan.meta, chunk_files=tuple(c.name for c in plan.kept), state="acquiring",
+        meta=plan.meta, chunk_files=tuple(c.name for c in plan.kept), state=ScanState.ACQUIRING,
         generation=generation, frames_written=plan.next_frame, missing_indices=missing,
         chunk_frames=plan.chunk_frames, params_json=first.params_json,
         params_hash=first.params_hash, flyprep_version=__version__, created=created)

@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 
 from ..errors import PtydError
+from ..states import END_STATES, ScanState
 from .layout import TMP_SUFFIX
 from .reader import PtydFile, link_target_path
 
@@ -88,7 +89,7 @@ def verify(path: str | os.PathLike[str]) -> list[Finding]:
     if total > meta.num_frames:
         add(Finding("error", "2-num-frames", "/meta/num_frames",
                     f"{total} frames stored but num_frames is {meta.num_frames}"))
-    if ptyd.state in ("complete", "aborted") and total != meta.num_frames:
+    if ptyd.state in END_STATES and total != meta.num_frames:
         add(Finding("error", "2-num-frames", "/meta/num_frames",
                     f"scan is {ptyd.state} with {total} of {meta.num_frames} frames: readers hang"))
     sizes = [c.n_frames for c in ptyd.chunks]
@@ -101,7 +102,7 @@ def verify(path: str | os.PathLike[str]) -> list[Finding]:
                     "chunk on each poll; prefer ~100 frames per chunk"))
     leftovers = sorted(p.name for p in path.parent.glob(path.name + "*" + TMP_SUFFIX))
     # While a scan is acquiring, the chunk filling and the next master are being written.
-    if leftovers and ptyd.state != "acquiring":
+    if leftovers and ptyd.state != ScanState.ACQUIRING:
         add(Finding("warning", "7-atomic-writes", "/",
                     f"temporary files left beside the master: {leftovers}"))
     stale = _stale_chunk_files(path, ptyd.state)
@@ -151,7 +152,7 @@ def _stale_chunk_files(path: Path, state: str | None) -> list[str]:
     linked = {link_target_path(path, name).name for name in files}
     last = max(int(m.group(1)) for m in map(pattern.fullmatch, linked) if m is not None)
     try:
-        newest_allowed = first.stat().st_mtime if state == "acquiring" else float("inf")
+        newest_allowed = first.stat().st_mtime if state == ScanState.ACQUIRING else float("inf")
     except OSError:  # first chunk dangling: nothing to compare with
         newest_allowed = float("inf")
     stale = []

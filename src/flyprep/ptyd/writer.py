@@ -132,7 +132,7 @@ class PtydWriter:
         self.next_key = 0
         self.frames_written = 0
         self.missing: list[int] = []
-        self.state: ScanState = "acquiring"
+        self.state = ScanState.ACQUIRING
         self.chunk_files: list[str] = []
         self._unpublished = False
         self._open: _OpenChunk | None = None
@@ -244,20 +244,20 @@ class PtydWriter:
     def publish(self) -> None:
         """Publish a master listing every chunk written so far (link mode; append mode
         publishes only at close). Does nothing when nothing changed."""
-        if self.save == "link" and self._unpublished and self.state == "acquiring":
+        if self.save == "link" and self._unpublished and self.state == ScanState.ACQUIRING:
             self._publish_master()
 
-    def close(self, state: ScanState = "complete") -> None:
+    def close(self, state: ScanState = ScanState.COMPLETE) -> None:
         """Publish the final master with ``state``. Every planned frame must be written,
         or readers polling for ``num_frames`` would wait forever."""
-        if self.state != "acquiring":
+        if self.state.final:
             return
         self.discard_partial()
         if self.frames_written != self.meta.num_frames:
             raise OutputError(
                 f"{self.path}: {self.frames_written} frames written but meta/num_frames is "
                 f"{self.meta.num_frames}; fill the missing frames before closing")
-        self.state = state
+        self.state = ScanState(state)
         if self.save == "link":
             self._publish_master()
         else:
@@ -268,17 +268,17 @@ class PtydWriter:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
-            self.close("complete")
+            self.close(ScanState.COMPLETE)
         else:
             self.abort()
 
     def abort(self) -> None:
         """Give up on the scan: the chunks already published stay readable, the master
         says ``aborted``; an unpublished append file is removed."""
-        if self.state != "acquiring":
+        if self.state.final:
             return
         self.discard_partial()
-        self.state = "aborted"
+        self.state = ScanState.ABORTED
         if self.save == "link" and self.next_key > 0:
             self._publish_master()
         # An unpublished append file is left as it is: its chunks are not thrown away.
@@ -324,7 +324,7 @@ class PtydWriter:
     def _check_next(self, key: int, frame_start: int, n_frames: int,
                     frame_shape: tuple[int, ...], *, what: str = "chunk") -> None:
         """Chunk ``key`` of ``n_frames`` frames from ``frame_start`` may come next."""
-        if self.state != "acquiring":
+        if self.state.final:
             raise OutputError(f"{self.path}: scan is {self.state}, no more chunks accepted")
         if key != self.next_key or frame_start != self.frames_written:
             raise OutputError(

@@ -76,7 +76,7 @@ class WriterThread:
         self._raise_if_failed()
         self._queue.put(self.writer.encode_part(part))
 
-    def close(self, state: ScanState = "complete") -> None:
+    def close(self, state: ScanState = ScanState.COMPLETE) -> None:
         """Write what is queued, stop the thread, publish the final master."""
         self._stop()
         self._raise_if_failed()
