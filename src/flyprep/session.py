@@ -62,7 +62,7 @@ from .ptyd.layout import chunk_file_name, params_hash
 from .ptyd.resume import ResumeState, finished_state, reconcile
 from .sources.layouts import ScanSource, parse_geometry
 from .frame_order import FrameItem, FrameOrder
-from .sources.live import FrameType, LiveFrames
+from .sources.live import LiveFrames
 from .states import END_STATES, ScanState
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,6 @@ class ScanSession:
         self._last_news = clock()
         self._scan_run: ScanRun | None = None  # under _lock (status reads its progress)
         self._live: LiveFrames | None = None
-        self._frame_type: FrameType | None = None  # once decided (for the disk bound)
         self._order: FrameOrder | None = None
         self._failed_before = self._missing_before = 0  # in chunks kept from an earlier run
         self._early_files: list[_File] = []  # before the settings are known
@@ -326,18 +325,16 @@ class ScanSession:
         if self._output_lock is not None:
             self._output_lock.close()  # releases the lock
             self._output_lock = None
+        self._sync_progress()
         with self._lock:
             live, self._live = self._live, None
             if live is not None:
                 self._final = {"pending_frames": live.pending,
                                "ignored_files": [f"{p}: {why}" for p, why in live.ignored]}
-        self._sync_progress()
-        with self._lock:
             self._scan_run = None  # its buffers go with it
             self._order = None  # and the scan's file tables (LiveFrames) with this
-        self._early_files.clear()
-        with self._lock:
             self.paused = None
+        self._early_files.clear()
 
     def _fail(self, message: str) -> None:
         if self._order is not None:
@@ -402,7 +399,6 @@ class ScanSession:
         if order.frame_type is None:
             self._wait_for_frame_type(order, start)
         assert order.frame_type is not None
-        self._frame_type = order.frame_type
         self._order = order
         run = ScanRun(num_frames=num_frames, positions=None, config=settings,
                       output=self.output, calibration=calibration,
@@ -651,10 +647,10 @@ class ScanSession:
 
     def _chunk_bytes_bound(self) -> int:
         """More than two prepared chunks (data and weights) take on disk."""
-        settings = self._scan_settings
-        if settings is None or self._frame_type is None:
+        settings, order = self._scan_settings, self._order
+        if settings is None or order is None or order.frame_type is None:
             return 64 << 20
-        side = settings.prep.shape or min(self._frame_type[0])
+        side = settings.prep.shape or min(order.frame_type[0])
         return 2 * settings.output.chunk_frames * side * side * 9 + (1 << 20)
 
     def _free_bytes(self) -> int | None:
@@ -669,11 +665,13 @@ class ScanSession:
         failed write, ``force``: also room for two chunks); files keep arriving meanwhile
         and wait on disk. Raises ScanInterrupted on stop."""
         floor = self.config.limits.min_free_bytes
-        if force:
-            floor = max(floor, self._chunk_bytes_bound())
+        needs = f"limits.min_free_bytes ({_size(floor)})"
+        if force and self._chunk_bytes_bound() > floor:
+            floor = self._chunk_bytes_bound()
+            needs = f"the {_size(floor)} two chunks need"
         free = self._free_bytes() or 0
-        reason = (f"{why}: {_size(free)} free on {self.output.parent}, below "
-                  f"limits.min_free_bytes ({_size(floor)}); frames wait on disk")
+        reason = (f"{why}: {_size(free)} free on {self.output.parent}, below {needs}; "
+                  "frames wait on disk")
         with self._lock:
             self.paused = reason
         log.warning("%s: paused: %s", self.name, reason)

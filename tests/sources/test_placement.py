@@ -262,3 +262,22 @@ def test_a_readable_hdf5_file_without_the_frame_dataset_is_not_a_frame_file(
         lf.add_file(p)
     assert values(lf, 12) == {i: i for i in range(12)}
     assert any("not a frame file" in why for _, why in lf.ignored)
+
+
+def test_names_that_count_frames_need_no_directory_listing(tmp_path: Path, monkeypatch) -> None:
+    """Once names are known to number frames, a file whose number is the next frame is
+    placed at once: no listing of the scan directory per file (thousands of files)."""
+    import flyprep.sources.live as live_module
+
+    clock = Clock()
+    paths = stacks(tmp_path / "s", [f"data_{k * 5:06d}.h5" for k in range(6)], 5, bad=set())
+    lf = live(tmp_path / "s", clock)
+    for p in paths[:3]:
+        lf.add_file(p)
+    listings = []
+    real = live_module.os.listdir
+    monkeypatch.setattr(live_module.os, "listdir", lambda d: listings.append(d) or real(d))
+    for p in paths[3:]:
+        lf.add_file(p)
+    assert values(lf, 30) == {i: i for i in range(30)}
+    assert listings == []

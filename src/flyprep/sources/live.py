@@ -748,14 +748,21 @@ class LiveFrames:
                 and not any(fnmatch.fnmatchcase(name, p) for p in self.ignore_patterns))
 
     def _is_successor(self, path: Path) -> bool:
-        """True when ``path`` is the file right after the last one placed (same name with
-        the number one higher): the usual case, decided without listing the directory."""
+        """True when ``path`` is certainly the file right after the last one placed, as
+        its name tells: the usual case, decided without listing the directory. Names that
+        number files: the number one higher; names that number frames: the number of the
+        next frame."""
         last = self._last_path
         if last is None or last.parent != path.parent:
             return False
         mine, theirs = _name_number(last), _name_number(path)
-        return mine is not None and theirs is not None and mine[0] == theirs[0] and \
-            theirs[2] == f"{mine[1] + 1:0{len(mine[2])}d}"
+        if mine is None or theirs is None or mine[0] != theirs[0]:
+            return False
+        frames_named = self._name_steps > 0 and not self._name_steps_refuted
+        if frames_named:
+            return self._name_offset is not None and \
+                theirs[1] - self._name_offset == self._next_index
+        return theirs[2] == f"{mine[1] + 1:0{len(mine[2])}d}"
 
     def _unfinished_before(self, path: Path, key: list[Any]) -> list[Path]:
         """Frame files named between the last placed file and ``path`` that exist but are
