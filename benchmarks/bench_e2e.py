@@ -3,7 +3,7 @@
 The real daemon runs as a child process (``python -m flyprep.cli run --config FILE``) on a
 scratch directory under ``--dir`` (default /tmp): ipc sockets, chunks of ``--chunk-frames``
 (100), ``prep.shape`` = the frame side (no crop), a short quiet window and long frame and
-inactivity timeouts. Scans are written by :func:`flyprep.simulate.simulate_scan` in a child
+inactivity timeouts. Scans are written by :func:`flyprep.sim.simulate.simulate_scan` in a child
 process (PtyPy layout: one ``.npy`` per frame, most by temp+rename, 20 % in place in
 pieces; HDF5 layout: stack files of ``frames_per_file`` frames grown frame by frame). A
 third process polls the master as PtyPy does: every ``--poll-ms`` it stats the master and,
@@ -81,7 +81,7 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from flyprep.bus import BusError, Subscriber, request
+from flyprep.daemon.bus import BusError, Subscriber, request
 from flyprep.config import to_toml
 
 #: Extra latency allowed beyond the chunk fill time (the issue's goal).
@@ -153,7 +153,7 @@ QUICK = ["drain-ptypy", "drain-hdf5", "live-ptypy-max", "live-hdf5-max",
 
 def _pooled_example_scan(pool_size: int, dtype: str) -> type:
     """An ExampleScan whose frames cycle a pool synthesised once (same positions)."""
-    from flyprep.example import ExampleScan
+    from flyprep.sim.example import ExampleScan
 
     class PooledScan(ExampleScan):
         pools: ClassVar[dict[tuple[int, int], np.ndarray]] = {}

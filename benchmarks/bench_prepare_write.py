@@ -2,7 +2,7 @@
 
 Runs :func:`flyprep.pipeline.run_scan`, the code path of ``flyprep prepare`` after input
 reading (FrameBook -> Scan/ChunkPreparer -> a writer thread with PtydWriter, link mode), on
-raw frames held in memory: a pool of distinct synthetic far-field patterns (:class:`flyprep.example.ExampleScan`,
+raw frames held in memory: a pool of distinct synthetic far-field patterns (:class:`flyprep.sim.example.ExampleScan`,
 Poisson noise) is generated once, untimed, and cycled through so that thousands of frames
 need no more RAM than the pool.
 
@@ -34,11 +34,11 @@ import h5py
 import numpy as np
 
 from flyprep.config import PrepareConfig, parse_config
-from flyprep.example import ExampleScan
+from flyprep.sim.example import ExampleScan
 from flyprep.pipeline import PART_BYTES, ChunkPreparer, run_scan
 from flyprep.ptyd import open_ptyd
 from flyprep.ptyd.verify import verify
-from flyprep.scan import FrameBook, Scan
+from flyprep.pipeline.frame_book import FrameBook, Scan
 
 MB = 1e6
 #: Uncompressed flyprep must reach this fraction of the raw write+fsync bandwidth.

@@ -24,7 +24,7 @@ class CliResult:
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     """Run ``flyprep.cli.main(args)`` in-process; returns its exit code and output."""
-    from flyprep.cli import main
+    from flyprep.cli.main import main
 
     def run(*args: object) -> CliResult:
         capsys.readouterr()  # drop anything printed before
@@ -52,7 +52,7 @@ def flyprep_process() -> Callable[..., CliResult]:
 @pytest.fixture
 def make_example(tmp_path: Path) -> Callable[..., Path]:
     """Factory writing a synthetic finished scan (small frames by default) under tmp_path."""
-    from flyprep.example import write_example
+    from flyprep.sim.example import write_example
 
     def make(layout: str = "ptypy", *, frames: int = 20, side: int = 64,
              name: str | None = None, seed: int = 0) -> Path:

@@ -1,7 +1,7 @@
 """Streaming decoded readouts of growing ``.apx`` files over ZeroMQ (ApxStreamer).
 
 Real parts only: files written in pieces by the simulator (in a thread) or by the writer
-helper process, a real :class:`~flyprep.bus.EventPublisher` on ``tcp://127.0.0.1:*`` and
+helper process, a real :class:`~flyprep.daemon.bus.EventPublisher` on ``tcp://127.0.0.1:*`` and
 a real SUB socket (linger 0). Every wait is a condition with a deadline.
 """
 
@@ -27,9 +27,9 @@ from zmq.utils.garbage import GarbageCollectorThread
 from flyprep.apx.decode import HIT_DTYPE, DecodedBatch, decode_batch
 from flyprep.apx.format import PREFIX_SIZE, ReadoutBatch, open_apx
 from flyprep.apx.stream import ApxStreamer
-from flyprep.bus import EventPublisher, decode_message
+from flyprep.daemon.bus import EventPublisher, decode_message
 from flyprep.events import ApxReadouts, MemorySink
-from flyprep.simulate import APX_NAME, simulate_scan
+from flyprep.sim.simulate import APX_NAME, simulate_scan
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parents[0] / "data" / "apx" / "fixture.apx"

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flyprep.bus import BusError, request
+from flyprep.daemon.bus import BusError, request
 from flyprep.config import parse_daemon_config, to_toml
-from flyprep.daemon import Daemon
+from flyprep.daemon.service import Daemon
 from flyprep.events import MemorySink
 from flyprep.ptyd.reader import open_ptyd
 

@@ -21,8 +21,8 @@ from flyprep.config import parse_config
 from flyprep.events import FrameFailed, FrameMissing, ScanEnded
 from flyprep.pipeline import prepare_scan
 from flyprep.ptyd.reader import open_ptyd
-from flyprep.sources.layouts import discover
-from flyprep.status_command import print_status
+from flyprep.sources.scan_dir import discover
+from flyprep.cli.status import print_status
 
 SIDE = 32
 PREP = {"shape": 24}

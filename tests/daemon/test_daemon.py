@@ -14,8 +14,8 @@ from daemon_helpers import master_state, wait_for
 
 from flyprep.events import ApxReadouts, ChunkWritten, FrameMissing, ScanEnded
 from flyprep.ptyd.reader import open_ptyd
-from flyprep.simulate import simulate_scan
-from flyprep.status_command import print_status
+from flyprep.sim.simulate import simulate_scan
+from flyprep.cli.status import print_status
 
 
 def _ptypy_scan(scan_dir: Path, n: int, *, skip: set[int] = frozenset(), num_frames: int | None = None,

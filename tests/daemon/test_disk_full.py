@@ -24,8 +24,8 @@ from daemon_helpers import GEOMETRY, master_state, wait_for
 from flyprep.config import parse_config
 from flyprep.events import ScanContinued, ScanEnded, ScanPaused, ScanStarted
 from flyprep.pipeline import prepare_scan
-from flyprep.sources.layouts import discover
-from flyprep.status_command import print_status
+from flyprep.sources.scan_dir import discover
+from flyprep.cli.status import print_status
 
 
 def write_scan(scan: Path, n: int, *, side: int = 64, marker: bool = True) -> None:
@@ -135,7 +135,7 @@ def test_an_injected_enospc_pauses_then_the_scan_is_prepared_again_from_its_file
     """The same where no file system can be mounted: writes into the output fail with
     ENOSPC, and the disk says it has no space, until the test frees it."""
     from flyprep.ptyd import safefile
-    from flyprep.session import ScanSession
+    from flyprep.daemon.session import ScanSession
 
     root, out, _ = daemon_dirs
     full = threading.Event()

@@ -20,11 +20,11 @@ import pytest
 from compare import assert_same_ptyd, ptyd_contents
 from daemon_helpers import GEOMETRY, master_state, wait_for
 
-from flyprep.bus import Subscriber, request
+from flyprep.daemon.bus import Subscriber, request
 from flyprep.config import parse_config
 from flyprep.pipeline import prepare_scan
-from flyprep.simulate import simulate_scan
-from flyprep.sources.layouts import discover
+from flyprep.sim.simulate import simulate_scan
+from flyprep.sources.scan_dir import discover
 
 READER = Path(__file__).with_name("ptypy_reader.py")
 SIDE = 64

@@ -25,7 +25,7 @@ from daemon_helpers import GEOMETRY
 from flyprep.config import parse_config
 from flyprep.pipeline import prepare_scan
 from flyprep.ptyd.reader import open_ptyd
-from flyprep.sources.layouts import discover
+from flyprep.sources.scan_dir import discover
 
 SIDE = 24
 CHUNK = 12

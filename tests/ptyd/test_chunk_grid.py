@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flyprep.ptyd.layout import ChunkGrid
+from flyprep.ptyd.format import ChunkGrid
 
 
 def test_chunks_of_a_scan_and_the_short_last_one() -> None:

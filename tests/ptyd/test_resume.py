@@ -15,7 +15,7 @@ from ptyd_helpers import make_chunk
 
 from flyprep.errors import OutputError
 from flyprep.ptyd import PtydWriter, ScanMeta, open_ptyd, verify
-from flyprep.ptyd.layout import params_hash
+from flyprep.ptyd.format import params_hash
 from flyprep.ptyd.resume import plan_reconcile, reconcile
 
 CHUNK = 10

@@ -5,7 +5,7 @@ import os
 import h5py
 import numpy as np
 
-from flyprep.cli import main
+from flyprep.cli.main import main
 from flyprep.ptyd import PtydWriter, verify
 from flyprep.ptyd.tags import write_tagged
 

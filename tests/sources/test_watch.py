@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from flyprep.config import WatchConfig
-from flyprep.simulate import simulate_scan
+from flyprep.sim.simulate import simulate_scan
 from flyprep.sources.watch import (
     EndMarkerSeen,
     FileCompleted,

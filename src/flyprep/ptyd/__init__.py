@@ -1,6 +1,6 @@
 """PtyPy ``.ptyd`` files: layout, atomic writer, validating reader, verifier."""
 
-from .layout import ScanMeta, chunk_file_name
+from .format import ScanMeta, chunk_file_name
 from .reader import ChunkArrays, ChunkEntry, PtydFile, PtydMeta, open_ptyd
 from .verify import Finding, verify
 from .writer import PtydWriter

@@ -28,7 +28,7 @@ import numpy as np
 from .. import __version__
 from ..states import END_STATES, ScanState
 from ..errors import OutputError
-from .layout import (
+from .format import (
     ChunkGrid,
     TMP_SUFFIX,
     MasterPlan,

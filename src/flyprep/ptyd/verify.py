@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import PtydError
 from ..states import END_STATES, ScanState
-from .layout import TMP_SUFFIX
+from .format import TMP_SUFFIX
 from .reader import PtydFile, link_target_path
 
 Level = Literal["error", "warning"]

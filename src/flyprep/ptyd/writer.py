@@ -25,7 +25,7 @@ import numpy as np
 from .. import __version__
 from ..errors import OutputError
 from ..prep.chunk import PreparedChunk, PreparedPart
-from .layout import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
+from .format import (ChunkProvenance, MasterPlan, ScanMeta, ScanState, chunk_file_name,
                      chunk_name_regex, now_iso, params_hash, tmp_name)
 from .safefile import GuardedFile, guarded_h5, guarded_h5_file
 from .storage import DataStorage, encode_weights, write_weights

@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..errors import OutputError
 from ..prep.chunk import PreparedChunk, PreparedPart
-from .layout import ScanState
+from .format import ScanState
 from .writer import EncodedChunk, EncodedPart, PtydWriter
 
 _STOP = object()

@@ -1,5 +1,5 @@
 """Where raw frames come from: scan directory layouts and frame readers."""
 
-from .layouts import FrameRef, ScanSource, discover, read_frame, read_frames, read_map
+from .scan_dir import FrameRef, ScanSource, discover, read_frame, read_frames, read_map
 
 __all__ = ["FrameRef", "ScanSource", "discover", "read_frame", "read_frames", "read_map"]

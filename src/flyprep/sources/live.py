@@ -45,7 +45,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from .layouts import DEFAULT_EXCLUDE, FrameRef, natural_key, read_frame, read_stack
+from .scan_dir import DEFAULT_EXCLUDE, FrameRef, natural_key, read_frame, read_stack
 from .npy import read_npy_header
 from .positions import GrowingPositions
 

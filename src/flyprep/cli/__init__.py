@@ -1,0 +1,6 @@
+"""The ``flyprep`` command line: one registry of commands (:data:`flyprep.cli.main.COMMANDS`)
+and one set of exit codes (:class:`flyprep.cli.exit_codes.ExitCode`)."""
+
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,49 @@
+"""``flyprep end-scan SCAN``: ask a running daemon to end a scan now.
+
+Frames that have not arrived are written as missing (weight 0), so readers still reach
+``num_frames``; the master says ``complete`` (``aborted`` with ``--abort``).
+Exit codes: 0 the daemon is ending the scan, 1 no daemon answered or it refused (no such
+running scan), 2 the endpoint is not a scheme://address URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..daemon.bus import DEFAULT_CONTROL_ENDPOINT, BusError, request
+from .exit_codes import ExitCode
+
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``end-scan`` on an ``add_subparsers()`` object; returns its parser."""
+    parser = subparsers.add_parser("end-scan", help="end a running scan of the daemon now")
+    parser.add_argument("scan", help="the scan's name (its directory name)")
+    parser.add_argument("--abort", action="store_true",
+                        help="the master says 'aborted' instead of 'complete'")
+    parser.add_argument("--endpoint", default=DEFAULT_CONTROL_ENDPOINT,
+                        help=f"control endpoint of the daemon (default {DEFAULT_CONTROL_ENDPOINT})")
+    parser.add_argument("--timeout", type=float, default=5.0, dest="timeout_s")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Send ``end_scan``; see the module doc for exit codes."""
+    if "://" not in args.endpoint:
+        print(f"flyprep: error: endpoint {args.endpoint!r}: expected tcp://host:port or "
+              "ipc://path", file=sys.stderr)
+        return ExitCode.INPUT
+    try:
+        reply = request(args.endpoint, "end_scan", params={"scan": args.scan, "abort": args.abort},
+                        timeout_s=args.timeout_s)
+    except BusError as exc:
+        print(f"flyprep: error: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    if not reply.get("ok"):
+        print(f"flyprep: error: {reply.get('error', 'refused')}", file=sys.stderr)
+        return ExitCode.FAILED
+    state = reply["result"]["state"]
+    print(f"{args.scan}: ending; missing frames are filled and the master will say {state}")
+    return ExitCode.OK

@@ -1,0 +1,109 @@
+"""``flyprep run --config FILE``: the long-running service.
+
+SIGTERM or SIGINT asks for a clean stop: running scans write their whole chunks and stay
+resumable, sockets close, exit code 0. A second signal exits at once (the output is
+crash-safe either way: the next start reconciles it). Under systemd (``Type=notify``) the
+daemon reports ``READY=1`` once its sockets are bound and its watcher runs, and
+``STOPPING=1`` when it begins to stop.
+
+Exit codes: 0 stopped cleanly, 2 bad configuration (not retried by the systemd unit),
+3 could not start (an endpoint in use, a watched root missing: e.g. a network mount not
+there yet; retried), 130/143 forced stop by a second signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, FlyprepError
+from .exit_codes import ExitCode
+
+
+log = logging.getLogger("flyprep")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``run`` on an ``add_subparsers()`` object; returns its parser."""
+    parser = subparsers.add_parser("run", help="run the daemon: watch, prepare, write, publish")
+    parser.add_argument("--config", "-c", type=Path, required=True, help="daemon TOML config")
+    parser.add_argument("--log-level", default=os.environ.get("FLYPREP_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default INFO, or $FLYPREP_LOG_LEVEL)")
+    return parser
+
+
+def notify_systemd(state: str) -> bool:
+    """Send ``state`` (e.g. ``READY=1``) to systemd's notify socket, if there is one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("systemd notify failed: %s", exc)
+        return False
+    return True
+
+
+def configure_logging(level: str) -> None:
+    """One line per record on stderr (journald adds the time under systemd)."""
+    fmt = ("%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
+           else "%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
+    # watchdog's inotify emitter warns when it adds the watch of a new directory twice;
+    # harmless (the second replaces the first), and alarming in a service's journal.
+    warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
+                            module="watchdog")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config, start the daemon, serve until a signal; see the module doc."""
+    configure_logging(args.log_level)
+    from ..config import load_daemon_config
+    from ..daemon.service import Daemon
+
+    try:
+        config = load_daemon_config(args.config, require_roots=False)
+    except ConfigError as exc:
+        print(f"flyprep: error: {exc}", file=sys.stderr)
+        return ExitCode.INPUT
+    daemon = Daemon(config)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            os.write(2, b"flyprep: second signal, exiting now\n")
+            os._exit(128 + signum)
+        daemon.should_exit.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    try:
+        daemon.startup()
+    except (FlyprepError, OSError) as exc:
+        print(f"flyprep: error: could not start: {exc}", file=sys.stderr)
+        return ExitCode.OUTPUT
+    notify_systemd("READY=1")
+    print(f"flyprep: ready; events {daemon.endpoints['events']}, control "
+          f"{daemon.endpoints['control']}", file=sys.stderr, flush=True)
+    try:
+        daemon.main_loop()
+    finally:
+        notify_systemd("STOPPING=1")
+        log.info("stopping: running scans write their whole chunks and stay resumable")
+        daemon.shutdown()
+    log.info("stopped")
+    return ExitCode.OK

@@ -1,0 +1,108 @@
+"""``flyprep status``: ask a running daemon's control server how its scans are going.
+
+Exit codes: 0 the daemon answered, 1 no daemon answered (or it answered with an error),
+2 the endpoint is not a scheme://address URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+from ..daemon.bus import DEFAULT_CONTROL_ENDPOINT, BusError, request
+from .exit_codes import ExitCode
+
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``status`` on an ``add_subparsers()`` object; returns its parser."""
+    parser = subparsers.add_parser("status", help="show the scans of a running flyprep daemon")
+    parser.add_argument("--endpoint", default=DEFAULT_CONTROL_ENDPOINT,
+                        help=f"control endpoint of the daemon (default {DEFAULT_CONTROL_ENDPOINT})")
+    parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    parser.add_argument("--timeout", type=float, default=2.0, dest="timeout_s",
+                        help="seconds to wait for a reply (default 2)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Query the daemon and print its status; see the module doc for exit codes."""
+    endpoint = args.endpoint
+    if "://" not in endpoint:
+        print(f"flyprep: error: endpoint {endpoint!r}: expected tcp://host:port or ipc://path",
+              file=sys.stderr)
+        return ExitCode.INPUT
+    try:
+        reply = request(endpoint, "status", timeout_s=getattr(args, "timeout_s", 2.0))
+    except BusError as exc:
+        print(f"flyprep: error: {exc}", file=sys.stderr)
+        return ExitCode.FAILED
+    if not reply.get("ok"):
+        print(f"flyprep: error: daemon at {endpoint} could not report status: "
+              f"{reply.get('error', 'no reason given')}", file=sys.stderr)
+        return ExitCode.FAILED
+    result = reply.get("result")
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print_status(result, endpoint=endpoint)
+    return ExitCode.OK
+
+
+def _progress(scan: dict[str, Any]) -> str:
+    done = scan.get("frames_written", scan.get("frames"))
+    total = scan.get("num_frames")
+    if done is None:
+        return ""
+    if total:
+        return f"{done}/{total} frames ({100.0 * done / total:.0f}%)"
+    return f"{done} frames"
+
+
+def print_status(status: Any, *, endpoint: str, file: TextIO | None = None) -> None:
+    """A readable rendering of a status dict: its scans, then its other entries."""
+    out = file or sys.stdout
+    print(f"flyprep daemon at {endpoint}", file=out)
+    if not isinstance(status, dict):
+        print(f"  {status!r}", file=out)
+        return
+    scans = status.get("scans")
+    if isinstance(scans, dict):  # {name: info} is accepted as well as a list
+        scans = [{"scan": name, **(info if isinstance(info, dict) else {"state": info})}
+                 for name, info in scans.items()]
+    if isinstance(scans, list):
+        print(f"scans: {len(scans)}" if scans else "scans: none", file=out)
+        for scan in scans:
+            if not isinstance(scan, dict):
+                print(f"  {scan!r}", file=out)
+                continue
+            parts = [str(scan.get("state", "")), _progress(scan)]
+            missing = scan.get("frames_missing")
+            if missing:
+                parts.append(f"{missing} missing")
+            failed = scan.get("frames_failed")
+            if failed:
+                parts.append(f"{failed} failed")
+            end = scan.get("end_reason")
+            if end and scan.get("state") in ("complete", "aborted"):
+                parts.append(f"ended by {end}")
+            print(f"  {scan.get('scan', '?')}: {', '.join(p for p in parts if p)}", file=out)
+            if scan.get("paused"):
+                print(f"    paused: {scan['paused']}", file=out)
+            if scan.get("files_unmatched"):
+                names = ", ".join(scan.get("unmatched_files") or [])
+                print(f"    {scan['files_unmatched']} file(s) match no frame pattern, never "
+                      f"read: {names}", file=out)
+            if scan.get("error"):
+                print(f"    error: {scan['error']}", file=out)
+    for key, value in status.items():
+        if key == "scans":
+            continue
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k}={len(v) if isinstance(v, (dict, list)) else v}"
+                              for k, v in value.items())
+            print(f"{key}: {inner}", file=out)
+        else:
+            print(f"{key}: {value}", file=out)

@@ -1,0 +1,551 @@
+"""ZeroMQ transport of the daemon: the event publisher and the control server.
+
+The only module of flyprep that imports zmq. Following pyzmq's own threads, each
+thread creates and owns its sockets; other threads talk to it through a queue
+(:class:`EventPublisher`) or an ``inproc://`` pipe (:class:`ControlServer`).
+
+* :class:`EventPublisher` is an :class:`~flyprep.events.EventSink`: ``emit()`` never
+  blocks. Messages are multipart ``[topic, json_body, *array_buffers]`` (``docs/events.md``).
+* :class:`ControlServer` answers JSON requests ``{"command": ..., ...}`` from a table of
+  handlers with ack/nack envelopes ``{"ok": true, "result": ...}`` /
+  ``{"ok": false, "error": ...}``; a failing handler is reported, never fatal.
+* :func:`request` is the client: a dead daemon gives :class:`ControlTimeout`, never a hang.
+* :func:`check_endpoint` refuses to bind TCP on non-loopback addresses unless allowed.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from ..config import check_endpoint as config_endpoint
+from ..config import is_local_endpoint
+from ..errors import ConfigError, FlyprepError
+from ..events import Event, event_from_dict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVENTS_ENDPOINT = "tcp://127.0.0.1:5570"
+DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5571"
+
+Handler = Callable[[dict[str, Any]], Any]
+
+
+class BusError(FlyprepError):
+    """A socket could not be bound or connected, or a control request failed in transport."""
+
+
+class ControlTimeout(BusError):
+    """No reply from the control server in time (daemon not running, or stuck)."""
+
+
+# ---------------------------------------------------------------------------- endpoints
+
+
+
+def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
+    """``endpoint`` if it is safe to bind, else ConfigError.
+
+    ``ipc://path`` and ``inproc://name`` are fine; ``tcp://host:port`` only on a loopback
+    address (``127.x.x.x``, ``::1``, ``localhost``) unless ``allow_remote``: ``*``,
+    ``0.0.0.0``, interface names and other addresses expose the daemon to the network.
+    The port is a number 1-65535 or ``*`` (a random free port). The syntax and the
+    loopback rule are the configuration's (:mod:`flyprep.config`).
+    """
+    if endpoint.startswith("inproc://") and len(endpoint) > len("inproc://"):
+        return endpoint
+    try:
+        config_endpoint(endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"endpoint {endpoint!r}: {exc}") from None
+    if not allow_remote and not is_local_endpoint(endpoint):
+        raise ConfigError(f"endpoint {endpoint!r}: not a loopback address; binding it "
+                          f"exposes the daemon to the network (set allow_remote to permit it)")
+    return endpoint
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> str:
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise BusError(f"cannot bind {endpoint}: {exc}") from exc
+    last = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return last.decode() if isinstance(last, bytes) else str(last)
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Received:
+    """One published message, decoded: the event, its sequence number, emit time, arrays."""
+
+    event: Event
+    seq: int
+    time: float
+    arrays: list[np.ndarray] = field(default_factory=list)
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_message(event: Event, *, seq: int, emit_time: float,
+                   arrays: Sequence[np.ndarray] = ()) -> list[Any]:
+    """``[topic, json_body, *arrays]`` for ``event`` (arrays must be C-contiguous)."""
+    body = event.to_dict()
+    body["seq"] = seq
+    body["time"] = emit_time
+    if arrays:
+        body["arrays"] = [{"dtype": _dtype_spec(a.dtype), "shape": list(a.shape)}
+                          for a in arrays]
+    return [event.kind.encode(), json.dumps(body).encode(), *arrays]
+
+
+def _dtype_spec(dtype: np.dtype) -> Any:
+    """A JSON form of ``dtype``: its type string, or numpy's field list for a structured
+    dtype (so that field names travel too)."""
+    return dtype.descr if dtype.names else dtype.str
+
+
+def _dtype_of(spec: Any) -> np.dtype:
+    if isinstance(spec, str):
+        return np.dtype(spec)
+    return np.dtype([tuple(field) for field in spec])
+
+
+def decode_message(frames: Sequence[Any]) -> Received:
+    """Read a published message back (frames as bytes or ``zmq.Frame``); ValueError if bad.
+
+    Arrays are read-only views of the received buffers.
+    """
+    if len(frames) < 2:
+        raise ValueError(f"expected [topic, body, ...], got {len(frames)} frame(s)")
+    raw = [f.buffer if isinstance(f, zmq.Frame) else f for f in frames]
+    body = json.loads(bytes(raw[1]))
+    specs = body.get("arrays", [])
+    if len(specs) != len(raw) - 2:
+        raise ValueError(f"body announces {len(specs)} array(s), message has {len(raw) - 2}")
+    arrays = [np.frombuffer(buf, dtype=_dtype_of(s["dtype"])).reshape(s["shape"])
+              for s, buf in zip(specs, raw[2:])]
+    return Received(event_from_dict(body), int(body.get("seq", -1)), float(body.get("time", 0.0)),
+                    arrays, body)
+
+
+# ---------------------------------------------------------------------------- subscriber
+
+
+class Subscriber:
+    """A SUB socket on a daemon's events (or ``apx.stream``) endpoint, for reconstruction
+    code and monitors: ``receive()`` returns the next :class:`Received` or None.
+
+    ``topics``: topic prefixes (``b"chunk."``; default everything). Messages published
+    before the subscription reaches the publisher (a few ms after connecting) are not
+    received: that is ZeroMQ's PUB/SUB.
+    """
+
+    def __init__(self, endpoint: str, *, topics: Sequence[bytes] = (b"",),
+                 context: zmq.Context | None = None) -> None:
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.SUB)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            self._sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise BusError(f"cannot connect to {endpoint}: {exc}") from exc
+
+    def receive(self, timeout_s: float | None = None) -> Received | None:
+        """The next message, waiting up to ``timeout_s`` (None: forever); None on timeout."""
+        timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
+        if not self._sock.poll(timeout_ms):
+            return None
+        return decode_message(self._sock.recv_multipart(copy=False))
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        self._sock.close(0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------- publisher
+
+_STOP = object()
+
+
+class EventPublisher:
+    """Publishes events on a ZeroMQ PUB socket owned by a background thread.
+
+    ``emit()`` may be called from any thread and never blocks: the event goes into a
+    bounded queue (``queue_size``); when that is full the event is dropped and counted.
+    The thread sends with ``NOBLOCK`` and ``SNDHWM = sndhwm``: a subscriber that is slow
+    or gone loses messages, the pipeline never waits. Those losses are ZeroMQ's and are
+    not counted here: subscribers see them as gaps in ``seq``.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_EVENTS_ENDPOINT, *, allow_remote: bool = False,
+                 queue_size: int = 10_000, sndhwm: int = 1_000,
+                 context: zmq.Context | None = None) -> None:
+        self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
+        self.endpoint: str | None = None  # the bound one (random port resolved)
+        self._sndhwm = sndhwm
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._ctx = context
+        self._own_ctx = context is None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._closing = False
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._counts = {"emitted": 0, "sent": 0, "dropped": 0, "errors": 0}
+        self._last_error: str | None = None
+        self._linger_ms = 0
+        self._accepted = 0  # put into the queue
+        self._handled = 0  # taken out and sent, dropped or failed
+
+    # -- lifecycle
+    def start(self, timeout_s: float = 5.0) -> EventPublisher:
+        """Start the thread and bind; BusError if the endpoint cannot be bound."""
+        if self._thread is not None:
+            return self
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        self._thread = threading.Thread(target=self._run, name="flyprep-events", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):  # pragma: no cover - binding is immediate
+            raise BusError(f"event publisher did not start within {timeout_s} s")
+        if self._error is not None:
+            self._thread.join()
+            self._thread = None
+            self._term()
+            raise self._error
+        return self
+
+    def close(self, *, timeout_s: float = 5.0, linger_s: float = 0.0) -> None:
+        """Send what is queued, stop the thread, close the socket. Idempotent.
+
+        With ``linger_s = 0`` messages still in ZeroMQ's buffers are discarded; give a
+        short linger to let a final ``ScanEnded`` reach connected subscribers.
+        """
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._linger_ms = int(linger_s * 1000)
+        if self._thread is not None:
+            try:
+                self._queue.put_nowait(_STOP)
+            except queue.Full:
+                pass  # the thread drains the queue, then sees _closing
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():  # pragma: no cover
+                log.warning("event publisher thread did not stop within %s s", timeout_s)
+                return
+        self._term()
+
+    def _term(self) -> None:
+        if self._own_ctx and self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> EventPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the sink
+    def emit(self, event: Event, *, arrays: Sequence[np.ndarray] = ()) -> None:
+        """Queue ``event`` (and raw ``arrays``, sent without copy: do not modify them after)."""
+        if arrays:
+            arrays = [np.ascontiguousarray(a) for a in arrays]
+        with self._lock:
+            if self._closing or self._thread is None:
+                self._counts["dropped"] += 1
+                return
+            self._counts["emitted"] += 1
+            item = (event, next(self._seq), time.time(), arrays)
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self._counts["dropped"] += 1
+            else:
+                self._accepted += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: emitted, sent, dropped (queue full or closed), errors; queued now."""
+        with self._lock:
+            return {**self._counts, "queued": self._queue.qsize(), "endpoint": self.endpoint,
+                    "last_error": self._last_error}
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every queued event has been handed to ZeroMQ; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if self._handled >= self._accepted:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
+    # -- the thread
+    def _run(self) -> None:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.PUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+            self.endpoint = _bind(sock, self.requested_endpoint)
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
+            self._error = exc
+            sock.close(linger=0)
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    if self._closing:
+                        break
+                    continue
+                if item is _STOP:
+                    break
+                self._send(sock, *item)
+        finally:
+            sock.close(linger=self._linger_ms)
+
+    def _send(self, sock: zmq.Socket, event: Event, seq: int, emit_time: float,
+              arrays: Sequence[np.ndarray]) -> None:
+        try:
+            frames = encode_message(event, seq=seq, emit_time=emit_time, arrays=arrays)
+            # A PUB socket never blocks and never says when a slow subscriber's queue is
+            # full: it discards the message for that subscriber (who sees a gap in seq).
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except Exception as exc:  # noqa: BLE001 - collected into stats, never raised
+            outcome = "errors"
+            with self._lock:
+                self._last_error = f"{getattr(event, 'kind', '?')}: {type(exc).__name__}: {exc}"
+            log.warning("event not published: %s", self._last_error)
+        else:
+            outcome = "sent"
+        with self._lock:
+            self._counts[outcome] += 1
+            self._handled += 1
+
+
+# ---------------------------------------------------------------------------- control
+
+
+def _reply(command: Any, *, ok: bool, result: Any = None, error: str = "") -> dict[str, Any]:
+    if ok:
+        return {"ok": True, "command": command, "result": result}
+    return {"ok": False, "command": command, "error": error}
+
+
+class ControlServer:
+    """Answers control requests on a REP socket owned by a background thread.
+
+    ``handlers`` maps a command name to ``handler(params) -> JSON data``, where ``params``
+    is the request without its ``"command"``. Handlers run on the server thread: they
+    must only read snapshots or take the daemon's lock. ``ping`` is built in unless given.
+    Every request gets an envelope; errors are counted into :meth:`status`.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, handlers: Mapping[str, Handler] | None = None,
+                 *, allow_remote: bool = False, context: zmq.Context | None = None,
+                 max_errors_kept: int = 20) -> None:
+        self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
+        self.endpoint: str | None = None
+        self.handlers: dict[str, Handler] = {"ping": lambda params: {"pong": True, "time": time.time()}}
+        self.handlers.update(handlers or {})
+        self._ctx = context
+        self._own_ctx = context is None
+        self._thread: threading.Thread | None = None
+        self._pipe: zmq.Socket | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._errors: collections.deque[str] = collections.deque(maxlen=max_errors_kept)
+        self._n_errors = 0
+
+    def start(self, timeout_s: float = 5.0) -> ControlServer:
+        """Start the thread and bind; BusError if the endpoint cannot be bound."""
+        if self._thread is not None:
+            return self
+        if self._ctx is None:
+            self._ctx = zmq.Context()
+        pipe_name = f"inproc://flyprep-control-{id(self):x}"
+        self._pipe = self._ctx.socket(zmq.PAIR)
+        self._pipe.setsockopt(zmq.LINGER, 0)
+        self._pipe.bind(pipe_name)
+        self._thread = threading.Thread(target=self._run, args=(pipe_name,), name="flyprep-control",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):  # pragma: no cover
+            raise BusError(f"control server did not start within {timeout_s} s")
+        if self._error is not None:
+            self._thread.join()
+            self._thread = None
+            self._shutdown()
+            raise self._error
+        return self
+
+    def close(self, *, timeout_s: float = 5.0) -> None:
+        """Stop the thread and close the sockets. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None and self._pipe is not None:
+            self._pipe.send(b"stop")
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():  # pragma: no cover
+                log.warning("control server thread did not stop within %s s", timeout_s)
+                return
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close(linger=0)
+            self._pipe = None
+        if self._own_ctx and self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> ControlServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def status(self) -> dict[str, Any]:
+        """Requests answered, errors (count and the latest messages), endpoint."""
+        with self._lock:
+            return {"endpoint": self.endpoint, "requests": self._requests,
+                    "errors": self._n_errors, "recent_errors": list(self._errors)}
+
+    def handle(self, message: bytes) -> dict[str, Any]:
+        """The reply envelope for one raw request; never raises (the logic, without sockets)."""
+        command: Any = None
+        try:
+            try:
+                request = json.loads(message)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ValueError(f"request is not JSON: {exc}") from None
+            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+                raise ValueError('request must be a JSON object with a string "command"')
+            command = request["command"]
+            handler = self.handlers.get(command)
+            if handler is None:
+                raise ValueError(f"unknown command {command!r}; known: {', '.join(sorted(self.handlers))}")
+            params = {k: v for k, v in request.items() if k != "command"}
+            try:
+                result = handler(params)
+            except Exception as exc:
+                raise ValueError(f"{command} failed: {type(exc).__name__}: {exc}") from exc
+            json.dumps(result)  # not serialisable -> a nack now, not a dead socket later
+            reply = _reply(command, ok=True, result=result)
+        except (ValueError, TypeError) as exc:
+            reply = _reply(command, ok=False, error=str(exc))
+            with self._lock:
+                self._n_errors += 1
+                self._errors.append(str(exc))
+            log.warning("control request failed: %s", exc)
+        with self._lock:
+            self._requests += 1
+        return reply
+
+    def _run(self, pipe_name: str) -> None:
+        assert self._ctx is not None
+        pipe = self._ctx.socket(zmq.PAIR)
+        pipe.setsockopt(zmq.LINGER, 0)
+        pipe.connect(pipe_name)
+        rep = self._ctx.socket(zmq.REP)
+        try:
+            rep.setsockopt(zmq.LINGER, 0)
+            self.endpoint = _bind(rep, self.requested_endpoint)
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
+            self._error = exc
+            rep.close(linger=0)
+            pipe.close(linger=0)
+            self._ready.set()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(pipe, zmq.POLLIN)
+        poller.register(rep, zmq.POLLIN)
+        try:
+            while True:
+                ready = dict(poller.poll())
+                if pipe in ready:
+                    pipe.recv()
+                    break
+                if rep in ready:
+                    frames = rep.recv_multipart()
+                    reply = self.handle(frames[0] if frames else b"")
+                    try:
+                        rep.send(json.dumps(reply).encode(), flags=zmq.NOBLOCK)
+                    except zmq.ZMQError as exc:  # pragma: no cover - peer gone
+                        log.warning("control reply not sent: %s", exc)
+        finally:
+            rep.close(linger=0)
+            pipe.close(linger=0)
+
+
+def request(endpoint: str, command: str, *, params: Mapping[str, Any] | None = None,
+            timeout_s: float = 2.0, context: zmq.Context | None = None) -> dict[str, Any]:
+    """Send one control request; the reply envelope ``{"ok": ..., "result"|"error": ...}``.
+
+    Raises :class:`ControlTimeout` when nothing answers within ``timeout_s`` and
+    :class:`BusError` for an endpoint that cannot be connected or a reply that is not JSON.
+    A nack (``ok`` false) is returned, not raised.
+    """
+    ctx = context or zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    timeout_ms = max(1, int(timeout_s * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+    try:
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise BusError(f"cannot connect to {endpoint}: {exc}") from exc
+        body = {**(params or {}), "command": command}
+        try:
+            sock.send(json.dumps(body).encode())
+        except zmq.Again:
+            raise ControlTimeout(f"no flyprep daemon at {endpoint}: request {command!r} not "
+                                 f"accepted within {timeout_s:g} s") from None
+        if not sock.poll(timeout_ms, zmq.POLLIN):
+            raise ControlTimeout(f"no reply from {endpoint} to {command!r} within {timeout_s:g} s: "
+                                 f"is the flyprep daemon running there?")
+        raw = sock.recv()
+    finally:
+        sock.close(linger=0)
+    try:
+        reply = json.loads(raw)
+    except ValueError as exc:
+        raise BusError(f"reply from {endpoint} is not JSON: {exc}") from exc
+    if not isinstance(reply, dict) or "ok" not in reply:
+        raise BusError(f"reply from {endpoint} is not an ack/nack envelope: {raw[:200]!r}")
+    return reply

@@ -1,0 +1,354 @@
+"""The composition root of ``flyprep run``: the one place that knows every part.
+
+Flow: watchdog observers (:class:`~flyprep.sources.watch.ScanWatcher`) -> the daemon's
+queue -> the main loop, which routes each event to its scan's
+:class:`~flyprep.session.ScanSession` (one thread per scan: read, prepare, write) and
+``.apx`` files to the :class:`~flyprep.apx.stream.ApxStreamer`. Events go out on the
+ZeroMQ PUB socket; the control REP socket answers ``status``, ``end_scan`` and ``ping``.
+
+Lifecycle (as uvicorn's server): :meth:`Daemon.startup` binds the sockets and starts the
+watcher (errors here are fatal: the service does not half start), :meth:`Daemon.main_loop`
+runs until ``should_exit`` is set (signal handlers only set it), :meth:`Daemon.shutdown`
+stops the watcher, stops every scan (whole chunks written, masters left ``acquiring`` so
+that the next start resumes them) and closes the sockets.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..apx.stream import ApxStreamer
+from .bus import ControlServer, EventPublisher
+from ..config import DaemonConfig
+from ..errors import InputError
+from ..events import ApxReadouts, EventSink, FanoutSink
+from ..ptyd.resume import finished_state
+from .session import RestartRequested, ScanSession, SessionState, marker_grace_s, output_path
+from ..sources.watch import (
+    EndMarkerSeen,
+    FileCompleted,
+    FileGrew,
+    FileUnmatched,
+    ScanDirectoryAppeared,
+    ScanWatcher,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+#: Finished scans kept for ``status`` (the oldest are forgotten beyond it).
+FINISHED_KEPT = 200
+#: Main loop tick: starting queued scans, forgetting finished ones.
+TICK_S = 0.1
+
+
+class Daemon:
+    """flyprep's service: watches, prepares, writes and publishes scans.
+
+    ``sinks``: extra event sinks besides the ZeroMQ publisher (the demo's progress
+    display, tests). ``publish=False`` runs without binding any socket (the demo).
+    """
+
+    def __init__(self, config: DaemonConfig, *, sinks: Sequence[EventSink] = (),
+                 publish: bool = True) -> None:
+        self.config = config
+        self.should_exit = threading.Event()
+        self._publish = publish
+        self._sink = FanoutSink(sinks)
+        self._events: EventPublisher | None = None
+        self._control: ControlServer | None = None
+        self._apx_stream: EventPublisher | None = None
+        self._apx: ApxStreamer | None = None
+        self._watcher: ScanWatcher | None = None
+        self._inbox: queue.Queue[WatchEvent | RestartRequested] = queue.Queue()
+        self._lock = threading.Lock()
+        self._sessions: dict[Path, ScanSession] = {}  # running or queued
+        self._queued: list[Path] = []  # waiting for a free slot (limits.max_scans)
+        self._finished: OrderedDict[Path, ScanSession] = OrderedDict()
+        self._started = time.time()
+        self._apx_files: dict[Path, Path] = {}  # .apx file -> its scan directory
+        self._marker_grace_s = marker_grace_s(config)
+
+    # ---- lifecycle
+
+    def startup(self) -> None:
+        """Bind the sockets, start the watcher. Raises (and cleans up) if anything fails."""
+        cfg = self.config
+        for root in cfg.watch.roots:
+            if not Path(root).is_dir():  # e.g. a network mount not there yet
+                raise InputError(root, "watched root does not exist or is not a directory")
+        try:
+            if self._publish:
+                self._events = EventPublisher(cfg.bus.events, allow_remote=cfg.bus.allow_remote,
+                                              sndhwm=cfg.bus.send_hwm).start()
+                self._sink.add(self._events)
+                self._control = ControlServer(cfg.bus.control, self._handlers(),
+                                              allow_remote=cfg.bus.allow_remote).start()
+            if cfg.apx.follow:
+                publish = self._publish_apx
+                if self._publish:
+                    self._apx_stream = EventPublisher(cfg.apx.stream,
+                                                      allow_remote=cfg.bus.allow_remote,
+                                                      sndhwm=cfg.bus.send_hwm).start()
+                self._apx = ApxStreamer(publish, events=self._sink)
+                self._apx.start()
+            # Sessions re-read their positions file and the streamer its .apx files on a
+            # short period: growth reports would only cost a kernel event per write().
+            self._watcher = ScanWatcher(cfg.watch, self._inbox.put,
+                                        max_tracked=cfg.limits.max_pending_files,
+                                        apx_pattern=cfg.apx.pattern, report_growth=False)
+            self._watcher.start()
+        except BaseException:
+            self.shutdown()
+            raise
+        log.info("flyprep %s: watching %s; events on %s, control on %s", __version__,
+                 ", ".join(str(r) for r in cfg.watch.roots),
+                 self._events.endpoint if self._events else "-",
+                 self._control.endpoint if self._control else "-")
+
+    def main_loop(self) -> None:
+        """Route watcher events to scans until :attr:`should_exit` is set."""
+        next_tick = 0.0
+        while not self.should_exit.is_set():
+            try:
+                event = self._inbox.get(timeout=TICK_S)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                try:
+                    self._route(event)
+                except Exception:  # one bad event must not stop the service
+                    log.exception("could not handle %r", event)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                self._housekeeping()
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop watching, stop every scan (resumable), close the sockets. Idempotent."""
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.stop()
+        deadline = time.monotonic() + timeout_s
+        for session in sessions:
+            if not session.join(max(0.0, deadline - time.monotonic())):
+                log.error("%s: did not stop within %g s", session.name, timeout_s)
+        if self._apx is not None:
+            self._apx.close()
+            self._apx = None
+        if self._apx_stream is not None:
+            self._apx_stream.close(linger_s=0.5)
+            self._apx_stream = None
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._events is not None:
+            self._events.flush(2.0)
+            self._events.close(linger_s=0.5)
+            self._events = None
+
+    def run(self) -> None:
+        """startup, main_loop, shutdown."""
+        self.startup()
+        try:
+            self.main_loop()
+        finally:
+            self.shutdown()
+
+    @property
+    def endpoints(self) -> dict[str, str | None]:
+        """The bound endpoints (random ports resolved)."""
+        return {"events": self._events.endpoint if self._events else None,
+                "control": self._control.endpoint if self._control else None,
+                "apx_stream": self._apx_stream.endpoint if self._apx_stream else None}
+
+    # ---- routing (main loop thread)
+
+    def _route(self, event: WatchEvent | RestartRequested) -> None:
+        if isinstance(event, ScanDirectoryAppeared):
+            self._session_for(event.path)
+        elif isinstance(event, FileUnmatched):
+            session = self._session_for(event.scan_dir)
+            if session is not None:
+                session.file_unmatched(event.path)
+        elif isinstance(event, RestartRequested):
+            self._restart(event)
+        elif isinstance(event, FileCompleted):
+            if self._is_apx(event.path):
+                self._follow_apx(event.path, event.scan_dir)
+                return
+            session = self._session_for(event.scan_dir)
+            if session is not None:
+                session.file_completed(event.path)
+                self._admit(session)
+        elif isinstance(event, FileGrew):
+            # Only growing files' appearance is reported (report_growth=False): an .apx is
+            # followed from then on; a positions file is re-read by its session anyway.
+            if self._is_apx(event.path):
+                scan_dir = self._watcher.scan_dir_of(event.path) if self._watcher else None
+                self._follow_apx(event.path, scan_dir)
+        elif isinstance(event, EndMarkerSeen):
+            session = self._sessions.get(event.scan_dir)
+            if session is not None:
+                session.end("end marker", grace_s=self._marker_grace_s)
+                self._admit(session)
+            self._finish_apx(event.scan_dir)
+
+    def _session_for(self, scan_dir: Path) -> ScanSession | None:
+        """The scan's session, created (and started or queued) on first sight; None for
+        files directly in a root and for scans finished in this run."""
+        if scan_dir in self.config.watch.roots:
+            return None
+        out = self.config.output.directory
+        if out is not None and (Path(out) == scan_dir or scan_dir in Path(out).parents):
+            return None  # the output directory inside a watched root is no scan
+        with self._lock:
+            session = self._sessions.get(scan_dir)
+            if session is not None:
+                return session
+            if scan_dir in self._finished:
+                return None
+            session = self._new_session(scan_dir)
+            self._sessions[scan_dir] = session
+        return session
+
+    def _new_session(self, scan_dir: Path, **kwargs: Any) -> ScanSession:
+        return ScanSession(scan_dir, self.config, events=self._sink,
+                           on_restart=self._inbox.put, **kwargs)
+
+    def _restart(self, event: RestartRequested) -> None:
+        """A scan stopped by a full disk goes on from its files now that there is space:
+        a new session resumes its output, the watcher reports its files again."""
+        scan_dir = event.scan_dir
+        carried = None if event.end_reason is None else (event.end_reason, event.end_state)
+        with self._lock:
+            old = self._sessions.get(scan_dir)
+            if old is not None and old.alive:
+                old.join(10.0)  # it sent this as its last act
+            session = self._new_session(scan_dir, carried_end=carried, announce=False)
+            self._sessions[scan_dir] = session
+            self._finished.pop(scan_dir, None)  # housekeeping may have moved the old one
+            if scan_dir in self._queued:
+                self._queued.remove(scan_dir)
+        log.info("%s: prepared again from its files (space is back)", scan_dir.name)
+        if self._watcher is not None:
+            self._watcher.relist(scan_dir)  # into the inbox before the session starts
+        self._admit(session)
+
+    def _admit(self, session: ScanSession) -> None:
+        """Start the session's thread on its first file (a directory without scan files
+        takes no thread and no slot), or queue it while ``limits.max_scans`` run."""
+        with self._lock:
+            if session.started or session.scan_dir in self._queued:
+                return
+            running = sum(1 for s in self._sessions.values() if s.alive)
+            if running < self.config.limits.max_scans:
+                session.start()
+            else:
+                self._queued.append(session.scan_dir)
+                log.info("%s: queued (%d scans running, limits.max_scans)", session.name,
+                         running)
+
+    def _housekeeping(self) -> None:
+        with self._lock:
+            for scan_dir, session in list(self._sessions.items()):
+                if session.started and session.state.finished and not session.alive:
+                    del self._sessions[scan_dir]
+                    self._finished[scan_dir] = session
+                    while len(self._finished) > FINISHED_KEPT:
+                        self._finished.popitem(last=False)
+                    if self._apx is not None and session.state != SessionState.STOPPED:
+                        self._finish_apx(scan_dir)
+            running = sum(1 for s in self._sessions.values() if s.alive)
+            while self._queued and running < self.config.limits.max_scans:
+                self._sessions[self._queued.pop(0)].start()
+                running += 1
+
+    # ---- .apx files
+
+    def _is_apx(self, path: Path) -> bool:
+        return fnmatch.fnmatchcase(path.name, self.config.apx.pattern)
+
+    def _follow_apx(self, path: Path, scan_dir: Path | None) -> None:
+        if self._apx is None:
+            return
+        if path not in self._apx_files:
+            owner = scan_dir or path.parent
+            if owner not in self._finished and \
+                    finished_state(output_path(self.config, owner)) is not None:
+                return  # a scan finished before this start: its file was streamed then
+            if not self._apx.follow(path, scan=None if scan_dir is None else scan_dir.name):
+                return  # refused (too many files followed): logged and counted there
+            self._apx_files[path] = owner
+            if owner in self._finished:
+                self._finish_apx(owner)  # its scan ended already: read it to the end
+
+    def _finish_apx(self, scan_dir: Path) -> None:
+        if self._apx is None:
+            return
+        for path, owner in list(self._apx_files.items()):
+            if owner == scan_dir:
+                self._apx.finish(path)
+                del self._apx_files[path]
+
+    def _publish_apx(self, event: ApxReadouts, arrays: Sequence[np.ndarray]) -> None:
+        if self._apx_stream is not None:
+            self._apx_stream.emit(event, arrays=arrays)
+
+    # ---- control (control server thread)
+
+    def _handlers(self) -> dict[str, Any]:
+        return {"status": self._status, "end_scan": self._end_scan}
+
+    def status(self) -> dict[str, Any]:
+        """Every scan (running, queued, finished in this run) and the daemon's own state."""
+        return self._status({})
+
+    def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            scans = [s.status() for s in self._finished.values()]
+            for scan_dir, session in self._sessions.items():
+                info = session.status()
+                if scan_dir in self._queued:
+                    info["state"] = "queued"
+                scans.append(info)
+        out: dict[str, Any] = {
+            "version": __version__, "uptime_s": round(time.time() - self._started, 3),
+            "roots": [str(r) for r in self.config.watch.roots], "scans": scans,
+            "watcher": {"pending_files": self._watcher.pending_count if self._watcher else 0},
+        }
+        if self._events is not None:
+            out["events"] = self._events.stats()
+        if self._apx is not None:
+            out["apx"] = self._apx.status()
+        return out
+
+    def _end_scan(self, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("scan")
+        if not isinstance(name, str):
+            raise ValueError('end_scan needs "scan": the scan directory\'s name')
+        abort = bool(params.get("abort", False))
+        with self._lock:
+            matches = [s for s in self._sessions.values()
+                       if s.name == name and not s.state.finished]
+        if not matches:
+            raise ValueError(f"no running scan named {name!r}")
+        for session in matches:
+            session.end("end_scan command", state="aborted" if abort else "complete")
+        return {"scan": name, "ending": True, "state": "aborted" if abort else "complete"}
+

@@ -1,0 +1,103 @@
+"""``flyprep prepare``'s library side: a finished scan directory through the same
+:class:`~flyprep.pipeline.scan_run.ScanRun` the daemon uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..config import PrepareConfig
+from ..errors import InputError, OutputError
+from ..events import EventSink
+from .items import FrameInput
+from .preparer import effective_config, load_calibration
+from .scan_run import PrepareSummary, run_scan
+from ..sources.scan_dir import ScanSource, read_frame, read_frames
+from ..sources.live import agreed_type
+
+
+def prepare_scan(
+    source: ScanSource,
+    config: PrepareConfig,
+    output: Path,
+    *,
+    allow_missing: bool = False,
+    overwrite: bool = False,
+    events: EventSink | None = None,
+) -> PrepareSummary:
+    """Prepare a finished scan directory into ``output`` (.ptyd). Missing or unreadable
+    frame files raise :class:`InputError`, unless ``allow_missing`` fills them as missing.
+    ``events`` hears of each chunk on disk (``chunk.written``)."""
+    config = effective_config(config, source)
+    num_frames = config.scan.num_frames or len(source.frames)
+    if num_frames > len(source.frames) and not allow_missing:
+        raise InputError(source.root, f"num_frames is {num_frames} but the scan has only "
+                                      f"{len(source.frames)} frames")
+    if Path(output).exists() and not overwrite:
+        raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
+    calibration = load_calibration(config.prep)
+    declared = config.scan
+    if declared.frame_shape is not None and declared.frame_dtype is not None:
+        shape, dtype = tuple(declared.frame_shape), np.dtype(declared.frame_dtype)
+    else:
+        shape, dtype = _probe(source, allow_missing)
+    frames = _frames_from(source, min(num_frames, len(source.frames)), allow_missing,
+                          block=config.output.chunk_frames)
+    return run_scan(frames,
+                    num_frames=num_frames, positions=_positions_for(source, num_frames),
+                    config=config, output=output, calibration=calibration,
+                    frame_shape=shape, dtype=dtype, allow_missing=allow_missing,
+                    overwrite=overwrite, events=events)
+
+
+def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:
+    """Shape and dtype of the scan's frames: what its first readable files agree on (two
+    of the first three), so that one odd first frame does not decide for all the others."""
+    votes: list[Any] = []
+    seen: set[Path] = set()
+    for ref in source.frames:
+        if ref.path in seen:
+            continue  # one vote per file: a stack's frames share its header
+        seen.add(ref.path)
+        try:
+            frame = read_frame(ref, dataset=source.dataset)
+        except InputError:
+            if not allow_missing:
+                raise
+            continue
+        votes.append((frame.shape, frame.dtype))
+        decided = agreed_type(votes, final=False)
+        if decided is not None or len(votes) == 3:
+            break
+    decided = agreed_type(votes, final=True)
+    if decided is None:
+        raise InputError(source.root, "no frame of the scan could be read")
+    return decided  # type: ignore[return-value]
+
+
+def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:
+    pos = source.positions
+    if pos.shape[0] >= num_frames:
+        return pos[:num_frames]
+    pad = np.repeat(pos[-1:], num_frames - pos.shape[0], axis=0)
+    return np.concatenate([pos, pad])
+
+
+def _frames_from(source: ScanSource, stop: int, allow_missing: bool, *,
+                 block: int) -> Iterator[FrameInput]:
+    """Frames ``[0, stop)`` of a scan directory, stacks read ``block`` frames at a time;
+    with ``allow_missing`` a frame that cannot be read comes as None (missing) instead of
+    ending the run."""
+    i = 0
+    while i < stop:
+        try:
+            for index, frame, name in read_frames(source, i, stop, max_block=block):
+                yield index, frame, name
+                i = index + 1
+        except InputError:
+            if not allow_missing:
+                raise
+            yield i, None, str(source.frames[i].path)
+            i += 1
