@@ -1,15 +1,43 @@
-"""Shared, generic fixtures: example scans on disk and ways to run the ``flyprep`` CLI."""
+"""Shared, generic fixtures: example scans on disk, ways to run the ``flyprep`` CLI, and
+the one thread-leak check every test passes."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
+
+#: How long a test's threads may take to end after it (a join with a timeout, a thread
+#: finishing its last item).
+THREAD_GRACE_S = 5.0
+
+
+def live_threads() -> set[threading.Thread]:
+    """Live Python threads, except pyzmq's zero-copy garbage collector: a process-wide
+    singleton that the first large zero-copy send starts and nothing ever stops."""
+    from zmq.utils.garbage import GarbageCollectorThread
+
+    return {t for t in threading.enumerate()
+            if t.is_alive() and not isinstance(t, GarbageCollectorThread)}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Every test leaves the threads it found, no more: workers (``flyprep:*``), watchdog
+    observers, helper threads of the test itself."""
+    before = live_threads()
+    yield
+    deadline = time.monotonic() + THREAD_GRACE_S
+    while (leaked := live_threads() - before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leaked, f"threads left running: {sorted(t.name for t in leaked)}"
 
 
 @dataclass(frozen=True)

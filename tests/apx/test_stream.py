@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 import zmq
-from zmq.utils.garbage import GarbageCollectorThread
 
 from flyprep.apx.decode import HIT_DTYPE, DecodedBatch, decode_batch
 from flyprep.apx.format import PREFIX_SIZE, ReadoutBatch, open_apx
@@ -39,23 +38,6 @@ LOGGER = "flyprep.apx.stream"
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def live_threads() -> set[threading.Thread]:
-    """Live Python threads, except pyzmq's zero-copy garbage collector: a process-wide
-    singleton that the first large zero-copy send starts and nothing ever stops."""
-    return {t for t in threading.enumerate() if not isinstance(t, GarbageCollectorThread)}
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Every test must leave the Python threads it found, no more (close() stops them)."""
-    before = live_threads()
-    yield
-    deadline = time.monotonic() + 2
-    while live_threads() - before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not live_threads() - before, [t.name for t in live_threads() - before]
 
 
 @pytest.fixture(scope="module")

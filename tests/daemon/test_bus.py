@@ -59,17 +59,6 @@ SAMPLES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads() -> Iterator[None]:
-    """Every test must leave as many Python threads as it found."""
-    before = threading.active_count()
-    yield
-    deadline = time.monotonic() + 2
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threading.active_count() == before, [t.name for t in threading.enumerate()]
-
-
 @pytest.fixture
 def ctx() -> Iterator[zmq.Context]:
     context = zmq.Context()

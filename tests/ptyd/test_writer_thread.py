@@ -30,7 +30,7 @@ def test_chunks_written_in_order_and_buffers_returned(tmp_path, meta):
     w.close()
     assert written == [(k, f"s.ptyd.chunk0000{k}") for k in range(5)]
     assert sorted(released) == list(range(5))
-    assert threads == {"writer:s.ptyd"}
+    assert threads == {"flyprep:writer:s.ptyd"}
     ptyd = open_ptyd(tmp_path / "s.ptyd")
     assert ptyd.state == "complete" and ptyd.n_frames == 50
 

@@ -36,6 +36,7 @@ from typing_extensions import Self
 
 from ..errors import InputError
 from ..events import ApxReadouts, EventSink
+from ..workers import Worker
 from .decode import decode_batch
 from .format import ApxFormatError, ReadoutBatch, Truncation
 from .tail import MAX_POLL_BYTES, ApxTailer
@@ -95,7 +96,7 @@ class _File:
         }
 
 
-class ApxStreamer:
+class ApxStreamer(Worker):
     """Follow growing ``.apx`` files and publish their decoded readouts, on one thread.
 
     ``publish(event, arrays)`` receives, for every poll of a file that found complete
@@ -128,6 +129,7 @@ class ApxStreamer:
             raise ValueError(f"max_files must be >= 1, got {max_files}")
         if max_poll_bytes < 1:
             raise ValueError(f"max_poll_bytes must be >= 1, got {max_poll_bytes}")
+        super().__init__("apx-stream")
         self._publish = publish
         self._events = events
         self.poll_interval_s = float(poll_interval_s)
@@ -135,10 +137,8 @@ class ApxStreamer:
         self.max_poll_bytes = int(max_poll_bytes)
         self.carry_extra = bool(carry_extra)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._nudge = threading.Event()  # news for the thread: a file, a poke, stop
         self._files: dict[str, _File] = {}
-        self._thread: threading.Thread | None = None
-        self._stopping = False
         self._closed = False
         self._ended = 0
         self._counts = {"published": 0, "publish_errors": 0, "event_errors": 0,
@@ -153,11 +153,9 @@ class ApxStreamer:
         with self._lock:
             if self._closed:
                 raise RuntimeError("ApxStreamer is closed")
-            if self._thread is not None:
+            if self.started:
                 return self
-            self._thread = threading.Thread(target=self._run, name="flyprep-apx-stream",
-                                            daemon=True)
-            self._thread.start()
+            Worker.start(self)
         return self
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -170,13 +168,11 @@ class ApxStreamer:
             if self._closed:
                 return
             self._closed = True
-            self._stopping = True
-            thread = self._thread
-        self._wake.set()
-        if thread is not None:
-            thread.join(timeout_s)
-            if thread.is_alive():  # pragma: no cover - a publish() that blocks
-                log.warning("apx stream thread did not stop within %s s", timeout_s)
+        if not self.stop_and_join(timeout_s):  # pragma: no cover - a publish() that blocks
+            log.warning("apx stream thread did not stop within %s s", timeout_s)
+
+    def wake(self) -> None:
+        self._nudge.set()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -220,7 +216,7 @@ class ApxStreamer:
                     del self._files[f.path]
                     self._counts["forgotten"] += 1
             self._files[key] = _File(key, scan)
-        self._wake.set()
+        self._nudge.set()
         return True
 
     def poke(self, path: str | os.PathLike[str]) -> bool:
@@ -231,7 +227,7 @@ class ApxStreamer:
             if self._closed or f is None or f.state != FOLLOWING:
                 return False
             f.poked = True
-        self._wake.set()
+        self._nudge.set()
         return True
 
     def finish(self, path: str | os.PathLike[str]) -> bool:
@@ -250,14 +246,14 @@ class ApxStreamer:
             if f is None or f.state != FOLLOWING:
                 return True
             f.finish_requested = True
-        self._wake.set()
+        self._nudge.set()
         return True
 
     def status(self) -> dict[str, Any]:
         """Plain JSON data: counters, and per file (by path) its state and counters."""
         with self._lock:
             files = {k: f.to_status() for k, f in self._files.items()}
-            running = self._thread is not None and self._thread.is_alive()
+            running = self.alive
             return {
                 "running": running,
                 "max_files": self.max_files,
@@ -270,13 +266,13 @@ class ApxStreamer:
 
     # ------------------------------------------------------------------ the thread
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         """Poll what is due, then sleep until the next timed poll or a wake-up."""
         try:
             while True:
-                self._wake.clear()
+                self._nudge.clear()
                 with self._lock:
-                    if self._stopping:
+                    if self.stopping:
                         break
                     now = time.monotonic()
                     due = [f for f in self._files.values()
@@ -284,7 +280,7 @@ class ApxStreamer:
                     for f in due:
                         f.poked = False
                 for f in due:
-                    if self._stopping:
+                    if self.stopping:
                         break
                     self._service(f)
                 with self._lock:
@@ -293,7 +289,7 @@ class ApxStreamer:
                              for f in self._files.values() if f.state == FOLLOWING]
                 wait = min(waits, default=self.poll_interval_s)
                 if wait > 0:
-                    self._wake.wait(wait)
+                    self._nudge.wait(wait)
         finally:
             with self._lock:
                 files = list(self._files.values())

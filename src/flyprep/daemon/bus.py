@@ -33,6 +33,7 @@ from ..config import check_endpoint as config_endpoint
 from ..config import is_local_endpoint
 from ..errors import ConfigError, FlyprepError
 from ..events import Event, event_from_dict
+from ..workers import STOP, Worker
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,7 @@ class Subscriber:
 
 # ---------------------------------------------------------------------------- publisher
 
-_STOP = object()
-
-
-class EventPublisher:
+class EventPublisher(Worker):
     """Publishes events on a ZeroMQ PUB socket owned by a background thread.
 
     ``emit()`` may be called from any thread and never blocks: the event goes into a
@@ -201,15 +199,13 @@ class EventPublisher:
     def __init__(self, endpoint: str = DEFAULT_EVENTS_ENDPOINT, *, allow_remote: bool = False,
                  queue_size: int = 10_000, sndhwm: int = 1_000,
                  context: zmq.Context | None = None) -> None:
+        super().__init__("events")
         self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
         self.endpoint: str | None = None  # the bound one (random port resolved)
         self._sndhwm = sndhwm
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._ctx = context
         self._own_ctx = context is None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
         self._closing = False
         self._lock = threading.Lock()
         self._seq = itertools.count()
@@ -222,19 +218,17 @@ class EventPublisher:
     # -- lifecycle
     def start(self, timeout_s: float = 5.0) -> EventPublisher:
         """Start the thread and bind; BusError if the endpoint cannot be bound."""
-        if self._thread is not None:
+        if self.started:
             return self
         if self._ctx is None:
             self._ctx = zmq.Context()
-        self._thread = threading.Thread(target=self._run, name="flyprep-events", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout_s):  # pragma: no cover - binding is immediate
-            raise BusError(f"event publisher did not start within {timeout_s} s")
-        if self._error is not None:
-            self._thread.join()
-            self._thread = None
+        try:
+            Worker.start(self, ready_timeout_s=timeout_s)
+        except TimeoutError as exc:  # pragma: no cover - binding is immediate
+            raise BusError(f"event publisher did not start within {timeout_s} s") from exc
+        except BaseException:
             self._term()
-            raise self._error
+            raise
         return self
 
     def close(self, *, timeout_s: float = 5.0, linger_s: float = 0.0) -> None:
@@ -248,16 +242,16 @@ class EventPublisher:
                 return
             self._closing = True
         self._linger_ms = int(linger_s * 1000)
-        if self._thread is not None:
-            try:
-                self._queue.put_nowait(_STOP)
-            except queue.Full:
-                pass  # the thread drains the queue, then sees _closing
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():  # pragma: no cover
-                log.warning("event publisher thread did not stop within %s s", timeout_s)
-                return
+        if not self.stop_and_join(timeout_s):  # pragma: no cover
+            log.warning("event publisher thread did not stop within %s s", timeout_s)
+            return
         self._term()
+
+    def wake(self) -> None:
+        try:
+            self._queue.put_nowait(STOP)
+        except queue.Full:
+            pass  # the thread drains the queue, then sees it is stopping
 
     def _term(self) -> None:
         if self._own_ctx and self._ctx is not None:
@@ -276,7 +270,7 @@ class EventPublisher:
         if arrays:
             arrays = [np.ascontiguousarray(a) for a in arrays]
         with self._lock:
-            if self._closing or self._thread is None:
+            if self._closing or not self.started:
                 self._counts["dropped"] += 1
                 return
             self._counts["emitted"] += 1
@@ -306,28 +300,26 @@ class EventPublisher:
             time.sleep(0.005)
 
     # -- the thread
-    def _run(self) -> None:
+    def loop(self) -> None:
         assert self._ctx is not None
         sock = self._ctx.socket(zmq.PUB)
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self._sndhwm)
             self.endpoint = _bind(sock, self.requested_endpoint)
-        except BaseException as exc:  # noqa: BLE001 - handed to start()
-            self._error = exc
+        except BaseException:  # handed to start()
             sock.close(linger=0)
-            self._ready.set()
-            return
-        self._ready.set()
+            raise
+        self.mark_ready()
         try:
             while True:
                 try:
                     item = self._queue.get(timeout=0.05)
                 except queue.Empty:
-                    if self._closing:
+                    if self.stopping:
                         break
                     continue
-                if item is _STOP:
+                if item is STOP:
                     break
                 self._send(sock, *item)
         finally:
@@ -361,7 +353,7 @@ def _reply(command: Any, *, ok: bool, result: Any = None, error: str = "") -> di
     return {"ok": False, "command": command, "error": error}
 
 
-class ControlServer:
+class ControlServer(Worker):
     """Answers control requests on a REP socket owned by a background thread.
 
     ``handlers`` maps a command name to ``handler(params) -> JSON data``, where ``params``
@@ -373,16 +365,15 @@ class ControlServer:
     def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, handlers: Mapping[str, Handler] | None = None,
                  *, allow_remote: bool = False, context: zmq.Context | None = None,
                  max_errors_kept: int = 20) -> None:
+        super().__init__("control")
         self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
         self.endpoint: str | None = None
         self.handlers: dict[str, Handler] = {"ping": lambda params: {"pong": True, "time": time.time()}}
         self.handlers.update(handlers or {})
         self._ctx = context
         self._own_ctx = context is None
-        self._thread: threading.Thread | None = None
         self._pipe: zmq.Socket | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
+        self._pipe_name = f"inproc://flyprep-control-{id(self):x}"
         self._closed = False
         self._lock = threading.Lock()
         self._requests = 0
@@ -391,24 +382,20 @@ class ControlServer:
 
     def start(self, timeout_s: float = 5.0) -> ControlServer:
         """Start the thread and bind; BusError if the endpoint cannot be bound."""
-        if self._thread is not None:
+        if self.started:
             return self
         if self._ctx is None:
             self._ctx = zmq.Context()
-        pipe_name = f"inproc://flyprep-control-{id(self):x}"
         self._pipe = self._ctx.socket(zmq.PAIR)
         self._pipe.setsockopt(zmq.LINGER, 0)
-        self._pipe.bind(pipe_name)
-        self._thread = threading.Thread(target=self._run, args=(pipe_name,), name="flyprep-control",
-                                        daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout_s):  # pragma: no cover
-            raise BusError(f"control server did not start within {timeout_s} s")
-        if self._error is not None:
-            self._thread.join()
-            self._thread = None
+        self._pipe.bind(self._pipe_name)
+        try:
+            Worker.start(self, ready_timeout_s=timeout_s)
+        except TimeoutError as exc:  # pragma: no cover
+            raise BusError(f"control server did not start within {timeout_s} s") from exc
+        except BaseException:
             self._shutdown()
-            raise self._error
+            raise
         return self
 
     def close(self, *, timeout_s: float = 5.0) -> None:
@@ -416,13 +403,14 @@ class ControlServer:
         if self._closed:
             return
         self._closed = True
-        if self._thread is not None and self._pipe is not None:
-            self._pipe.send(b"stop")
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():  # pragma: no cover
-                log.warning("control server thread did not stop within %s s", timeout_s)
-                return
+        if not self.stop_and_join(timeout_s):  # pragma: no cover
+            log.warning("control server thread did not stop within %s s", timeout_s)
+            return
         self._shutdown()
+
+    def wake(self) -> None:
+        if self.alive and self._pipe is not None:
+            self._pipe.send(b"stop")
 
     def _shutdown(self) -> None:
         if self._pipe is not None:
@@ -475,22 +463,20 @@ class ControlServer:
             self._requests += 1
         return reply
 
-    def _run(self, pipe_name: str) -> None:
+    def loop(self) -> None:
         assert self._ctx is not None
         pipe = self._ctx.socket(zmq.PAIR)
         pipe.setsockopt(zmq.LINGER, 0)
-        pipe.connect(pipe_name)
+        pipe.connect(self._pipe_name)
         rep = self._ctx.socket(zmq.REP)
         try:
             rep.setsockopt(zmq.LINGER, 0)
             self.endpoint = _bind(rep, self.requested_endpoint)
-        except BaseException as exc:  # noqa: BLE001 - handed to start()
-            self._error = exc
+        except BaseException:  # handed to start()
             rep.close(linger=0)
             pipe.close(linger=0)
-            self._ready.set()
-            return
-        self._ready.set()
+            raise
+        self.mark_ready()
         poller = zmq.Poller()
         poller.register(pipe, zmq.POLLIN)
         poller.register(rep, zmq.POLLIN)

@@ -64,6 +64,7 @@ from ..sources.scan_dir import ScanSource, parse_geometry
 from ..pipeline.frame_order import FrameItem, FrameOrder
 from ..sources.live import LiveFrames
 from ..states import END_STATES, ScanState
+from ..workers import STOP, Worker
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,6 @@ class RestartRequested:
     end_state: str = "complete"
 
 
-_STOP = object()
 
 
 def marker_grace_s(config: DaemonConfig) -> float:
@@ -138,14 +138,17 @@ def output_path(config: DaemonConfig, scan_dir: Path) -> Path:
                                                        root=scan_dir.parent.name)
 
 
-class ScanSession:
-    """A scan being prepared; its methods may be called from any thread."""
+class ScanSession(Worker):
+    """A scan being prepared; its methods may be called from any thread. :meth:`loop` is the
+    whole logic: the daemon runs it in the session's thread (:meth:`start`), a test may call
+    it in its own."""
 
     def __init__(self, scan_dir: Path, config: DaemonConfig, *, events: EventSink,
                  clock: Callable[[], float] = time.monotonic,
                  on_restart: Callable[[RestartRequested], Any] | None = None,
                  carried_end: tuple[str, str] | None = None,
                  announce: bool = True) -> None:
+        super().__init__(f"scan:{Path(scan_dir).name}")
         self.scan_dir = Path(scan_dir)
         self.name = self.scan_dir.name
         self.config = config
@@ -165,7 +168,6 @@ class ScanSession:
         self.started_at = time.time()
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._end: _End | None = None
         self._end_at = 0.0
         self._on_restart = on_restart
@@ -177,7 +179,6 @@ class ScanSession:
         self._unmatched: list[str] = []
         self.files_unmatched = 0
         self._final: dict[str, Any] = {"pending_frames": 0, "ignored_files": []}
-        self._stop = False
         self._output_lock: Any = None
         self._described = False
         self._files_seen = 0
@@ -190,17 +191,6 @@ class ScanSession:
         self._scan_settings: Any = None
 
     # ---- from the daemon (any thread)
-
-    def start(self) -> ScanSession:
-        """Start the session's thread."""
-        self._thread = threading.Thread(target=self._run, name=f"scan:{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    @property
-    def started(self) -> bool:
-        """True once :meth:`start` was called."""
-        return self._thread is not None
 
     def file_completed(self, path: Path, arrived: float | None = None) -> None:
         """A file of the scan is finished (frame, positions or scan file)."""
@@ -217,22 +207,9 @@ class ScanSession:
             raise ValueError(f"state must be 'complete' or 'aborted', got {state!r}")
         self._inbox.put(_End(reason, state, grace_s))
 
-    def stop(self) -> None:
+    def wake(self) -> None:
         """Stop without ending the scan (daemon shutdown): the output stays resumable."""
-        self._stop = True
-        self._inbox.put(_STOP)
-
-    def join(self, timeout_s: float | None = None) -> bool:
-        """Wait for the thread; True if it has finished."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        """True while the session's thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        self._inbox.put(STOP)
 
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot for ``flyprep status``."""
@@ -256,7 +233,7 @@ class ScanSession:
 
     # ---- the thread
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         try:
             self._serve()
         except DiskFull as exc:
@@ -456,7 +433,7 @@ class ScanSession:
         cfg = self.config
         scan_file = self.scan_dir / cfg.watch.scan_file
         while True:
-            if self._stop:
+            if self.stopping:
                 raise ScanInterrupted(f"{self.name}: stopped while waiting for its settings")
             ended = self._end is not None and self.clock() - self._end_at >= self._end.grace_s
             described = self._described or (ended and scan_file.is_file())
@@ -576,7 +553,7 @@ class ScanSession:
         finished = False
         while index < order.num_frames:
             self._drain()
-            if self._stop:
+            if self.stopping:
                 raise ScanInterrupted(f"{self.name}: stopped at frame {index}")
             self._guard_space()
             ending = self._ending()
@@ -610,7 +587,7 @@ class ScanSession:
         finished = False
         while order.frame_type is None:
             self._drain()
-            if self._stop:
+            if self.stopping:
                 raise ScanInterrupted(f"{self.name}: stopped before its first frame")
             ending = self._ending()
             if ending and not finished:
@@ -682,7 +659,7 @@ class ScanSession:
             due = self.clock() + step
             while self.clock() < due:  # news (files) may come meanwhile: taken, not read
                 self._wait_news(max(0.0, due - self.clock()))
-                if self._stop:
+                if self.stopping:
                     raise ScanInterrupted(f"{self.name}: stopped while paused")
             self._last_news = self.clock()  # a pause is no inactivity
             free = self._free_bytes()
@@ -714,9 +691,8 @@ class ScanSession:
         self._check_inactivity()
 
     def _take(self, item: Any) -> None:
-        if item is _STOP:
-            self._stop = True
-            return
+        if item is STOP:
+            return  # stopping is set already
         if isinstance(item, _End):
             if self._end is None:
                 self._end = item

@@ -11,13 +11,12 @@ from typing import Callable
 
 from ..errors import OutputError
 from ..prep.chunk import PreparedChunk, PreparedPart
-from .format import ScanState
+from ..states import ScanState
+from ..workers import STOP, Worker
 from .writer import EncodedChunk, EncodedPart, PtydWriter
 
-_STOP = object()
 
-
-class WriterThread:
+class WriterThread(Worker):
     """Owns a writer while it runs: at most ``max_queued`` chunks wait to be written
     besides the one being written (parts of the chunk being filled do not count: their frames already sit in that
     chunk's buffer, and the pool of chunk buffers bounds the memory).
@@ -32,6 +31,7 @@ class WriterThread:
     def __init__(self, writer: PtydWriter, *, max_queued: int = 1,
                  publish_interval_s: float = 0.5,
                  on_written: Callable[[PreparedChunk, Path], None] | None = None) -> None:
+        super().__init__(f"writer:{writer.path.name}")
         self.writer = writer
         self.publish_interval_s = publish_interval_s
         # The first chunk is always published at once: readers start on it.
@@ -42,9 +42,7 @@ class WriterThread:
         self._chunks_queued = 0  # chunks submitted and not yet taken by the thread
         self._count_lock = threading.Lock()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"writer:{writer.path.name}",
-                                        daemon=True)
-        self._thread.start()
+        self.start()
 
     def submit(self, chunk: PreparedChunk) -> None:
         """Compress ``chunk``'s frames here, in the caller's thread, and queue it for writing;
@@ -102,9 +100,10 @@ class WriterThread:
         self.writer.abort()
 
     def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(_STOP)
-            self._thread.join()
+        self.stop_and_join()
+
+    def wake(self) -> None:
+        self._queue.put(STOP)  # after what is queued: that is written first
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -112,10 +111,10 @@ class WriterThread:
                 raise self._error
             raise OutputError(f"{self.writer.path}: writer failed: {self._error}") from self._error
 
-    def _run(self) -> None:
+    def loop(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is STOP:
                 return
             if isinstance(item, EncodedPart):
                 if self._error is None:

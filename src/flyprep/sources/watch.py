@@ -71,6 +71,7 @@ from watchdog.observers.polling import PollingObserver
 MOVE_PAIRING_S = 0.01
 
 from ..config import WatchConfig
+from ..workers import Ticker
 
 __all__ = ["EndMarkerSeen", "FileCompleted", "FileGrew", "FileUnmatched",
            "ScanDirectoryAppeared", "ScanWatcher", "WatchEvent"]
@@ -202,8 +203,7 @@ class ScanWatcher:
         self._markers_pending: dict[Path, None] = {}
         self._markers_seen: set[Path] = set()
         self._observer: BaseObserver | None = None
-        self._timer: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._timer: Ticker | None = None
         self._handler = _Handler(self)
         # Directories scheduled with the observer (roots; scan directories when not
         # recursive), with their watch so that one moved away or deleted can be dropped.
@@ -224,10 +224,7 @@ class ScanWatcher:
         observer.daemon = True
         observer.start()
         self._observer = observer
-        self._stop.clear()
-        self._timer = threading.Thread(target=self._run_timer, name="flyprep-watch-timer",
-                                       daemon=True)
-        self._timer.start()
+        self._timer = Ticker("watch-timer", self._tick_s, self._tick).start()
         try:
             self._initial_scan()
         except BaseException:
@@ -237,14 +234,13 @@ class ScanWatcher:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop and join the observer and timer threads (idempotent)."""
-        self._stop.set()
         observer, self._observer = self._observer, None
         timer, self._timer = self._timer, None
         if observer is not None:
             observer.stop()
             observer.join(timeout_s)
         if timer is not None:
-            timer.join(timeout_s)
+            timer.stop_and_join(timeout_s)
         self._watched_dirs.clear()  # a later start() schedules its watches anew
 
     def __enter__(self) -> ScanWatcher:  # noqa: PYI034 (Self needs Python 3.11)
@@ -539,13 +535,6 @@ class ScanWatcher:
                                                      event_filter=self._event_filter)
 
     # ---- timer thread
-
-    def _run_timer(self) -> None:
-        while not self._stop.wait(self._tick_s):
-            try:
-                self._tick()
-            except Exception:
-                log.exception("watch: timer tick failed")
 
     def _tick(self) -> None:
         with self._lock:
