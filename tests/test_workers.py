@@ -66,6 +66,18 @@ def test_an_error_after_ready_is_kept_and_logged(caplog: pytest.LogCaptureFixtur
     assert "breaks: thread ended by an error" in caplog.text
 
 
+def test_an_error_of_a_worker_nobody_waits_for_is_logged(caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    class Breaks(Worker):
+        def loop(self) -> None:
+            raise ValueError("bug")
+
+    worker = Breaks("unwatched").start()
+    assert worker.join(5)
+    assert isinstance(worker.thread_error, ValueError)
+    assert "unwatched: thread ended by an error" in caplog.text
+
+
 def test_a_ticker_ticks_survives_a_bad_tick_and_stops(caplog: pytest.LogCaptureFixture) -> None:
     ticks: list[float] = []
 

@@ -45,6 +45,8 @@ class Worker:
         raised here, and TimeoutError if it takes longer."""
         if self._thread is not None:
             raise RuntimeError(f"{self.worker_name}: started already")
+        if ready_timeout_s is None:
+            self._ready.set()  # nobody waits: an error at any time is logged
         self._thread = threading.Thread(target=self._main, daemon=True,
                                         name=THREAD_PREFIX + self.worker_name)
         self._thread.start()
