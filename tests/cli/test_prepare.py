@@ -488,3 +488,108 @@ def test_prepare_takes_the_frame_type_the_first_frames_agree_on(tmp_path):
         prepare_scan(discover(scan), config, tmp_path / "a.ptyd")
     summary = prepare_scan(discover(scan), config, tmp_path / "b.ptyd", allow_missing=True)
     assert summary.frames_missing == 1
+
+
+# -- --resume ------------------------------------------------------------------------------
+
+def interrupt_reading_at(monkeypatch, frame: int) -> None:
+    """Ctrl-C while frame ``frame`` is read (the run stops between two frames)."""
+    import flyprep.pipeline.prepare as prepare_module
+
+    real = prepare_module.read_frames
+
+    def reading(source, start, stop, **kwargs):
+        for item in real(source, start, stop, **kwargs):
+            if item[0] == frame:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(prepare_module, "read_frames", reading)
+
+
+def test_resume_after_ctrl_c_gives_the_file_an_uninterrupted_run_gives(
+        ptypy_scan, tmp_path, cli, monkeypatch):
+    whole = tmp_path / "whole.ptyd"
+    assert cli("prepare", ptypy_scan, "-o", whole, "--shape", 32, "--chunk-frames", 4,
+               "--no-progress").code == 0
+    out = tmp_path / "out.ptyd"
+    with monkeypatch.context() as m:
+        interrupt_reading_at(m, 10)
+        res = cli("prepare", ptypy_scan, "-o", out, "--shape", 32, "--chunk-frames", 4,
+                  "--no-progress")
+    assert res.code == 130
+    assert "keeps its first 8 frames in whole chunks; rerun with --resume" in res.err
+    ptyd = open_ptyd(out)
+    assert ptyd.state == "acquiring" and sum(c.n_frames for c in ptyd.chunks) == 8
+    res = cli("prepare", ptypy_scan, "-o", out, "--shape", 32, "--chunk-frames", 4,
+              "--no-progress")
+    assert res.code == 3 and "--resume to go on with it" in res.err
+    res = cli("prepare", ptypy_scan, "-o", out, "--shape", 32, "--chunk-frames", 4,
+              "--resume", "--no-progress")
+    assert res.code == 0, res.err
+    a, b = read_back(whole), read_back(out)
+    for key in ("data", "weights", "positions"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert b["ptyd"].state == "complete" and cli("verify", out).code == 0
+
+
+def test_resume_after_a_crash_keeps_only_sound_chunks(ptypy_scan, tmp_path, cli, monkeypatch):
+    """What a kill -9 leaves: a torn temporary chunk, a chunk cut short. The sound prefix
+    is kept, the broken chunk moved aside (never deleted), the temporary file removed."""
+    out = tmp_path / "out.ptyd"
+    with monkeypatch.context() as m:
+        interrupt_reading_at(m, 14)
+        assert cli("prepare", ptypy_scan, "-o", out, "--shape", 32, "--chunk-frames", 4,
+                   "--no-progress").code == 130
+    chunk1 = tmp_path / "out.ptyd.chunk00001"
+    chunk1.write_bytes(chunk1.read_bytes()[:600])
+    (tmp_path / "out.ptyd.chunk00003.flyprep-tmp").write_bytes(b"\x89HDF torn")
+    res = cli("prepare", ptypy_scan, "-o", out, "--shape", 32, "--chunk-frames", 4,
+              "--resume", "--no-progress")
+    assert res.code == 0, res.err
+    assert [p.name for p in tmp_path.glob("out.ptyd.chunk00001.orphaned-*")] == [
+        "out.ptyd.chunk00001.orphaned-0"]
+    assert not list(tmp_path.glob("*flyprep-tmp"))
+    got = read_back(out)
+    data, weights = reference(raw_frames(ptypy_scan), 32)
+    np.testing.assert_array_equal(got["data"], data)
+    np.testing.assert_array_equal(got["weights"], weights)
+    assert cli("verify", out).code == 0
+
+
+def test_resume_with_other_settings_prepares_the_scan_anew(ptypy_scan, tmp_path, cli,
+                                                            monkeypatch):
+    out = tmp_path / "out.ptyd"
+    with monkeypatch.context() as m:
+        interrupt_reading_at(m, 10)
+        assert cli("prepare", ptypy_scan, "-o", out, "--shape", 32, "--chunk-frames", 4,
+                   "--no-progress").code == 130
+    res = cli("prepare", ptypy_scan, "-o", out, "--shape", 16, "--chunk-frames", 4,
+              "--resume", "--no-progress")
+    assert res.code == 0, res.err
+    assert len(list(tmp_path.glob("out.ptyd.chunk*.orphaned-*"))) == 2  # moved, not lost
+    got = read_back(out)
+    data, _ = reference(raw_frames(ptypy_scan), 16)
+    np.testing.assert_array_equal(got["data"], data)
+
+
+def test_resume_of_a_finished_output_touches_nothing(link_output, ptypy_scan, tmp_path, cli):
+    before = link_output.read_bytes()
+    for settings in (["--chunk-frames", 8], ["--chunk-frames", 5, "--shape", 16]):
+        res = cli("prepare", ptypy_scan, "-o", link_output, "--shape", 32, *settings,
+                  "--resume", "--no-progress")
+        assert res.code == 3 and "finished scan already (complete); nothing to resume" in res.err
+    assert link_output.read_bytes() == before
+
+
+def test_resume_without_an_output_prepares_it(ptypy_scan, tmp_path, cli):
+    out = tmp_path / "new.ptyd"
+    assert cli("prepare", ptypy_scan, "-o", out, "--shape", 32, "--resume",
+               "--no-progress").code == 0
+    assert open_ptyd(out).state == "complete"
+
+
+def test_resume_and_overwrite_exclude_each_other(ptypy_scan, tmp_path, cli):
+    with pytest.raises(SystemExit) as exc:
+        cli("prepare", ptypy_scan, "-o", tmp_path / "x.ptyd", "--resume", "--overwrite")
+    assert exc.value.code == 2

@@ -14,12 +14,11 @@ import pytest
 
 from flyprep.config import parse_config
 from flyprep.errors import OutputError, ScanInterrupted
-from flyprep.pipeline import ChunkPreparer, run_scan, scan_meta, writer_params
+from flyprep.pipeline import run_scan
 from flyprep.prep.chunk import PreparedPart
 from flyprep.ptyd import PtydWriter, ScanMeta
-from flyprep.ptyd.format import params_hash
 from flyprep.ptyd.reader import open_ptyd
-from flyprep.ptyd.resume import reconcile
+from flyprep.pipeline.resume import apply_resume, plan_resume
 from flyprep.pipeline.frame_book import FrameBook, RawChunk
 
 RAW = (40, 36)
@@ -180,16 +179,12 @@ def test_a_scan_stopped_mid_chunk_leaves_no_part_behind_and_resumes_the_same(
     assert sorted(p.name for p in out.parent.iterdir()) == [
         "s.ptyd", "s.ptyd.chunk00000", "s.ptyd.chunk00001"]
     assert open_ptyd(out).state == "acquiring"
-    cfg = settings()
-    with h5py.File(out.parent / "s.ptyd.chunk00000", "r") as f:
-        resolved = json.loads(f.attrs["flyprep"])["params"]["resolved"]
-    preparation = ChunkPreparer(cfg.prep, chunk_frames=CHUNK).preset(resolved)
-    state = reconcile(out, chunk_format=".chunk%05d", chunk_frames=CHUNK,
-                      meta=scan_meta(preparation, num_frames=NUM, geometry=cfg.geometry,
-                                     label=None),
-                      params_hash=params_hash(writer_params(cfg, resolved)))
-    assert state.next_frame == 2 * CHUNK
-    run(out, 3 * FRAME_BYTES, frames(start=state.next_frame), resume=state, resolved=resolved)
+    plan = plan_resume(out, settings(), num_frames=NUM)
+    assert plan is not None and plan.next_frame == 2 * CHUNK and not plan.finished
+    mode = apply_resume(plan)
+    assert mode.kind == "resume" and mode.state is not None
+    run(out, 3 * FRAME_BYTES, frames(start=mode.state.next_frame), mode=mode,
+        resolved=plan.resolved)
     assert_same(reference, contents(out))
 
 

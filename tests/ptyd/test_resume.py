@@ -14,7 +14,7 @@ import pytest
 from ptyd_helpers import make_chunk
 
 from flyprep.errors import OutputError
-from flyprep.ptyd import PtydWriter, ScanMeta, open_ptyd, verify
+from flyprep.ptyd import OutputMode, PtydWriter, ScanMeta, open_ptyd, verify
 from flyprep.ptyd.format import params_hash
 from flyprep.ptyd.resume import plan_reconcile, reconcile
 
@@ -46,7 +46,7 @@ def do_reconcile(path, meta, params_hash=HASH):
 
 
 def finish(path, meta, state):
-    with PtydWriter.resume(path, state, meta=meta, chunk_frames=CHUNK, params=PARAMS) as w:
+    with PtydWriter(path, mode=OutputMode.resuming(state), meta=meta, chunk_frames=CHUNK, params=PARAMS) as w:
         for chunk in chunks(meta, state.next_key):
             w.write_chunk(chunk)
 
@@ -186,7 +186,7 @@ def test_without_params_hash_chunks_must_agree_with_chunk_0(tmp_path, meta):
     state = do_reconcile(path, meta, params_hash=None)
     assert state.next_key == 2 and state.params_hash == HASH
     with pytest.raises(OutputError, match="params_hash"):
-        PtydWriter.resume(path, state, meta=meta, chunk_frames=CHUNK, params={"x": 1})
+        PtydWriter(path, mode=OutputMode.resuming(state), meta=meta, chunk_frames=CHUNK, params={"x": 1})
 
 
 def test_wrong_provenance_or_shape_is_not_kept(tmp_path, meta):
@@ -224,7 +224,7 @@ def test_complete_scan_is_finished(tmp_path, meta):
     assert state.finished and state.next_frame == 50 and state.orphaned == ()
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
     with pytest.raises(OutputError, match="finished"):
-        PtydWriter.resume(path, state, meta=meta, chunk_frames=CHUNK, params=PARAMS)
+        PtydWriter(path, mode=OutputMode.resuming(state), meta=meta, chunk_frames=CHUNK, params=PARAMS)
 
 
 def test_complete_master_with_a_lost_chunk_resumes(tmp_path, meta, reference):
@@ -300,7 +300,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
         outcomes.append(state.next_key)
         assert after < state.next_key < 12 and not state.finished, (after, state.next_key)
         if not state.finished:
-            with PtydWriter.resume(path, state, meta=meta, chunk_frames=CHUNK,
+            with PtydWriter(path, mode=OutputMode.resuming(state), meta=meta, chunk_frames=CHUNK,
                                    params=PARAMS) as w:
                 for key, start in enumerate(range(0, 120, CHUNK)):
                     if key >= state.next_key:

@@ -84,7 +84,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     prep.add_argument("scan_dir", type=Path)
     prep.add_argument("-o", "--output", type=Path, required=True, help="output .ptyd")
     prep.add_argument("--config", type=Path, help="TOML config; command-line options win")
-    prep.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    existing = prep.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    existing.add_argument("--resume", action="store_true",
+                          help="go on with an output an interrupted run left: its whole "
+                               "chunks are kept when this configuration made them")
     prep.add_argument("--allow-missing", action="store_true",
                       help="fill unreadable or absent frames as missing instead of failing")
     prep.add_argument("--no-progress", action="store_true")
@@ -110,11 +114,12 @@ def run(args: argparse.Namespace) -> int:
     """Run ``flyprep prepare`` from parsed arguments."""
     config = config_from_args(args)
     return run_prepare(args.scan_dir, args.output, config, overwrite=args.overwrite,
-                       allow_missing=args.allow_missing, progress=not args.no_progress)
+                       resume=args.resume, allow_missing=args.allow_missing,
+                       progress=not args.no_progress)
 
 
 def run_prepare(scan_dir: Path, output: Path, config: PrepareConfig, *, overwrite: bool,
-                allow_missing: bool, progress: bool) -> int:
+                allow_missing: bool, progress: bool, resume: bool = False) -> int:
     """``flyprep prepare``: a finished scan directory into a ``.ptyd``."""
     from ..errors import FlyprepError
     from ..events import ChunkWritten, Event
@@ -136,9 +141,9 @@ def run_prepare(scan_dir: Path, output: Path, config: PrepareConfig, *, overwrit
                     advance(event.n_frames)
 
         try:
-            summary = prepare_scan(source, config, output, overwrite=overwrite,
+            summary = prepare_scan(source, config, output, overwrite=overwrite, resume=resume,
                                    allow_missing=allow_missing, events=ChunkProgress())
-        except FlyprepError:
+        except (FlyprepError, KeyboardInterrupt):
             _say_what_was_left(output)
             raise
     print_summary(summary)
@@ -160,6 +165,11 @@ def _say_what_was_left(output: Path) -> None:
         console.print(f"flyprep: note: {output} keeps the {kept} frames prepared before the "
                       f"error; it is marked aborted with the rest filled as missing (zero "
                       f"weights). Rerun with --overwrite to replace it.", markup=False,
+                      soft_wrap=True)
+    elif ptyd.state == "acquiring":
+        frames = sum(c.n_frames for c in ptyd.chunks)
+        console.print(f"flyprep: note: {output} keeps its first {frames} frames in whole "
+                      f"chunks; rerun with --resume to go on from there.", markup=False,
                       soft_wrap=True)
 
 

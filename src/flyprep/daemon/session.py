@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import enum
 import fcntl
-import json
 import logging
 import os
 import queue
@@ -41,28 +40,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from ..config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
 from ..errors import (ConfigError, DiskFull, FlyprepError, InputError, OutputError,
                      ScanInterrupted, is_disk_full)
 from ..events import EventSink, ScanContinued, ScanEnded, ScanPaused, ScanStarted
-from ..pipeline import (
-    ChunkPreparer,
-    effective_config,
-    load_calibration,
-    require_geometry,
-    ScanEnd,
-    ScanRun,
-    scan_meta,
-    writer_params,
-)
-from ..ptyd.format import chunk_file_name, params_hash
-from ..ptyd.resume import ResumeState, finished_state, reconcile
-from ..sources.scan_dir import ScanSource, parse_geometry
+from ..pipeline import ScanEnd, ScanRun, effective_config, load_calibration, require_geometry
 from ..pipeline.frame_order import FrameItem, FrameOrder
+from ..pipeline.resume import apply_resume, plan_resume
+from ..ptyd.resume import finished_state
+from ..ptyd.writer import OutputMode
 from ..sources.live import LiveFrames
+from ..sources.scan_dir import ScanSource, parse_geometry
 from ..states import END_STATES, ScanState
 from ..workers import STOP, Worker
 
@@ -348,7 +338,8 @@ class ScanSession(Worker):
         live = self._live
         assert live is not None
         calibration = load_calibration(settings.prep)
-        resume, resolved = self._reconcile(settings, calibration, num_frames)
+        mode, resolved = self._plan_output(settings, calibration, num_frames)
+        resume = mode.state
         start = 0 if resume is None else resume.next_frame
         order = FrameOrder(live, scan=self.name, scan_dir=self.scan_dir, num_frames=num_frames,
                            chunk_frames=settings.output.chunk_frames,
@@ -380,7 +371,7 @@ class ScanSession(Worker):
         run = ScanRun(num_frames=num_frames, positions=None, config=settings,
                       output=self.output, calibration=calibration,
                       frame_shape=order.frame_type[0], dtype=order.frame_type[1],
-                      allow_missing=True, resume=resume, resolved=resolved,
+                      allow_missing=True, mode=mode, resolved=resolved,
                       chunk_buffers=self.config.limits.chunk_buffers,
                       part_bytes=self.config.limits.part_bytes, events=self.events,
                       scan=self.name, clock=self.clock)
@@ -514,36 +505,22 @@ class ScanSession(Worker):
 
     # ---- resume
 
-    def _reconcile(self, settings: Any, calibration: Any, num_frames: int
-                   ) -> tuple[ResumeState | None, dict[str, Any] | None]:
-        """Bring an output left by an earlier run to a state to continue from."""
-        out = self.output
-        if not out.exists() and not any(out.parent.glob(out.name + "*")):
-            return None, None
-
-        resolved = _resolved_of_first_chunk(out, settings.output.chunk_format)
-        meta, expected_hash = None, None
-        if resolved is not None:
-            preparer = ChunkPreparer(settings.prep, calibration=calibration,
-                                     chunk_frames=settings.output.chunk_frames)
-            try:
-                preparation = preparer.preset(resolved)
-                meta = scan_meta(preparation, num_frames=num_frames, geometry=settings.geometry,
-                                 label=settings.scan.label)
-                expected_hash = params_hash(writer_params(settings, resolved, calibration))
-            except (ConfigError, InputError, ValueError) as exc:
-                log.warning("%s: earlier chunks do not fit this configuration (%s)",
-                            self.name, exc)
-                meta, resolved = None, None
-        state = reconcile(out, chunk_format=settings.output.chunk_format, meta=meta,
-                          chunk_frames=settings.output.chunk_frames, params_hash=expected_hash)
-        for old, new, reason in state.orphaned:
-            log.warning("%s: %s moved aside to %s: %s", self.name, old, new, reason)
-        if state.next_key == 0:
-            return None, None
-        log.info("%s: resuming %s at chunk %d (frame %d)", self.name, out, state.next_key,
-                 state.next_frame)
-        return state, resolved
+    def _plan_output(self, settings: Any, calibration: Any, num_frames: int
+                     ) -> tuple[OutputMode, dict[str, Any] | None]:
+        """Bring an output left by an earlier run to a state to continue from; how the
+        run opens it, and the preparation its kept chunks had."""
+        plan = plan_resume(self.output, settings, num_frames=num_frames,
+                           calibration=calibration)
+        if plan is None:
+            return OutputMode.NEW, None
+        if plan.unfit:
+            log.warning("%s: earlier chunks do not fit this configuration (%s)", self.name,
+                        plan.unfit)
+        mode = apply_resume(plan)
+        if mode.state is not None:
+            log.info("%s: resuming %s at chunk %d (frame %d)", self.name, self.output,
+                     mode.state.next_key, mode.state.next_frame)
+        return mode, plan.resolved
 
     # ---- frames in index order (the logic is FrameOrder's; this drives it)
 
@@ -736,18 +713,6 @@ class ScanSession(Worker):
         limit = self.config.watch.inactivity_timeout_s
         if self._end is None and self.clock() - self._last_news >= limit:
             self._take(_End(f"no new file for {limit:g} s", "aborted"))
-
-
-def _resolved_of_first_chunk(master: Path, chunk_format: str) -> dict[str, Any] | None:
-    """What the first chunk of an earlier run resolved (its provenance), or None."""
-    path = master.with_name(chunk_file_name(master.name, chunk_format, 0))
-    try:
-        with h5py.File(path, "r") as f:
-            prov = json.loads(f.attrs["flyprep"])
-    except (OSError, KeyError, TypeError, ValueError):
-        return None
-    resolved = prov.get("params", {}).get("resolved") if isinstance(prov, dict) else None
-    return resolved if isinstance(resolved, dict) else None
 
 
 def _size(n: float) -> str:

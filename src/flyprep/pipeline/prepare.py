@@ -12,7 +12,10 @@ from ..config import PrepareConfig
 from ..errors import InputError, OutputError
 from ..events import EventSink
 from .items import FrameInput
+from ..ptyd.resume import finished_state
+from ..ptyd.writer import OutputMode
 from .preparer import effective_config, load_calibration
+from .resume import apply_resume, plan_resume
 from .scan_run import PrepareSummary, run_scan
 from ..sources.scan_dir import ScanSource, read_frame, read_frames
 from ..sources.live import agreed_type
@@ -25,31 +28,47 @@ def prepare_scan(
     *,
     allow_missing: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
     events: EventSink | None = None,
 ) -> PrepareSummary:
     """Prepare a finished scan directory into ``output`` (.ptyd). Missing or unreadable
     frame files raise :class:`InputError`, unless ``allow_missing`` fills them as missing.
-    ``events`` hears of each chunk on disk (``chunk.written``)."""
+    An existing output is an error, unless ``overwrite`` replaces it or ``resume`` goes on
+    with it (the chunks an interrupted run finished are kept when they were prepared as
+    this configuration prepares them; see :mod:`flyprep.pipeline.resume`). ``events``
+    hears of each chunk on disk (``chunk.written``)."""
+    if overwrite and resume:
+        raise ValueError("overwrite and resume exclude each other")
     config = effective_config(config, source)
     num_frames = config.scan.num_frames or len(source.frames)
     if num_frames > len(source.frames) and not allow_missing:
         raise InputError(source.root, f"num_frames is {num_frames} but the scan has only "
                                       f"{len(source.frames)} frames")
-    if Path(output).exists() and not overwrite:
-        raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
+    if Path(output).exists() and not (overwrite or resume):
+        raise OutputError(f"{output}: exists already (pass --overwrite to replace it, or "
+                          "--resume to go on with it)")
     calibration = load_calibration(config.prep)
+    mode, resolved, start = OutputMode.OVERWRITE if overwrite else OutputMode.NEW, None, 0
+    if resume:
+        finished = finished_state(output)
+        if finished is not None:  # whatever settings made it, as in the daemon
+            raise OutputError(f"{output}: is a finished scan already ({finished}); nothing "
+                              "to resume (pass --overwrite to prepare it again)")
+        plan = plan_resume(output, config, num_frames=num_frames, calibration=calibration)
+        if plan is not None:
+            mode, resolved, start = apply_resume(plan), plan.resolved, plan.next_frame
     declared = config.scan
     if declared.frame_shape is not None and declared.frame_dtype is not None:
         shape, dtype = tuple(declared.frame_shape), np.dtype(declared.frame_dtype)
     else:
         shape, dtype = _probe(source, allow_missing)
-    frames = _frames_from(source, min(num_frames, len(source.frames)), allow_missing,
+    frames = _frames_from(source, start, min(num_frames, len(source.frames)), allow_missing,
                           block=config.output.chunk_frames)
     return run_scan(frames,
                     num_frames=num_frames, positions=_positions_for(source, num_frames),
                     config=config, output=output, calibration=calibration,
                     frame_shape=shape, dtype=dtype, allow_missing=allow_missing,
-                    overwrite=overwrite, events=events)
+                    mode=mode, resolved=resolved, events=events)
 
 
 def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:
@@ -85,12 +104,12 @@ def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:
     return np.concatenate([pos, pad])
 
 
-def _frames_from(source: ScanSource, stop: int, allow_missing: bool, *,
+def _frames_from(source: ScanSource, start: int, stop: int, allow_missing: bool, *,
                  block: int) -> Iterator[FrameInput]:
-    """Frames ``[0, stop)`` of a scan directory, stacks read ``block`` frames at a time;
+    """Frames ``[start, stop)`` of a scan directory, stacks read ``block`` frames at a time;
     with ``allow_missing`` a frame that cannot be read comes as None (missing) instead of
     ending the run."""
-    i = 0
+    i = start
     while i < stop:
         try:
             for index, frame, name in read_frames(source, i, stop, max_block=block):

@@ -18,8 +18,7 @@ from ..errors import DiskFull, InputError, OutputError, ScanInterrupted, is_disk
 from ..events import ChunkWritten, EventSink
 from ..prep import Calibration, Preparation, PreparedChunk
 from ..states import ScanState
-from ..ptyd.resume import ResumeState
-from ..ptyd.writer import PtydWriter
+from ..ptyd.writer import OutputMode, PtydWriter
 from ..ptyd.writer_thread import WriterThread
 from .items import FrameInput, MissingFrame, ReadyFrame, RunItem, ScanEnd
 from .preparer import ChunkPreparer, require_geometry, scan_meta, writer_params
@@ -63,7 +62,8 @@ class ScanRun:
     :class:`InputError`, or with ``allow_missing`` is filled as missing. A position with an
     item overrides ``positions``.
 
-    ``resume`` continues a reconciled output at its next chunk; ``resolved`` fixes the
+    ``mode`` says how the output is opened: new, overwritten, or resumed at the next chunk
+    of a reconciled output (see :mod:`flyprep.pipeline.resume`); ``resolved`` fixes the
     preparation as the kept chunks had it (see :meth:`ChunkPreparer.resolved`).
     ``chunk_buffers`` bounds the prepared chunks in memory; ``part_bytes``: while a chunk
     fills, its frames are prepared and written in parts of about this size (0: whole).
@@ -79,17 +79,19 @@ class ScanRun:
     def __init__(self, *, num_frames: int, positions: np.ndarray | None,
                  config: PrepareConfig, output: Path, calibration: Calibration | None = None,
                  frame_shape: tuple[int, int] | None = None, dtype: np.dtype | str | None = None,
-                 allow_missing: bool = False, overwrite: bool = False,
-                 resume: ResumeState | None = None, resolved: dict[str, Any] | None = None,
+                 allow_missing: bool = False, mode: OutputMode = OutputMode.NEW,
+                 resolved: dict[str, Any] | None = None,
                  chunk_buffers: int = CHUNK_BUFFERS, part_bytes: int = PART_BYTES,
                  events: EventSink | None = None, scan: str = "",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.t0 = time.perf_counter()
         require_geometry(config.geometry)
-        if Path(output).exists() and not overwrite and resume is None:
-            raise OutputError(f"{output}: exists already (pass --overwrite to replace it)")
+        if mode.kind == "new" and Path(output).exists():
+            raise OutputError(f"{output}: exists already (pass --overwrite to replace it, "
+                              "or --resume to go on with it)")
         self.config, self.output, self.num_frames = config, Path(output), num_frames
-        self.overwrite, self.resume, self.allow_missing = overwrite, resume, allow_missing
+        self.mode, self.allow_missing = mode, allow_missing
+        resume = mode.state
         self.chunk_buffers = chunk_buffers
         self.events, self.scan_name, self.clock = events, scan, clock
         out_cfg = config.output
@@ -183,9 +185,7 @@ class ScanRun:
             full = DiskFull(f"{self.output}: the disk is full: {exc}")
             full.__cause__ = exc
             return full
-        resume = self.resume
-        if writer is not None and not self._chunk_submitted and (resume is None
-                                                                 or resume.next_key == 0):
+        if writer is not None and not self._chunk_submitted and self.mode.next_key == 0:
             # Only parts of the first chunk were stored, nothing published: the scan
             # failed before its output existed, and leaves none.
             with contextlib.suppress(Exception):
@@ -221,13 +221,13 @@ class ScanRun:
         if self._writer is None:
             self._writer = WriterThread(
                 _open_writer(self.output, self.config, self.preparer, self.num_frames,
-                             self.overwrite, self.resume),
+                             self.mode),
                 max_queued=max(1, self.chunk_buffers - 2), on_written=self._written)
         return self._writer
 
     def _resumed_writer(self) -> WriterThread | None:
         # A resumed scan has a master to finish even when no new chunk was written.
-        if self._writer is None and self.resume is not None and self.resume.next_key > 0 \
+        if self._writer is None and self.mode.next_key > 0 \
                 and self.preparer.preparation is not None:
             return self._open_writer()
         return self._writer
@@ -279,8 +279,7 @@ def run_scan(
     frame_shape: tuple[int, int] | None = None,
     dtype: np.dtype | str | None = None,
     allow_missing: bool = False,
-    overwrite: bool = False,
-    resume: ResumeState | None = None,
+    mode: OutputMode = OutputMode.NEW,
     resolved: dict[str, Any] | None = None,
     chunk_buffers: int = CHUNK_BUFFERS,
     part_bytes: int = PART_BYTES,
@@ -288,11 +287,12 @@ def run_scan(
 ) -> PrepareSummary:
     """A :class:`ScanRun` fed from ``frames``, ``(index, frame or None, source[, (y,
     x)])`` in index order (None: missing), ended ``complete``.
-    :class:`~flyprep.errors.ScanInterrupted` raised by ``frames`` suspends the run (see
+    :class:`~flyprep.errors.ScanInterrupted` raised by ``frames``, or Ctrl-C
+    (KeyboardInterrupt), suspends the run (see
     :meth:`ScanRun.suspend`); any other error fails it (:meth:`ScanRun.fail`)."""
     run = ScanRun(num_frames=num_frames, positions=positions, config=config, output=output,
                   calibration=calibration, frame_shape=frame_shape, dtype=dtype,
-                  allow_missing=allow_missing, overwrite=overwrite, resume=resume,
+                  allow_missing=allow_missing, mode=mode,
                   resolved=resolved, chunk_buffers=chunk_buffers, part_bytes=part_bytes,
                   events=events)
     try:
@@ -302,8 +302,8 @@ def run_scan(
             run.push(MissingFrame(index, name, position) if frame is None
                      else ReadyFrame(index, frame, name, position))
         summary = run.push(ScanEnd(ScanState.COMPLETE))
-    except ScanInterrupted:
-        run.suspend()
+    except (ScanInterrupted, KeyboardInterrupt):
+        run.suspend()  # whole chunks kept, master acquiring: a later run resumes it
         raise
     except BaseException as exc:
         raise run.fail(exc)  # noqa: B904 - the error to report
@@ -331,7 +331,7 @@ def _finish_aborted(book: FrameBook, flush_ready: Callable[[], None], writer: Wr
 
 
 def _open_writer(output: Path, config: PrepareConfig, preparer: ChunkPreparer,
-                 num_frames: int, overwrite: bool, resume: ResumeState | None) -> PtydWriter:
+                 num_frames: int, mode: OutputMode) -> PtydWriter:
     out_cfg = config.output
     assert preparer.preparation is not None
     meta = scan_meta(preparer.preparation, num_frames=num_frames, geometry=config.geometry,
@@ -341,6 +341,4 @@ def _open_writer(output: Path, config: PrepareConfig, preparer: ChunkPreparer,
         chunk_format=out_cfg.chunk_format, compression=out_cfg.compression,
         compression_level=out_cfg.compression_level,
         params=writer_params(config, preparer.resolved(), preparer.calibration))
-    if resume is not None and resume.next_key > 0:
-        return PtydWriter.resume(output, resume, **kwargs)
-    return PtydWriter(output, overwrite=overwrite, **kwargs)
+    return PtydWriter(output, mode=mode, **kwargs)

@@ -7,7 +7,7 @@ remove. :func:`apply_reconcile` acts on that plan: it publishes a master listing
 chunks (state ``acquiring``, generation continuing from the old master's), then renames
 every other chunk file to ``<name>.orphaned-<n>`` (never deletes one) and removes the
 ``*.flyprep-tmp`` files. :func:`reconcile` does both. The returned :class:`ResumeState`
-says where to continue; :meth:`PtydWriter.resume <flyprep.ptyd.writer.PtydWriter.resume>`
+says where to continue; :class:`~flyprep.ptyd.writer.OutputMode` ``resuming(state)``
 takes it, so that writing the remaining chunks gives the file an uninterrupted run gives.
 
 A scan whose master says ``complete`` or ``aborted`` and whose chunks are all there is
@@ -95,7 +95,8 @@ class ReconcilePlan:
 
 @dataclass(frozen=True)
 class ResumeState:
-    """Where a reconciled scan continues (see :meth:`PtydWriter.resume`)."""
+    """Where a reconciled scan continues (see :meth:`OutputMode.resuming
+    <flyprep.ptyd.writer.OutputMode.resuming>`)."""
 
     master: Path
     next_key: int
@@ -180,6 +181,21 @@ def plan_reconcile(master: str | os.PathLike[str], *, chunk_format: str, meta: S
                 and not orphans and old.chunk_files == tuple(c.name for c in kept))
     return ReconcilePlan(master, chunk_format, chunk_frames, meta, old, tuple(kept),
                          tuple(orphans), tuple(tmp_files), finished)
+
+
+def resolved_of_first_chunk(master: str | os.PathLike[str], chunk_format: str
+                            ) -> dict[str, Any] | None:
+    """What the first chunk of an earlier run resolved (its provenance's
+    ``params.resolved``: raw frame type, ROI side, centre), or None."""
+    master = Path(master)
+    path = master.with_name(chunk_file_name(master.name, chunk_format, 0))
+    try:
+        with h5py.File(path, "r") as f:
+            prov = json.loads(f.attrs["flyprep"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    resolved = prov.get("params", {}).get("resolved") if isinstance(prov, dict) else None
+    return resolved if isinstance(resolved, dict) else None
 
 
 def finished_state(master: str | os.PathLike[str]) -> str | None:

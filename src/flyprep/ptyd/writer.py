@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import h5py
 import numpy as np
@@ -32,6 +32,37 @@ from .storage import DataStorage, encode_weights, write_weights
 from .tags import write_tagged
 
 SaveMode = Literal["link", "append"]
+
+if TYPE_CHECKING:
+    from .resume import ResumeState
+
+
+@dataclass(frozen=True)
+class OutputMode:
+    """How a writer opens its output, said once: :attr:`NEW` (an existing output is an
+    error), :attr:`OVERWRITE` (the earlier scan at the path is removed first) or
+    :meth:`resuming` a reconciled output (see :mod:`flyprep.ptyd.resume`)."""
+
+    kind: Literal["new", "overwrite", "resume"]
+    state: ResumeState | None = None
+
+    NEW: ClassVar[OutputMode]
+    OVERWRITE: ClassVar[OutputMode]
+
+    @classmethod
+    def resuming(cls, state: ResumeState) -> OutputMode:
+        """Continue the scan :func:`~flyprep.ptyd.resume.apply_reconcile` left in
+        ``state``: the next chunk is ``state.next_key`` at frame ``state.next_frame``."""
+        return cls("resume", state)
+
+    @property
+    def next_key(self) -> int:
+        """The first chunk this writer writes."""
+        return 0 if self.state is None else self.state.next_key
+
+
+OutputMode.NEW = OutputMode("new")
+OutputMode.OVERWRITE = OutputMode("overwrite")
 
 
 def fsync_path(path: Path) -> None:
@@ -116,8 +147,7 @@ class PtydWriter:
         compression: str = "none",
         compression_level: int = 4,
         params: dict[str, Any] | None = None,
-        overwrite: bool = False,
-        resume_from: Any = None,
+        mode: OutputMode = OutputMode.NEW,
     ) -> None:
         self.path = Path(path).absolute()
         self.meta = meta
@@ -140,24 +170,17 @@ class PtydWriter:
             raise OutputError(f"save must be 'link' or 'append', got {save!r}")
         if not self.path.parent.is_dir():
             raise OutputError(f"{self.path.parent}: output directory does not exist")
-        if resume_from is not None:
-            self._continue_from(resume_from, overwrite)
-        elif self.path.exists() and not overwrite:
-            raise OutputError(f"{self.path}: exists already (pass overwrite to replace it)")
-        if overwrite:
+        if mode.kind == "resume":
+            assert mode.state is not None
+            self._continue_from(mode.state)
+        elif mode.kind == "new" and self.path.exists():
+            raise OutputError(f"{self.path}: exists already (overwrite or resume it)")
+        elif mode.kind == "overwrite":
             self._remove_previous()
         self._append_tmp = self.path.with_name(tmp_name(self.path.name))
         self._master_image = master_image(meta, self.created)
         if save == "append":
             self._create_append_file()
-
-    @classmethod
-    def resume(cls, path: str | os.PathLike[str], state: Any, **kwargs: Any) -> "PtydWriter":
-        """A link-mode writer continuing a scan that :func:`flyprep.ptyd.resume.reconcile`
-        reconciled into ``state`` (a ``ResumeState``): the next chunk it accepts is
-        ``state.next_key`` at frame ``state.next_frame``. Takes :class:`PtydWriter`'s
-        keywords (``meta``, ``chunk_format``, ``params``, ...)."""
-        return cls(path, resume_from=state, **kwargs)
 
     # -- public -------------------------------------------------------------------
     @property
@@ -284,10 +307,10 @@ class PtydWriter:
         # An unpublished append file is left as it is: its chunks are not thrown away.
 
     # -- internals ------------------------------------------------------------------
-    def _continue_from(self, state: Any, overwrite: bool) -> None:
+    def _continue_from(self, state: ResumeState) -> None:
         """Take over a reconciled scan: its chunks, missing frames, generation, ctime."""
-        if overwrite or self.save != "link":
-            raise OutputError(f"{self.path}: resuming needs link mode and no overwrite")
+        if self.save != "link":
+            raise OutputError(f"{self.path}: resuming needs link mode")
         if Path(state.master).absolute() != self.path:
             raise OutputError(f"{self.path}: resume state is for {state.master}")
         if state.finished:
