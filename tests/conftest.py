@@ -6,26 +6,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from thread_check import live_threads
 
 #: How long a test's threads may take to end after it (a join with a timeout, a thread
 #: finishing its last item).
 THREAD_GRACE_S = 5.0
-
-
-def live_threads() -> set[threading.Thread]:
-    """Live Python threads, except pyzmq's zero-copy garbage collector: a process-wide
-    singleton that the first large zero-copy send starts and nothing ever stops."""
-    from zmq.utils.garbage import GarbageCollectorThread
-
-    return {t for t in threading.enumerate()
-            if t.is_alive() and not isinstance(t, GarbageCollectorThread)}
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import live_threads
+from thread_check import live_threads
 from flyprep.workers import STOP, THREAD_PREFIX, Ticker, Worker
 
 

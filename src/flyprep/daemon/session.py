@@ -137,7 +137,7 @@ class ScanSession(Worker):
                  clock: Callable[[], float] = time.monotonic,
                  on_restart: Callable[[RestartRequested], Any] | None = None,
                  carried_end: tuple[str, str] | None = None,
-                 announce: bool = True) -> None:
+                 announce: bool = True, threaded_writer: bool = True) -> None:
         super().__init__(f"scan:{Path(scan_dir).name}")
         self.scan_dir = Path(scan_dir)
         self.name = self.scan_dir.name
@@ -163,6 +163,7 @@ class ScanSession(Worker):
         self._on_restart = on_restart
         self._restart: RestartRequested | None = None
         self._announce = announce
+        self._threaded_writer = threaded_writer  # False: one thread in all (tests)
         self._carried_end = carried_end
         self.paused: str | None = None  # why the scan takes no frames now
         self._next_disk_check = 0.0
@@ -374,7 +375,7 @@ class ScanSession(Worker):
                       allow_missing=True, mode=mode, resolved=resolved,
                       chunk_buffers=self.config.limits.chunk_buffers,
                       part_bytes=self.config.limits.part_bytes, events=self.events,
-                      scan=self.name, clock=self.clock)
+                      scan=self.name, clock=self.clock, threaded=self._threaded_writer)
         with self._lock:
             self._scan_run = run
         state = self._push_frames(run, order, start)

@@ -19,7 +19,7 @@ from ..events import ChunkWritten, EventSink
 from ..prep import Calibration, Preparation, PreparedChunk
 from ..states import ScanState
 from ..ptyd.writer import OutputMode, PtydWriter
-from ..ptyd.writer_thread import WriterThread
+from ..ptyd.writer_thread import InlineWriter, WriterThread
 from .items import FrameInput, MissingFrame, ReadyFrame, RunItem, ScanEnd
 from .preparer import ChunkPreparer, require_geometry, scan_meta, writer_params
 from .frame_book import FrameBook, Scan
@@ -65,8 +65,10 @@ class ScanRun:
     ``mode`` says how the output is opened: new, overwritten, or resumed at the next chunk
     of a reconciled output (see :mod:`flyprep.pipeline.resume`); ``resolved`` fixes the
     preparation as the kept chunks had it (see :meth:`ChunkPreparer.resolved`).
-    ``chunk_buffers`` bounds the prepared chunks in memory; ``part_bytes``: while a chunk
-    fills, its frames are prepared and written in parts of about this size (0: whole).
+    ``threaded`` False writes every chunk in the pushing thread (one thread in all: for
+    tests of the logic). ``chunk_buffers`` bounds the prepared chunks in memory;
+    ``part_bytes``: while a chunk fills, its frames are prepared and written in parts of
+    about this size (0: whole).
 
     Ends: :meth:`push` of :class:`ScanEnd` (complete or aborted), :meth:`suspend` (whole
     chunks written, master still ``acquiring``: a later run resumes it), or :meth:`fail`
@@ -83,7 +85,7 @@ class ScanRun:
                  resolved: dict[str, Any] | None = None,
                  chunk_buffers: int = CHUNK_BUFFERS, part_bytes: int = PART_BYTES,
                  events: EventSink | None = None, scan: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, threaded: bool = True) -> None:
         self.t0 = time.perf_counter()
         require_geometry(config.geometry)
         if mode.kind == "new" and Path(output).exists():
@@ -111,7 +113,8 @@ class ScanRun:
             # Known even if no frame of the rest of the scan ever comes.
             self.book.set_frame_type(preparation.raw_shape, preparation.raw_dtype)
         self._scan = Scan(self.book, self.preparer)
-        self._writer: WriterThread | None = None
+        self._writer: WriterThread | InlineWriter | None = None
+        self.threaded = threaded
         self.bytes_written = 0
         self._chunk_submitted = False  # from the first whole chunk on, the output exists
         self._parts = out_cfg.save == "link" and part_bytes > 0
@@ -217,7 +220,11 @@ class ScanRun:
             bytes_written=self.bytes_written)
         return self.summary
 
-    def _open_writer(self) -> WriterThread:
+    def _open_writer(self) -> WriterThread | InlineWriter:
+        if self._writer is None and not self.threaded:
+            self._writer = InlineWriter(
+                _open_writer(self.output, self.config, self.preparer, self.num_frames,
+                             self.mode), on_written=self._written)
         if self._writer is None:
             self._writer = WriterThread(
                 _open_writer(self.output, self.config, self.preparer, self.num_frames,
@@ -225,7 +232,7 @@ class ScanRun:
                 max_queued=max(1, self.chunk_buffers - 2), on_written=self._written)
         return self._writer
 
-    def _resumed_writer(self) -> WriterThread | None:
+    def _resumed_writer(self) -> WriterThread | InlineWriter | None:
         # A resumed scan has a master to finish even when no new chunk was written.
         if self._writer is None and self.mode.next_key > 0 \
                 and self.preparer.preparation is not None:
@@ -317,7 +324,8 @@ def parts_of(preparation: Preparation, chunk_frames: int, part_bytes: int) -> in
     return max(1, min(chunk_frames, part_bytes // max(1, frame_bytes)))
 
 
-def _finish_aborted(book: FrameBook, flush_ready: Callable[[], None], writer: WriterThread) -> None:
+def _finish_aborted(book: FrameBook, flush_ready: Callable[[], None],
+                    writer: WriterThread | InlineWriter) -> None:
     """After a failure: write what arrived, fill the rest as missing, publish ``aborted``.
     If that fails too (the writer itself broke), publish what is there as ``aborted``;
     the first error is the one reported."""

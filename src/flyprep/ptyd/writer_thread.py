@@ -3,11 +3,12 @@ with reading and preparing the next chunk."""
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import OutputError
 from ..prep.chunk import PreparedChunk, PreparedPart
@@ -148,3 +149,57 @@ class WriterThread(Worker):
                     self.writer.publish()
                 except BaseException as exc:
                     self._error = exc
+
+
+class InlineWriter:
+    """A :class:`WriterThread`'s interface with no thread: every chunk is written (and the
+    master published) in the caller's thread, before :meth:`submit` returns. For runs
+    that must stay in one thread (tests of the scan logic); slower, the same files."""
+
+    def __init__(self, writer: PtydWriter, *,
+                 on_written: Callable[[PreparedChunk, Path], None] | None = None) -> None:
+        self.writer = writer
+        self.on_written = on_written
+
+    def submit(self, chunk: PreparedChunk) -> None:
+        """Write ``chunk`` and publish the master; its buffers go back to their pool."""
+        try:
+            with self._as_output_error():
+                target = self.writer.write_chunk(self.writer.encode(chunk), publish=True)
+        finally:
+            if chunk.release is not None:
+                chunk.release()
+        if self.on_written is not None:
+            self.on_written(chunk, target)
+
+    def submit_part(self, part: PreparedPart) -> None:
+        """Write a part of the chunk being filled."""
+        with self._as_output_error():
+            self.writer.write_part(self.writer.encode_part(part))
+
+    @contextlib.contextmanager
+    def _as_output_error(self) -> Iterator[None]:
+        """Errors as :class:`WriterThread` reports them."""
+        try:
+            yield
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise OutputError(f"{self.writer.path}: writer failed: {exc}") from exc
+
+    def close(self, state: ScanState = ScanState.COMPLETE) -> None:
+        """Publish the final master."""
+        self.writer.close(state)
+
+    def suspend(self) -> None:
+        """Publish, leaving the scan ``acquiring``."""
+        self.writer.discard_partial()
+        self.writer.publish()
+
+    def halt(self) -> None:
+        """Remove a chunk filled only in parts; publish nothing."""
+        self.writer.discard_partial()
+
+    def abort(self) -> None:
+        """Publish the master as aborted."""
+        self.writer.abort()
