@@ -13,7 +13,8 @@ import pytest
 
 import flyprep.sources.live as live_module
 from flyprep.errors import InputError
-from flyprep.sources.live import QUARANTINE_LIST, LiveFrames
+from flyprep.sources.live import LiveFrames
+from flyprep.sources.quarantine import QUARANTINE_LIST
 
 DATA = "/entry/data/data"
 SHAPE = (4, 5)

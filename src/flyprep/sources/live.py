@@ -25,38 +25,38 @@ A file that cannot be read is quarantined: moved into the scan's quarantine dire
 reads that list, so the same frames are failed again without waiting for them. A file
 that was only listed (left in place, unfinished when its frame timed out) is read after
 a restart if it is finished by then, unless it was given an index range.
+
+Beside it: :mod:`~flyprep.sources.stack_probe` reads an HDF5 file's header,
+:mod:`~flyprep.sources.file_names` what the numbers in file names count, and
+:mod:`~flyprep.sources.quarantine` keeps the quarantine directory and its list.
 """
 
 from __future__ import annotations
 
 import collections
 import fnmatch
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import h5py
 import numpy as np
 
 from ..errors import InputError
-from .scan_dir import DEFAULT_EXCLUDE, FrameRef, natural_key, read_frame, read_stack
+from .file_names import NameRule
 from .npy import read_npy_header
 from .positions import GrowingPositions
+from .quarantine import QUARANTINE_LIST, Quarantine
+from .scan_dir import DEFAULT_EXCLUDE, FrameRef, natural_key, read_frame, read_stack
+from .stack_probe import FrameType, NotAFrameFile, StackInfo, StackProbe
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_LIST = "quarantine.jsonl"
-_LAST_NUMBER = re.compile(r"^(.*?)(\d+)(\D*)$")
-
-
-#: (frame shape, dtype) as a file declares it.
-FrameType = tuple[tuple[int, ...], np.dtype]
+__all__ = ["QUARANTINE_LIST", "Failure", "FrameType", "LiveFrame", "LiveFrames",
+           "NotAFrameFile", "agreed_type"]
 
 
 class Failure(NamedTuple):
@@ -82,29 +82,13 @@ class LiveFrame:
         return str(self.path) if self.slot is None else f"{self.path}[{self.slot}]"
 
 
-class NotAFrameFile(InputError):
-    """A readable HDF5 file without the frame dataset (a dark, a mask, a master file):
-    not one of the scan's frame files. A frame file that is never written instead is
-    noticed by the gap in the names."""
-
-
-@dataclass(frozen=True)
-class _Probe:
-    """What an HDF5 frame file holds: frames, stack or not, positions, frame type."""
-
-    n: int
-    stack: bool
-    positions: np.ndarray | None
-    kind: FrameType
-
-
 @dataclass(frozen=True)
 class _Held:
     """A finished HDF5 file waiting for the files before it."""
 
     key: list[Any]
     arrived: float
-    probe: _Probe | InputError
+    probe: StackInfo | InputError
 
 
 @dataclass(frozen=True)
@@ -130,20 +114,6 @@ def agreed_type(votes: list[FrameType], *, final: bool) -> FrameType | None:
     return best if n >= 2 or final else None
 
 
-def _name_number(path: Path) -> tuple[tuple[str, str, str], int, str] | None:
-    """((directory, text before, text after), the last number in the name, its digits) of
-    a frame file name; the 5 of '.h5' is no frame number."""
-    stem, suffix = path.stem, path.suffix
-    match = _LAST_NUMBER.match(stem)
-    if match is None:
-        stem, suffix = path.name, ""
-        match = _LAST_NUMBER.match(stem)
-        if match is None:
-            return None
-    head, digits, tail = match.groups()
-    return (str(path.parent), head, tail + suffix), int(digits), digits
-
-
 class LiveFrames:
     """Frame files of one running scan, placed at their index as they are finished.
 
@@ -167,7 +137,7 @@ class LiveFrames:
         self.frame_patterns = frame_patterns
         self.ignore_patterns = ignore_patterns
         self.exclude = exclude
-        self.quarantine = self.scan_dir / quarantine_dir
+        self.quarantine = Quarantine(self.scan_dir, quarantine_dir)
         self.read_retries = read_retries
         self.hold_timeout_s = hold_timeout_s
         self.frames_per_file = frames_per_file
@@ -179,6 +149,9 @@ class LiveFrames:
         self.positions = (None if self.positions_path is None else
                           GrowingPositions(self.positions_path, units=units,
                                            dataset=positions_dataset))
+        self._probe = StackProbe(dataset,
+                                 positions_dataset if self.positions is None else None,
+                                 units, read_retries, retry_delay_s, sleep)
         if self.positions is None:
             if layout == "ptypy":
                 raise InputError(scan_dir, "the PtyPy layout needs a positions file "
@@ -209,9 +182,7 @@ class LiveFrames:
         self._last_path: Path | None = None
         self._held: dict[Path, _Held] = {}  # hdf5: finished, not placed yet
         self._blocker: _Blocker | None = None  # hdf5: frame count unknown, later files wait
-        self._name_offset: int | None = None  # hdf5: name number - first frame, if constant
-        self._name_steps = 0  # hdf5: placed files that confirmed it
-        self._name_steps_refuted = False
+        self._names = NameRule()  # hdf5: what the numbers in file names count
         self._last_count: int | None = None  # frames of the last file placed (None: unknown)
         self._warned_count = False
         self._ending = False
@@ -271,7 +242,7 @@ class LiveFrames:
                     header = read_npy_header(frame.path)
                     frame.kind = (header.shape, header.dtype)
                 else:
-                    frame.kind = self._probe_once(frame.path).kind
+                    frame.kind = self._probe.once(frame.path).kind
             except (OSError, ValueError, InputError):
                 return None
         return frame.kind
@@ -404,42 +375,12 @@ class LiveFrames:
         whole = self._file_ranges.get(path)
         if whole is not None:  # a restart places later files after all of it
             extra = {"first": whole[0], "count": whole[1]}
-        target: Path | None = None
-        try:
-            # Listed first: a file moved but never listed would let a restart place the
-            # files after it too early.
-            target = self._quarantine_name(path) if move and path.exists() else None
-            self._list(path, target, indices, reason, reserved=reserve or target is not None,
-                       **extra)
-            if target is not None:
-                os.replace(path, target)
-        except OSError as exc:
-            log.error("%s: could not quarantine (%s); it stays where it is", path, exc)
-            target = None
+        target = self.quarantine.put(path, reason, indices, move=move, reserved=reserve,
+                                     **extra)
         told = reason if target is None else f"{reason}; moved to {target}"
         for i in indices:
             self.failed[i] = Failure(str(path), told)
         return target
-
-    def _quarantine_name(self, path: Path) -> Path:
-        """Where ``path`` goes in the quarantine directory: a name not taken yet."""
-        self.quarantine.mkdir(parents=True, exist_ok=True)
-        base = self.quarantine / self._rel(path).replace("/", "__")
-        target, k = base, 1
-        while target.exists():
-            target = base.with_name(f"{base.name}.{k}")
-            k += 1
-        return target
-
-    def _list(self, path: Path, target: Path | None, indices: list[int], reason: str, *,
-              reserved: bool, **extra: Any) -> None:
-        """Append an entry to the quarantine list (read again at a restart)."""
-        self.quarantine.mkdir(parents=True, exist_ok=True)
-        entry = {"file": self._rel(path), "moved_to": None if target is None else target.name,
-                 "indices": indices, "reason": reason, "time": time.time(),
-                 "reserved": bool(reserved), **extra}
-        with open(self.quarantine / QUARANTINE_LIST, "a") as f:
-            f.write(json.dumps(entry) + "\n")
 
     def fail(self, index: int, reason: str) -> None:
         """Frame ``index`` will not be read (reason kept for the report)."""
@@ -505,7 +446,7 @@ class LiveFrames:
                                      "must be finished in name order")
             return
         try:
-            probe: _Probe | InputError = self._probe(path)
+            probe: StackInfo | InputError = self._probe(path)
         except NotAFrameFile as exc:
             self._note_ignored(path, exc.reason)
             self._not_frames.add(self._rel(path))  # holds no later file back either
@@ -513,7 +454,7 @@ class LiveFrames:
             return
         except InputError as exc:
             probe = exc
-        if isinstance(probe, _Probe) and len(self.kinds_seen) < 3:
+        if isinstance(probe, StackInfo) and len(self.kinds_seen) < 3:
             self.kinds_seen.append(probe.kind)
         self._held[path] = _Held(key, arrived, probe)
         self._place_held()
@@ -547,7 +488,7 @@ class LiveFrames:
             listed = self._listed_before(held.key)
             target, target_key = (path, held.key) if listed is None else \
                 (self.scan_dir / listed[3], listed[0])
-            if not self._is_successor(target):
+            if not self._names.is_successor(self._last_path, target, self._next_index):
                 unfinished = self._unfinished_before(target, target_key)
                 if unfinished:
                     if not self._waited_enough():
@@ -556,7 +497,8 @@ class LiveFrames:
                     self._block(first, f"not finished within {self.hold_timeout_s:g} s while "
                                        "a later file was", move=False)
                     continue
-                gap = self._missing_name_before(target)
+                gap = self._names.missing_before(self._last_path, self._last_count, target,
+                                                 self._next_index)
                 if gap is not None:
                     if not self._waited_enough():
                         return
@@ -574,40 +516,11 @@ class LiveFrames:
         oldest = min(h.arrived for h in self._held.values())
         return self._ending or self.clock() - oldest >= self.hold_timeout_s
 
-    def _missing_name_before(self, path: Path) -> Path | None:
-        """The name of a frame file that should come between the last file placed and
-        ``path`` but does not exist (their name numbers skip one), or None."""
-        last, count = self._last_path, self._last_count
-        if last is None:
-            return None
-        mine, theirs = _name_number(last), _name_number(path)
-        if mine is None or theirs is None or mine[0] != theirs[0]:
-            return None
-        refuted, confirmed = self._name_steps_refuted, self._name_steps > 0
-        if not refuted and self._name_offset is not None and \
-                theirs[1] - self._name_offset == self._next_index:
-            return None  # its number is the frame it must start at
-        if theirs[1] - mine[1] == 1 and not (confirmed and not refuted and (count or 0) > 1):
-            return None  # names number files: the next one
-        frames_named = confirmed and not refuted and count
-        expected = mine[1] + (count if frames_named else 1)
-        if expected >= theirs[1]:
-            return None
-        _, head, tail = mine[0]
-        return last.with_name(f"{head}{expected:0{len(mine[2])}d}{tail}")
-
     def _block(self, path: Path, reason: str, *, move: bool, missing: bool = False) -> None:
         """``path`` holds the next frames but their number is unknown: quarantine it (move
         it, or only list it), and let later files wait until its count is known."""
-        target = None
-        try:
-            target = self._quarantine_name(path) if move and path.exists() else None
-            self._list(path, target, [], reason, reserved=True, first=self._next_index,
-                       missing=missing)
-            if target is not None:
-                os.replace(path, target)
-        except OSError as exc:
-            log.error("%s: could not quarantine (%s); it stays where it is", path, exc)
+        self.quarantine.put(path, reason, [], move=move, reserved=True, first=self._next_index,
+                            missing=missing)
         key = natural_key(self._rel_path(path))
         self._reserved_names.add(self._rel(path))
         self._last_key, self._last_path, self._last_count = key, path, None
@@ -640,54 +553,18 @@ class LiveFrames:
             if self.num_frames is not None:
                 count = min(count, max(0, self.num_frames - blocker.start))
             return count
-        if successor is None or not self._names_number_frames(blocker):
+        held = sorted(self._held.items(), key=lambda kv: kv[1].key)
+        readable = [(p, h.probe.n if isinstance(h.probe, StackInfo) else None) for p, h in held]
+        if successor is None or not self._names.would_count(blocker.path, blocker.start,
+                                                            readable):
             return None
         # The name that follows the blocker's: a file still being written counts too (its
         # name is all the rule needs), so that none is skipped.
         between = self._unfinished_before(successor, natural_key(self._rel_path(successor)))
         if between:
             successor = min(between, key=lambda p: natural_key(self._rel_path(p)))
-        mine, theirs = _name_number(blocker.path), _name_number(successor)
-        if mine is None or theirs is None or mine[0] != theirs[0] or theirs[1] <= mine[1]:
-            return None
-        # Names number frames: so the gap checks of the files after it know it too.
-        if self._name_offset is None:
-            self._name_offset = mine[1] - blocker.start
-        self._name_steps += 1
-        return theirs[1] - mine[1]
-
-    def _names_number_frames(self, blocker: _Blocker) -> bool:
-        """True when the numbers in the frame files' names step by their frame counts (at
-        least one readable pair shows it, none contradicts it) and agree with where the
-        blocker starts."""
-        if self._name_steps_refuted:
-            return False
-        steps = self._name_steps
-        held = sorted(self._held.items(), key=lambda kv: kv[1].key)
-        for (p1, h1), (p2, h2) in zip(held, held[1:]):
-            n1, n2 = _name_number(p1), _name_number(p2)
-            if not isinstance(h1.probe, _Probe) or n1 is None or n2 is None or n1[0] != n2[0]:
-                continue
-            if n2[1] - n1[1] != h1.probe.n:
-                return False
-            steps += 1
-        mine = _name_number(blocker.path)
-        if self._name_offset is not None and (mine is None or
-                                              mine[1] - self._name_offset != blocker.start):
-            return False
-        return steps > 0
-
-    def _note_name(self, path: Path, start: int) -> None:
-        """A readable file placed at ``start``: do name numbers count frames?"""
-        number = _name_number(path)
-        if number is None:
-            return
-        if self._name_offset is None:
-            self._name_offset = number[1] - start
-        elif number[1] - start == self._name_offset:
-            self._name_steps += 1
-        else:
-            self._name_steps_refuted = True
+        # Names number frames: the gap checks of the files after it learn it too.
+        return self._names.count_between(blocker.path, blocker.start, successor)
 
     def _fail_range(self, blocker: _Blocker, count: int) -> None:
         """The blocker's ``count`` frames fail at their certain place; later files follow."""
@@ -699,8 +576,8 @@ class LiveFrames:
         self._next_index = blocker.start + count
         self._last_count = count
         try:
-            self._list(blocker.path, None, indices, blocker.reason, reserved=True,
-                       missing=blocker.missing, first=blocker.start, count=count)
+            self.quarantine.record(blocker.path, None, indices, blocker.reason, reserved=True,
+                                   missing=blocker.missing, first=blocker.start, count=count)
         except OSError as exc:
             log.error("%s: could not list in the quarantine (%s)", blocker.path, exc)
 
@@ -713,8 +590,8 @@ class LiveFrames:
         self._lost, self._lost_after = (blocker.start, failure), blocker.key
         log.error("%s: frames from %d on fail: %s", blocker.path, blocker.start, failure.reason)
         try:
-            self._list(blocker.path, None, [], failure.reason, reserved=True,
-                       lost_from=blocker.start)
+            self.quarantine.record(blocker.path, None, [], failure.reason, reserved=True,
+                                   lost_from=blocker.start)
         except OSError as exc:
             log.error("%s: could not list in the quarantine (%s)", blocker.path, exc)
         self._place_held()
@@ -746,23 +623,6 @@ class LiveFrames:
     def _is_frame_file(self, name: str) -> bool:
         return (any(fnmatch.fnmatchcase(name, p) for p in self.frame_patterns)
                 and not any(fnmatch.fnmatchcase(name, p) for p in self.ignore_patterns))
-
-    def _is_successor(self, path: Path) -> bool:
-        """True when ``path`` is certainly the file right after the last one placed, as
-        its name tells: the usual case, decided without listing the directory. Names that
-        number files: the number one higher; names that number frames: the number of the
-        next frame."""
-        last = self._last_path
-        if last is None or last.parent != path.parent:
-            return False
-        mine, theirs = _name_number(last), _name_number(path)
-        if mine is None or theirs is None or mine[0] != theirs[0]:
-            return False
-        frames_named = self._name_steps > 0 and not self._name_steps_refuted
-        if frames_named:
-            return self._name_offset is not None and \
-                theirs[1] - self._name_offset == self._next_index
-        return theirs[2] == f"{mine[1] + 1:0{len(mine[2])}d}"
 
     def _unfinished_before(self, path: Path, key: list[Any]) -> list[Path]:
         """Frame files named between the last placed file and ``path`` that exist but are
@@ -802,7 +662,7 @@ class LiveFrames:
         self._file_ranges[path] = (start, probe.n)
         while len(self._file_ranges) > 64:
             self._file_ranges.popitem(last=False)
-        self._note_name(path, start)
+        self._names.note(path, start)
         self._last_count = probe.n
         fpf = self.frames_per_file
         if fpf is not None and probe.n != fpf and not self._warned_count and \
@@ -811,68 +671,12 @@ class LiveFrames:
             log.warning("%s: holds %d frames, but frames_per_file is %d: an unreadable file "
                         "would be given %d", path, probe.n, fpf, fpf)
 
-    def _probe(self, path: Path) -> _Probe:
-        """What an HDF5 frame file holds (retried ``read_retries`` times)."""
-        last: InputError | None = None
-        for attempt in range(self.read_retries + 1):
-            if attempt:
-                self.sleep(self.retry_delay_s)
-            try:
-                return self._probe_once(path)
-            except NotAFrameFile:
-                raise
-            except InputError as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    def _probe_once(self, path: Path) -> _Probe:
-        try:
-            with h5py.File(path, "r") as f:
-                data = f.get(self.dataset)
-                if data is None:
-                    raise NotAFrameFile(path, f"no dataset {self.dataset!r}: not a frame file")
-                if not isinstance(data, h5py.Dataset):
-                    raise InputError(path, f"{self.dataset!r} is not a dataset")
-                shape, dtype = data.shape, data.dtype
-                pos = None
-                if self.positions is None:
-                    assert self.positions_dataset is not None
-                    found = f.get(self.positions_dataset)
-                    if not isinstance(found, h5py.Dataset):
-                        raise InputError(path, f"no positions dataset {self.positions_dataset!r}")
-                    pos = np.asarray(found[()], np.float64).reshape(-1, 2)
-        except InputError:
-            raise
-        except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(path, f"not a readable HDF5 frame file: {exc}") from None
-        if len(shape) == 2:
-            n, stack = 1, False
-        elif len(shape) == 3:
-            n, stack = shape[0], True
-        else:
-            raise InputError(path, f"dataset {self.dataset!r} has shape {shape}; "
-                                   "expected (H, W) or (n, H, W)")
-        if pos is not None:
-            if pos.shape[0] != n or not np.isfinite(pos).all():
-                raise InputError(path, f"positions dataset {self.positions_dataset!r} has "
-                                       f"{pos.shape[0]} finite rows for {n} frames")
-            pos = pos * self.units
-        return _Probe(n, stack, pos, (tuple(shape[-2:]), np.dtype(dtype)))
-
     def _load_quarantine(self) -> None:
-        listing = self.quarantine / QUARANTINE_LIST
-        try:
-            lines = listing.read_text().splitlines()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.warning("%s: unreadable (%s)", listing, exc)
-            return
+        """A restart: fail again what the quarantine list says was failed, and keep the
+        index ranges it gave files."""
         ranges: dict[str, tuple[Any, ...]] = {}
-        for lineno, line in enumerate(lines, 1):
+        for entry in self.quarantine.entries():
             try:
-                entry = json.loads(line)
                 indices = [int(i) for i in entry.get("indices", [])]
                 name, reason = str(entry["file"]), str(entry.get("reason", ""))
                 if "lost_from" in entry:
@@ -903,5 +707,6 @@ class LiveFrames:
                 elif "first" in entry and name not in ranges:
                     ranges[name] = (key, int(entry["first"]), None, name, reason, missing)
             except (ValueError, TypeError, AttributeError, KeyError):
-                log.warning("%s: line %d is not a quarantine entry", listing, lineno)
+                log.warning("%s: an entry for %r is not usable", self.quarantine.listing,
+                            entry.get("file"))
         self._quarantined = list(ranges.values())
