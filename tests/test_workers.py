@@ -10,7 +10,7 @@ import time
 import pytest
 
 from thread_check import live_threads
-from flyprep.workers import STOP, THREAD_PREFIX, Ticker, Worker
+from flyprep.workers import STOP, THREAD_PREFIX, Call, Ticker, Worker
 
 
 class Echo(Worker):
@@ -94,6 +94,14 @@ def test_a_ticker_ticks_survives_a_bad_tick_and_stops(caplog: pytest.LogCaptureF
     assert len(ticks) >= 5 and "tick: tick failed" in caplog.text
 
 
+def test_a_call_runs_once_and_hands_back_its_error() -> None:
+    done: list[str] = []
+    ok = Call("once", lambda: done.append(threading.current_thread().name)).start()
+    assert ok.join(5) and done == [THREAD_PREFIX + "once"] and ok.thread_error is None
+    bad = Call("bad-call", lambda: 1 / 0).start()
+    assert bad.join(5) and isinstance(bad.thread_error, ZeroDivisionError)
+
+
 def test_the_leak_check_sees_a_worker_left_running() -> None:
     before = live_threads()
     echo = Echo().start()
@@ -102,3 +110,18 @@ def test_the_leak_check_sees_a_worker_left_running() -> None:
     finally:
         echo.stop_and_join(5)
     assert not live_threads() - before
+
+
+def test_no_module_but_workers_starts_a_thread_of_its_own() -> None:
+    """docs/architecture.md: every thread flyprep owns is a Worker."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src" / "flyprep"
+    owners = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(
+                    node.func, "id", None)) == "Thread":
+                owners.append(path.relative_to(src).as_posix())
+    assert owners == ["workers.py"]

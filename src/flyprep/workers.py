@@ -2,7 +2,8 @@
 back an error that escaped its loop.
 
 Everything in flyprep that owns a thread is a worker (the scan sessions, the writer thread,
-the event publisher, the control server, the ``.apx`` streamer, the watcher's timer), so
+the event publisher, the control server, the ``.apx`` streamer, the watcher's timer
+(:class:`Ticker`), the demo's daemon loop and simulator (:class:`Call`)), so
 that every thread is named ``flyprep:<what>``, stops the same way and can be checked for
 leaks the same way. A subclass writes its loop in :meth:`Worker.loop` and, when the loop
 sleeps on something, says in :meth:`Worker.wake` how to wake it: put :data:`STOP` into
@@ -137,3 +138,14 @@ class Ticker(Worker):
                 self._tick()
             except Exception:
                 log.exception("%s: tick failed", self.worker_name)
+
+
+class Call(Worker):
+    """Runs ``function()`` once in its own thread (a tool's main loop, a simulator)."""
+
+    def __init__(self, name: str, function: Callable[[], object]) -> None:
+        super().__init__(name)
+        self._function = function
+
+    def loop(self) -> None:
+        self._function()

@@ -24,6 +24,7 @@ from ..events import ChunkWritten, Event, ScanEnded, ScanStarted
 from ..ptyd.reader import open_ptyd
 from ..ptyd.verify import verify
 from ..sim.simulate import simulate_scan
+from ..workers import Call
 from .exit_codes import ExitCode
 
 SCAN = "scan_0001"
@@ -110,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     tracker = _Tracker()
     daemon = Daemon(config, sinks=[tracker])
     daemon.startup()
-    loop = threading.Thread(target=daemon.main_loop, name="flyprep-main", daemon=True)
-    loop.start()
+    loop = Call("demo-daemon", daemon.main_loop).start()
     written = {"n": 0, "last_at": 0.0}
     sim_error: list[BaseException] = []
 
@@ -130,8 +130,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{args.chunk_frames} frames per chunk")
     console.print(f"  meanwhile, try: flyprep status --endpoint {daemon.endpoints['control']}")
     t0 = time.monotonic()
-    sim = threading.Thread(target=simulate, name="simulator", daemon=True)
-    sim.start()
+    sim = Call("demo-simulator", simulate).start()
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     try:
