@@ -176,7 +176,7 @@ def producer_main(root: str, options: dict[str, Any], pool: int, dtype: str, tim
     """Child process: simulate one scan into ``root`` once ``go`` is set; ``times[i]`` is
     ``time.time()`` right after frame i was written and closed (``on_frame``)."""
     try:
-        from flyprep import simulate
+        from flyprep.sim import simulate
 
         if pool:
             simulate.ExampleScan = _pooled_example_scan(pool, dtype)  # this process only

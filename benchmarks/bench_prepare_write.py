@@ -35,7 +35,7 @@ import numpy as np
 
 from flyprep.config import PrepareConfig, parse_config
 from flyprep.sim.example import ExampleScan
-from flyprep.pipeline import PART_BYTES, ChunkPreparer, run_scan
+from flyprep.pipeline import PART_BYTES, ChunkPreparer, ReadyFrame, run_scan
 from flyprep.ptyd import open_ptyd
 from flyprep.ptyd.verify import verify
 from flyprep.pipeline.frame_book import FrameBook, Scan
@@ -109,10 +109,10 @@ def scan_positions(num_frames: int) -> np.ndarray:
     return np.stack([np.arange(num_frames) * 50e-9, np.zeros(num_frames)], 1)
 
 
-def frames_from_pool(pool: np.ndarray, num_frames: int) -> Iterator[tuple[int, np.ndarray, str]]:
+def frames_from_pool(pool: np.ndarray, num_frames: int) -> Iterator[ReadyFrame]:
     """Frames in index order, cycling through the pool, as a scan directory would give them."""
     for i in range(num_frames):
-        yield i, pool[i % len(pool)], f"/data/scan_000001/frame_{i:06d}.h5"
+        yield ReadyFrame(i, pool[i % len(pool)], f"/data/scan_000001/frame_{i:06d}.h5")
 
 
 #: run_scan's part_bytes (``--part-bytes``): chunks written in parts while they fill.
@@ -184,10 +184,10 @@ def time_preparation(case: Case, pool: np.ndarray, *, num_frames: int, chunk_fra
                      positions=scan_positions(num_frames))
     scan = Scan(book, ChunkPreparer(config.prep, chunk_frames=chunk_frames))
     t0 = time.perf_counter()
-    for i, frame, name in frames_from_pool(pool, num_frames):
-        if not book.accepts(i):
+    for item in frames_from_pool(pool, num_frames):
+        if not book.accepts(item.index):
             scan.auto()
-        book.add(i, frame, source=name)
+        book.add(item.index, item.data, source=item.source)
     book.end()
     while book.next_key < book.n_chunks:
         scan.auto()

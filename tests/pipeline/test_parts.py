@@ -14,7 +14,7 @@ import pytest
 
 from flyprep.config import parse_config
 from flyprep.errors import OutputError, ScanInterrupted
-from flyprep.pipeline import run_scan
+from flyprep.pipeline import FrameItem, frame_item, run_scan
 from flyprep.prep.chunk import PreparedPart
 from flyprep.ptyd import PtydWriter, ScanMeta
 from flyprep.ptyd.reader import open_ptyd
@@ -42,9 +42,9 @@ def settings(compression: str = "none", **prep: Any) -> Any:
 
 
 def frames(missing: set[int] = frozenset(), stop: int = NUM,
-           start: int = 0) -> Iterator[tuple[int, np.ndarray | None, str]]:
+           start: int = 0) -> Iterator[FrameItem]:
     for i in range(start, stop):
-        yield i, None if i in missing else raw_frame(i), f"f{i:03d}.npy"
+        yield frame_item(i, None if i in missing else raw_frame(i), f"f{i:03d}.npy")
 
 
 def run(out: Path, part_bytes: int, items: Any = None, **kw: Any) -> Path:
@@ -147,9 +147,9 @@ def test_a_chunk_is_on_disk_before_its_last_frame_and_unseen_until_whole(tmp_pat
     tmp = tmp_path / "s.ptyd.chunk00001.flyprep-tmp"
     seen: dict[str, Any] = {}
 
-    def watching() -> Iterator[tuple[int, np.ndarray | None, str]]:
+    def watching() -> Iterator[FrameItem]:
         for item in frames():
-            if item[0] == 2 * CHUNK - 1:  # chunk 1's last frame is about to come
+            if item.index == 2 * CHUNK - 1:  # chunk 1's last frame is about to come
                 deadline = 200
                 while not (tmp.exists() and tmp.stat().st_size >= 10 * FRAME_BYTES):
                     deadline -= 1
@@ -170,7 +170,7 @@ def test_a_scan_stopped_mid_chunk_leaves_no_part_behind_and_resumes_the_same(
     reference = contents(run(tmp_path / "ref" / "s.ptyd", 0))
     out = tmp_path / "run" / "s.ptyd"
 
-    def interrupted() -> Iterator[tuple[int, np.ndarray | None, str]]:
+    def interrupted() -> Iterator[FrameItem]:
         yield from frames(stop=2 * CHUNK + 7)
         raise ScanInterrupted("stopped")
 
@@ -191,7 +191,7 @@ def test_a_scan_stopped_mid_chunk_leaves_no_part_behind_and_resumes_the_same(
 def test_a_failed_run_mid_chunk_publishes_every_frame_as_aborted(tmp_path: Path) -> None:
     out = tmp_path / "s.ptyd"
 
-    def failing() -> Iterator[tuple[int, np.ndarray | None, str]]:
+    def failing() -> Iterator[FrameItem]:
         yield from frames(stop=CHUNK + 8)
         raise RuntimeError("detector gone")
 
@@ -247,7 +247,7 @@ def test_a_scan_failing_in_its_first_chunk_leaves_no_output(tmp_path: Path, save
     cfg = parse_config({"prep": {"shape": 24}, "output": {"chunk_frames": CHUNK, "save": save},
                         "geometry": {"energy": 6.2, "distance": 7.0, "psize": 1e-4}})
 
-    def failing() -> Iterator[tuple[int, np.ndarray | None, str]]:
+    def failing() -> Iterator[FrameItem]:
         yield from frames(stop=CHUNK - 3)
         raise RuntimeError("detector gone")
 
@@ -262,9 +262,9 @@ def test_verify_expects_the_filling_chunk_of_an_acquiring_scan(tmp_path: Path) -
     out = tmp_path / "s.ptyd"
     findings: list[set[str]] = []
 
-    def watching() -> Iterator[tuple[int, np.ndarray | None, str]]:
+    def watching() -> Iterator[FrameItem]:
         for item in frames():
-            if item[0] == CHUNK + 9:  # chunk 1 is being written in parts
+            if item.index == CHUNK + 9:  # chunk 1 is being written in parts
                 filling = tmp_path / "s.ptyd.chunk00001.flyprep-tmp"
                 deadline = time.monotonic() + 5
                 while not filling.exists():  # the writer thread stores parts

@@ -11,7 +11,7 @@ import pytest
 
 from flyprep.config import parse_config
 from flyprep.errors import ScanInterrupted
-from flyprep.pipeline import run_scan
+from flyprep.pipeline import frame_item, run_scan
 from flyprep.pipeline.resume import apply_resume, plan_resume
 from flyprep.ptyd.reader import open_ptyd
 
@@ -27,7 +27,7 @@ def settings(**prep: object):
 
 def frames(start: int = 0, stop: int = NUM):
     for i in range(start, stop):
-        yield i, np.full(RAW, i + 1, dtype=np.uint16), f"f{i}"
+        yield frame_item(i, np.full(RAW, i + 1, dtype=np.uint16), f"f{i}")
 
 
 def interrupted(out: Path, at: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from flyprep.config import parse_config
-from flyprep.pipeline import run_scan
+from flyprep.pipeline import frame_item, run_scan
 from flyprep.prep.chunk import PreparedChunk
 from flyprep.ptyd import PtydWriter, ScanMeta
 
@@ -39,6 +39,7 @@ else:
     config = parse_config({"prep": {"shape": side},
                            "output": {"chunk_frames": chunk_frames},
                            "geometry": {"energy": 6.2, "distance": 7.0, "psize": 1e-4}})
-    frames = ((i, None if i % 97 == 5 else frame(i), f"f{i}") for i in range(num_frames))
+    frames = (frame_item(i, None if i % 97 == 5 else frame(i), f"f{i}")
+              for i in range(num_frames))
     run_scan(frames, num_frames=num_frames, positions=positions, config=config, output=path,
              part_bytes=2 * side * side * 4 if mode == "run_scan_parts" else 0)

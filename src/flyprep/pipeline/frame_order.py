@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..events import EventSink, FrameFailed, FrameMissing
-from .items import FailedFrame, MissingFrame, ReadyFrame
+from .items import FailedFrame, FrameItem, MissingFrame, ReadyFrame
 from ..ptyd.format import ChunkGrid
 from ..sources.live import FrameType, LiveFrames, agreed_type
 
@@ -33,7 +33,6 @@ TYPE_VOTES = 3
 TYPE_SCAN = 4096  # frame indices looked through for them at most
 
 #: One frame for the preparation, as a :class:`~flyprep.pipeline.ScanRun` takes it.
-FrameItem = ReadyFrame | MissingFrame | FailedFrame
 
 
 @dataclass

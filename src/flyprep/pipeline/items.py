@@ -4,15 +4,11 @@ one per frame in index order, then the end."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
 from ..states import ScanState
-
-
-#: One frame of a scan in index order: (index, frame or None if missing, source name).
-FrameInput = Tuple[int, Optional[np.ndarray], str]
 
 
 @dataclass(frozen=True)
@@ -52,4 +48,15 @@ class ScanEnd:
     state: ScanState = ScanState.COMPLETE
 
 
+#: One frame of a scan, in index order.
+FrameItem = Union[ReadyFrame, MissingFrame, FailedFrame]
+#: What a run takes: frames, then the end.
 RunItem = Union[ReadyFrame, MissingFrame, FailedFrame, ScanEnd]
+
+
+def frame_item(index: int, frame: np.ndarray | None, source: str,
+               position: Any = None) -> FrameItem:
+    """Frame ``index`` read from ``source`` (None: missing)."""
+    if frame is None:
+        return MissingFrame(index, source, position)
+    return ReadyFrame(index, frame, source, position)

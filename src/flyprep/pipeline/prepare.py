@@ -11,7 +11,7 @@ import numpy as np
 from ..config import PrepareConfig
 from ..errors import InputError, OutputError
 from ..events import EventSink
-from .items import FrameInput
+from .items import FrameItem, MissingFrame, ReadyFrame
 from ..ptyd.resume import finished_state
 from ..ptyd.writer import OutputMode
 from .preparer import effective_config, load_calibration
@@ -105,7 +105,7 @@ def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:
 
 
 def _frames_from(source: ScanSource, start: int, stop: int, allow_missing: bool, *,
-                 block: int) -> Iterator[FrameInput]:
+                 block: int) -> Iterator[FrameItem]:
     """Frames ``[start, stop)`` of a scan directory, stacks read ``block`` frames at a time;
     with ``allow_missing`` a frame that cannot be read comes as None (missing) instead of
     ending the run."""
@@ -113,10 +113,10 @@ def _frames_from(source: ScanSource, start: int, stop: int, allow_missing: bool,
     while i < stop:
         try:
             for index, frame, name in read_frames(source, i, stop, max_block=block):
-                yield index, frame, name
+                yield ReadyFrame(index, frame, name)
                 i = index + 1
         except InputError:
             if not allow_missing:
                 raise
-            yield i, None, str(source.frames[i].path)
+            yield MissingFrame(i, str(source.frames[i].path))
             i += 1

@@ -20,7 +20,7 @@ from ..prep import Calibration, Preparation, PreparedChunk
 from ..states import ScanState
 from ..ptyd.writer import OutputMode, PtydWriter
 from ..ptyd.writer_thread import InlineWriter, WriterThread
-from .items import FrameInput, MissingFrame, ReadyFrame, RunItem, ScanEnd
+from .items import FrameItem, ReadyFrame, RunItem, ScanEnd
 from .preparer import ChunkPreparer, require_geometry, scan_meta, writer_params
 from .frame_book import FrameBook, Scan
 
@@ -276,7 +276,7 @@ class ScanRun:
 
 
 def run_scan(
-    frames: Iterable[FrameInput],
+    frames: Iterable[FrameItem],
     *,
     num_frames: int,
     positions: np.ndarray | None,
@@ -292,8 +292,8 @@ def run_scan(
     part_bytes: int = PART_BYTES,
     events: EventSink | None = None,
 ) -> PrepareSummary:
-    """A :class:`ScanRun` fed from ``frames``, ``(index, frame or None, source[, (y,
-    x)])`` in index order (None: missing), ended ``complete``.
+    """A :class:`ScanRun` fed from ``frames`` (typed items in index order; see
+    :func:`~flyprep.pipeline.items.frame_item`), ended ``complete``.
     :class:`~flyprep.errors.ScanInterrupted` raised by ``frames``, or Ctrl-C
     (KeyboardInterrupt), suspends the run (see
     :meth:`ScanRun.suspend`); any other error fails it (:meth:`ScanRun.fail`)."""
@@ -304,10 +304,7 @@ def run_scan(
                   events=events)
     try:
         for item in frames:
-            index, frame, name = item[0], item[1], item[2]
-            position = item[3] if len(item) > 3 else None
-            run.push(MissingFrame(index, name, position) if frame is None
-                     else ReadyFrame(index, frame, name, position))
+            run.push(item)
         summary = run.push(ScanEnd(ScanState.COMPLETE))
     except (ScanInterrupted, KeyboardInterrupt):
         run.suspend()  # whole chunks kept, master acquiring: a later run resumes it
