@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("daemon", {"daemon"}),  # daemon.service: the composition root
     ("sim", {"sim"}),
     ("cli", {"cli"}),
+    ("client", {"client"}),  # what reconstruction code imports: reads files, speaks zmq
 ]
 
 

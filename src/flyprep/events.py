@@ -1,12 +1,12 @@
 """What the pipeline tells the world: small immutable events, and the sinks they go to.
 
 Pipeline stages hand each other frozen dataclasses named in the past tense. Each has a
-``kind`` (also the ZeroMQ topic, see ``docs/events.md``), ``to_dict()`` giving plain JSON
+``kind`` (also the ZeroMQ topic, see ``docs/protocol.md``), ``to_dict()`` giving plain JSON
 data and ``from_dict()`` reading it back; :func:`event_from_dict` picks the class by kind.
 
 The pipeline emits to an :class:`EventSink`. :class:`MemorySink` keeps events in memory
 (tests, the daemon's status), :class:`FanoutSink` forwards to several sinks, and
-:class:`flyprep.bus.EventPublisher` (the only module importing zmq) publishes them.
+:class:`flyprep.daemon.bus.EventPublisher` (the only module importing zmq) publishes them.
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class _EventBase:
 
 @dataclass(frozen=True)
 class ScanStarted(_EventBase):
-    """A scan's master file appeared; frames are expected."""
+    """A scan's preparation is fixed and its chunks will follow; ``resumed_at`` frames
+    were kept from an earlier run. ``meta``: what PtyPy reads in ``meta/`` (shape, dtype,
+    energy, distance, psize, propagation, center)."""
 
     kind: ClassVar[str] = "scan.started"
     _path_fields: ClassVar[tuple[str, ...]] = ("master",)
@@ -79,21 +81,28 @@ class ScanStarted(_EventBase):
     master: str
     num_frames: int | None
     chunk_frames: int
+    label: str | None = None
+    resumed_at: int = 0
+    meta: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class ChunkWritten(_EventBase):
-    """Frames ``frame_start .. frame_start + n_frames - 1`` are prepared and on disk."""
+    """The master lists chunk ``key``: frames ``frame_start .. frame_start + n_frames - 1``
+    can be read from it now."""
 
     kind: ClassVar[str] = "chunk.written"
-    _path_fields: ClassVar[tuple[str, ...]] = ("path",)
+    _path_fields: ClassVar[tuple[str, ...]] = ("master", "file")
     scan: str
     key: int  # the chunk's key under chunks/ in the master (PtyPy reads chunks in key order)
     frame_start: int
     n_frames: int
-    path: str
+    master: str
+    file: str | None = None  # the chunk's own file (None: inside the master)
+    frames_available: int = 0  # readable from the scan's start without a gap
+    generation: int = 0  # of the master that lists it
     frames_missing: int = 0
-    latency_s: float | None = None  # last frame of the chunk arriving -> chunk written
+    latency_s: float | None = None  # last frame of the chunk arriving -> chunk listed
 
 
 @dataclass(frozen=True)
@@ -123,12 +132,14 @@ class FrameFailed(_EventBase):
     count: int = 1  # one event per bad file: frames index .. index + count - 1
 
 
-SCAN_END_STATES = tuple(s.value for s in END_STATES)
+#: How a scan may end: its master's final states, or ``failed`` (it could not be prepared).
+SCAN_END_STATES = (*(s.value for s in END_STATES), "failed")
 
 
 @dataclass(frozen=True)
 class ScanEnded(_EventBase):
-    """The scan is finished (``complete``) or given up (``aborted``); its file is final."""
+    """The scan is finished (``complete``), given up (``aborted``) or could not be
+    prepared (``failed``, with ``error``); its file is final."""
 
     kind: ClassVar[str] = "scan.ended"
     scan: str
@@ -136,6 +147,7 @@ class ScanEnded(_EventBase):
     frames: int
     frames_missing: int  # never arrived
     frames_failed: int = 0  # arrived but unusable
+    error: str | None = None
 
 
     def __post_init__(self) -> None:
@@ -181,12 +193,35 @@ class ApxReadouts(_EventBase):
     scan: str | None = None
 
 
+@dataclass(frozen=True)
+class DaemonHeartbeat(_EventBase):
+    """The daemon is alive: sent every ``interval_s``; ``scans`` is the compact state of
+    every scan that has not ended."""
+
+    kind: ClassVar[str] = "daemon.heartbeat"
+    uptime_s: float
+    interval_s: float
+    scans: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ErrorReported(_EventBase):
+    """Something failed that an operator should see: ``where`` is ``scan`` (``scan``
+    names it), ``apx`` or ``daemon``."""
+
+    kind: ClassVar[str] = "error"
+    where: str
+    message: str
+    scan: str | None = None
+
+
 Event = Union[ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded, ScanPaused,
-              ScanContinued, ApxReadouts]
+              ScanContinued, ApxReadouts, DaemonHeartbeat, ErrorReported]
 
 EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in
                                 (ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded,
-                                 ScanPaused, ScanContinued, ApxReadouts)}
+                                 ScanPaused, ScanContinued, ApxReadouts, DaemonHeartbeat,
+                                 ErrorReported)}
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:

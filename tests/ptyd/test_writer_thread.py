@@ -19,8 +19,8 @@ def pooled(key, start, n, released):
 def test_chunks_written_in_order_and_buffers_returned(tmp_path, meta):
     released, written, threads = [], [], set()
 
-    def on_written(chunk, target):
-        written.append((chunk.key, target.name))
+    def on_written(chunk, listed):
+        written.append((chunk.key, listed.target.name))
         threads.add(threading.current_thread().name)
 
     w = WriterThread(PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10),
@@ -33,6 +33,39 @@ def test_chunks_written_in_order_and_buffers_returned(tmp_path, meta):
     assert threads == {"flyprep:writer:s.ptyd"}
     ptyd = open_ptyd(tmp_path / "s.ptyd")
     assert ptyd.state == "complete" and ptyd.n_frames == 50
+
+
+def test_a_chunk_is_told_of_only_once_the_published_master_lists_it(tmp_path, meta):
+    """Chunks queue up behind a slow disk and the master is published once for several:
+    each is told of after that publication, never before (chunk.written's promise)."""
+    import time
+
+    writer = PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10)
+    slow_write = writer.write_chunk
+    publishes: list[bool] = []
+
+    def write_chunk(chunk, *, publish=True):
+        time.sleep(0.05)
+        publishes.append(publish)
+        return slow_write(chunk, publish=publish)
+
+    writer.write_chunk = write_chunk
+    told = []
+
+    def on_written(chunk, listed):
+        master = open_ptyd(tmp_path / "s.ptyd")
+        assert chunk.key in [c.key for c in master.chunks]
+        assert listed.frames_available == master.n_frames >= chunk.frame_start + chunk.n_frames
+        told.append((chunk.key, listed.generation))
+
+    w = WriterThread(writer, max_queued=3, publish_interval_s=60.0, on_written=on_written)
+    for key in range(5):
+        w.submit(make_chunk(key, key * 10, 10))
+    w.close()
+    assert False in publishes, "no chunk was deferred: the test did not test"
+    assert [k for k, _ in told] == list(range(5))
+    generations = [g for _, g in told]
+    assert generations == sorted(generations) and len(set(generations)) < 5
 
 
 def test_a_writer_that_falls_behind_still_publishes_at_the_interval(tmp_path, meta):

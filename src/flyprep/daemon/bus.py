@@ -5,7 +5,7 @@ thread creates and owns its sockets; other threads talk to it through a queue
 (:class:`EventPublisher`) or an ``inproc://`` pipe (:class:`ControlServer`).
 
 * :class:`EventPublisher` is an :class:`~flyprep.events.EventSink`: ``emit()`` never
-  blocks. Messages are multipart ``[topic, json_body, *array_buffers]`` (``docs/events.md``).
+  blocks. Messages are multipart ``[topic, json_body, *array_buffers]`` (``docs/protocol.md``).
 * :class:`ControlServer` answers JSON requests ``{"command": ..., ...}`` from a table of
   handlers with ack/nack envelopes ``{"ok": true, "result": ...}`` /
   ``{"ok": false, "error": ...}``; a failing handler is reported, never fatal.
@@ -99,12 +99,16 @@ class Received:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-def encode_message(event: Event, *, seq: int, emit_time: float,
+#: The version of docs/protocol.md every body carries as ``v``.
+PROTOCOL_VERSION = 1
+
+
+def encode_message(event: Event, *, seq: int, emit_time: float, run: str = "",
                    arrays: Sequence[np.ndarray] = ()) -> list[Any]:
-    """``[topic, json_body, *arrays]`` for ``event`` (arrays must be C-contiguous)."""
-    body = event.to_dict()
-    body["seq"] = seq
-    body["time"] = emit_time
+    """``[topic, json_body, *arrays]`` for ``event`` (arrays must be C-contiguous); the
+    body carries the protocol version ``v``, the daemon's ``run``, ``seq`` and ``time``."""
+    body = {"v": PROTOCOL_VERSION, "run": run, "seq": seq, "time": emit_time,
+            **event.to_dict()}
     if arrays:
         body["arrays"] = [{"dtype": _dtype_spec(a.dtype), "shape": list(a.shape)}
                           for a in arrays]
@@ -198,8 +202,13 @@ class EventPublisher(Worker):
 
     def __init__(self, endpoint: str = DEFAULT_EVENTS_ENDPOINT, *, allow_remote: bool = False,
                  queue_size: int = 10_000, sndhwm: int = 1_000,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, run: str = "",
+                 on_sequenced: Callable[[Event, int], Any] | None = None) -> None:
         super().__init__("events")
+        self.run = run  # the daemon run's id, in every body
+        # Told of each event with its seq, in seq order, under the publisher's lock: what
+        # a snapshot reflects (docs/protocol.md, catching up).
+        self._on_sequenced = on_sequenced
         self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
         self.endpoint: str | None = None  # the bound one (random port resolved)
         self._sndhwm = sndhwm
@@ -274,7 +283,13 @@ class EventPublisher(Worker):
                 self._counts["dropped"] += 1
                 return
             self._counts["emitted"] += 1
-            item = (event, next(self._seq), time.time(), arrays)
+            seq = next(self._seq)
+            if self._on_sequenced is not None:
+                try:
+                    self._on_sequenced(event, seq)
+                except Exception:  # noqa: BLE001 - a bookkeeping bug must not stop events
+                    log.exception("event bookkeeping failed on %s", event.kind)
+            item = (event, seq, time.time(), arrays)
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
@@ -328,7 +343,8 @@ class EventPublisher(Worker):
     def _send(self, sock: zmq.Socket, event: Event, seq: int, emit_time: float,
               arrays: Sequence[np.ndarray]) -> None:
         try:
-            frames = encode_message(event, seq=seq, emit_time=emit_time, arrays=arrays)
+            frames = encode_message(event, seq=seq, emit_time=emit_time, run=self.run,
+                                    arrays=arrays)
             # A PUB socket never blocks and never says when a slow subscriber's queue is
             # full: it discards the message for that subscriber (who sees a gap in seq).
             sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)

@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +30,13 @@ import numpy as np
 
 from .. import __version__
 from ..apx.stream import ApxStreamer
-from .bus import ControlServer, EventPublisher
+from .bus import PROTOCOL_VERSION, ControlServer, EventPublisher
+from .catalog import Catalog
 from ..config import DaemonConfig
 from ..errors import InputError
-from ..events import ApxReadouts, EventSink, FanoutSink
+from ..events import ApxReadouts, DaemonHeartbeat, EventSink, FanoutSink
 from ..ptyd.resume import finished_state
+from ..workers import Ticker
 from .session import RestartRequested, ScanSession, SessionState, marker_grace_s, output_path
 from ..sources.watch import (
     EndMarkerSeen,
@@ -77,6 +80,10 @@ class Daemon:
         self._queued: list[Path] = []  # waiting for a free slot (limits.max_scans)
         self._finished: OrderedDict[Path, ScanSession] = OrderedDict()
         self._started = time.time()
+        #: This run's id: in every event body and snapshot; new at each start.
+        self.run_id = uuid.uuid4().hex[:16]
+        self._catalog = Catalog(self.run_id, protocol=PROTOCOL_VERSION)
+        self._heartbeat: Ticker | None = None
         self._apx_files: dict[Path, Path] = {}  # .apx file -> its scan directory
         self._marker_grace_s = marker_grace_s(config)
 
@@ -91,7 +98,8 @@ class Daemon:
         try:
             if self._publish:
                 self._events = EventPublisher(cfg.bus.events, allow_remote=cfg.bus.allow_remote,
-                                              sndhwm=cfg.bus.send_hwm).start()
+                                              sndhwm=cfg.bus.send_hwm, run=self.run_id,
+                                              on_sequenced=self._catalog.apply).start()
                 self._sink.add(self._events)
                 self._control = ControlServer(cfg.bus.control, self._handlers(),
                                               allow_remote=cfg.bus.allow_remote).start()
@@ -100,7 +108,8 @@ class Daemon:
                 if self._publish:
                     self._apx_stream = EventPublisher(cfg.apx.stream,
                                                       allow_remote=cfg.bus.allow_remote,
-                                                      sndhwm=cfg.bus.send_hwm).start()
+                                                      sndhwm=cfg.bus.send_hwm,
+                                                      run=self.run_id).start()
                 self._apx = ApxStreamer(publish, events=self._sink)
                 self._apx.start()
             # Sessions re-read their positions file and the streamer its .apx files on a
@@ -109,6 +118,9 @@ class Daemon:
                                         max_tracked=cfg.limits.max_pending_files,
                                         apx_pattern=cfg.apx.pattern, report_growth=False)
             self._watcher.start()
+            if self._publish:
+                self._heartbeat = Ticker("heartbeat", cfg.bus.heartbeat_s,
+                                         self._beat).start()
         except BaseException:
             self.shutdown()
             raise
@@ -137,6 +149,9 @@ class Daemon:
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Stop watching, stop every scan (resumable), close the sockets. Idempotent."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop_and_join(5.0)
+            self._heartbeat = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -313,7 +328,18 @@ class Daemon:
     # ---- control (control server thread)
 
     def _handlers(self) -> dict[str, Any]:
-        return {"status": self._status, "end_scan": self._end_scan}
+        return {"status": self._status, "end_scan": self._end_scan,
+                "snapshot": lambda params: self._catalog.snapshot()}
+
+    def _beat(self) -> None:
+        """``daemon.heartbeat``: alive, and the compact state of every scan not ended."""
+        with self._lock:
+            scans = [s.brief() for s in self._sessions.values()
+                     if s.started and not s.state.finished]
+            for scan_dir in self._queued:
+                scans.append({**self._sessions[scan_dir].brief(), "state": "queued"})
+        self._sink.emit(DaemonHeartbeat(uptime_s=round(time.time() - self._started, 3),
+                                        interval_s=self.config.bus.heartbeat_s, scans=scans))
 
     def status(self) -> dict[str, Any]:
         """Every scan (running, queued, finished in this run) and the daemon's own state."""
@@ -328,7 +354,8 @@ class Daemon:
                     info["state"] = "queued"
                 scans.append(info)
         out: dict[str, Any] = {
-            "version": __version__, "uptime_s": round(time.time() - self._started, 3),
+            "version": __version__, "run": self.run_id,
+            "uptime_s": round(time.time() - self._started, 3),
             "roots": [str(r) for r in self.config.watch.roots], "scans": scans,
             "watcher": {"pending_files": self._watcher.pending_count if self._watcher else 0},
         }

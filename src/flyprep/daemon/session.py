@@ -45,7 +45,7 @@ import numpy as np
 from ..config import DaemonConfig, ScanDescription, load_scan_description, scan_settings
 from ..errors import (ConfigError, DiskFull, FlyprepError, InputError, OutputError,
                      ScanInterrupted, is_disk_full)
-from ..events import EventSink, ScanContinued, ScanEnded, ScanPaused, ScanStarted
+from ..events import ErrorReported, EventSink, ScanContinued, ScanEnded, ScanPaused
 from ..pipeline import ScanEnd, ScanRun, effective_config, load_calibration, require_geometry
 from ..pipeline.frame_order import FrameItem, FrameOrder
 from ..pipeline.resume import apply_resume, plan_resume
@@ -222,6 +222,14 @@ class ScanSession(Worker):
                                   [f"{p}: {why}" for p, why in live.ignored]),
             }
 
+    def brief(self) -> dict[str, Any]:
+        """The heartbeat's line for this scan: state, frames readable, num_frames."""
+        self._sync_progress()
+        with self._lock:
+            state = "paused" if self.paused else self.state.value
+            return {"scan": self.name, "state": state, "frames_available": self.frames_written,
+                    "num_frames": self.num_frames}
+
     # ---- the thread
 
     def loop(self) -> None:
@@ -311,12 +319,12 @@ class ScanSession(Worker):
         with self._lock:
             self.error = message
             started = self.frames_written > 0 or self.chunks_written > 0
-        if started:
-            # The run published what it had as 'aborted' with every frame filled in.
-            self._set_state(SessionState.ABORTED)
-            self._emit_end("aborted")
-        else:
-            self._set_state(SessionState.FAILED)
+            run = self._scan_run
+        # Started, the run published what it had as 'aborted' with every frame filled in.
+        self._set_state(SessionState.ABORTED if started else SessionState.FAILED)
+        if run is not None and run.announced:  # scan.started went out: scan.ended follows
+            self._emit_end("failed", error=message)
+        self.events.emit(ErrorReported(where="scan", scan=self.name, message=message))
         log.error("%s: %s", self.name, message)
 
     def _serve(self) -> None:
@@ -361,10 +369,6 @@ class ScanSession(Worker):
             self.frames_missing = self._missing_before
             self.resumed_at = start if start else None
         self._set_state(SessionState.ACQUIRING)
-        if self._announce:
-            self.events.emit(ScanStarted(scan=self.name, master=str(self.output),
-                                         num_frames=num_frames,
-                                         chunk_frames=settings.output.chunk_frames))
         if order.frame_type is None:
             self._wait_for_frame_type(order, start)
         assert order.frame_type is not None
@@ -375,7 +379,8 @@ class ScanSession(Worker):
                       allow_missing=True, mode=mode, resolved=resolved,
                       chunk_buffers=self.config.limits.chunk_buffers,
                       part_bytes=self.config.limits.part_bytes, events=self.events,
-                      scan=self.name, clock=self.clock, threaded=self._threaded_writer)
+                      scan=self.name, clock=self.clock, threaded=self._threaded_writer,
+                      announce=self._announce)
         with self._lock:
             self._scan_run = run
         state = self._push_frames(run, order, start)
@@ -406,11 +411,11 @@ class ScanSession(Worker):
             if run is not None:
                 self.frames_written, self.chunks_written = run.progress()
 
-    def _emit_end(self, state: str) -> None:
+    def _emit_end(self, state: str, *, error: str | None = None) -> None:
         self.events.emit(ScanEnded(scan=self.name, state=state,
                                    frames=self.num_frames or 0,
                                    frames_missing=self.frames_missing,
-                                   frames_failed=self.frames_failed))
+                                   frames_failed=self.frames_failed, error=error))
 
     def _set_state(self, state: SessionState) -> None:
         with self._lock:

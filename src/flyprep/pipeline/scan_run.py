@@ -15,11 +15,11 @@ import numpy as np
 
 from ..config import PrepareConfig
 from ..errors import DiskFull, InputError, OutputError, ScanInterrupted, is_disk_full
-from ..events import ChunkWritten, EventSink
+from ..events import ChunkWritten, EventSink, ScanStarted
 from ..prep import Calibration, Preparation, PreparedChunk
 from ..states import ScanState
 from ..ptyd.writer import OutputMode, PtydWriter
-from ..ptyd.writer_thread import InlineWriter, WriterThread
+from ..ptyd.writer_thread import InlineWriter, Listed, WriterThread
 from .items import FrameItem, ReadyFrame, RunItem, ScanEnd
 from .preparer import ChunkPreparer, require_geometry, scan_meta, writer_params
 from .frame_book import FrameBook, Scan
@@ -85,7 +85,8 @@ class ScanRun:
                  resolved: dict[str, Any] | None = None,
                  chunk_buffers: int = CHUNK_BUFFERS, part_bytes: int = PART_BYTES,
                  events: EventSink | None = None, scan: str = "",
-                 clock: Callable[[], float] = time.monotonic, threaded: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, threaded: bool = True,
+                 announce: bool = True) -> None:
         self.t0 = time.perf_counter()
         require_geometry(config.geometry)
         if mode.kind == "new" and Path(output).exists():
@@ -125,6 +126,9 @@ class ScanRun:
         self._frames_written = 0 if resume is None else resume.next_frame
         self._chunks_written = 0 if resume is None else resume.next_key
         self.summary: PrepareSummary | None = None
+        #: ``scan.started`` was sent (once the preparation is fixed: its meta goes with it)
+        self.announced = not announce
+        self._announce()
 
     # ---- the pushing side
 
@@ -151,6 +155,7 @@ class ScanRun:
                     self._arrivals[index] = item.arrived
                 if self.preparer.preparation is None:
                     self.preparer.warm(item.data.shape, item.data.dtype)
+                    self._announce()
         if not added:
             book.mark_missing([index], [item.position])
         grid = self.book.grid
@@ -241,6 +246,7 @@ class ScanRun:
 
     def _flush_ready(self) -> None:
         while isinstance(chunk := self._scan.auto(), PreparedChunk):
+            self._announce()  # the first chunk fixed the preparation, if nothing did before
             self.bytes_written += chunk.data.nbytes + chunk.weights.nbytes
             self._chunk_submitted = True
             times = [self._arrivals.pop(i) for i in range(chunk.frame_start,
@@ -261,17 +267,41 @@ class ScanRun:
             raise
         self._open_writer().submit_part(part)
 
-    def _written(self, chunk: PreparedChunk, _target: Path) -> None:
-        """The writer thread stored ``chunk``: progress, and ``chunk.written``."""
+    def _announce(self) -> None:
+        """``scan.started`` with the scan's meta, once the preparation is fixed."""
+        preparation = self.preparer.preparation
+        if self.announced or preparation is None:
+            return
+        self.announced = True
+        if self.events is None:
+            return
+        cfg = self.config
+        meta = scan_meta(preparation, num_frames=self.num_frames, geometry=cfg.geometry,
+                         label=cfg.scan.label)
+        resume = self.mode.state
+        self.events.emit(ScanStarted(
+            scan=self.scan_name, master=str(self.output), num_frames=self.num_frames,
+            chunk_frames=self.chunk_frames, label=cfg.scan.label or self.scan_name or None,
+            resumed_at=0 if resume is None else resume.next_frame,
+            meta={"shape": list(meta.shape), "dtype": preparation.out_dtype.name,
+                  "energy": meta.energy, "distance": meta.distance,
+                  "psize": None if meta.psize is None else list(meta.psize),
+                  "propagation": meta.propagation, "center": list(meta.center)}))
+
+    def _written(self, chunk: PreparedChunk, listed: Listed) -> None:
+        """The master lists ``chunk`` now: progress, and ``chunk.written``."""
         with self._lock:
             self._frames_written = chunk.frame_start + chunk.n_frames
             self._chunks_written += 1
         if self.events is None:
             return
         latency = None if chunk.last_arrival is None else self.clock() - chunk.last_arrival
+        own_file = self.config.output.save == "link"
         self.events.emit(ChunkWritten(
             scan=self.scan_name, key=chunk.key, frame_start=chunk.frame_start,
-            n_frames=chunk.n_frames, path=str(self.output),
+            n_frames=chunk.n_frames, master=str(self.output),
+            file=str(listed.target) if own_file else None,
+            frames_available=listed.frames_available, generation=listed.generation,
             frames_missing=int(np.count_nonzero(chunk.missing)), latency_s=latency))
 
 

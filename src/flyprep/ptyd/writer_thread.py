@@ -7,6 +7,7 @@ import contextlib
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -17,6 +18,20 @@ from ..workers import STOP, Worker
 from .writer import EncodedChunk, EncodedPart, PtydWriter
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A chunk the published master lists: its file, and the master's generation and
+    frames readable from the scan's start."""
+
+    target: Path
+    generation: int
+    frames_available: int
+
+
+#: Told of each chunk once the master lists it (never before).
+OnListed = Callable[[PreparedChunk, Listed], None]
+
+
 class WriterThread(Worker):
     """Owns a writer while it runs: at most ``max_queued`` chunks wait to be written
     besides the one being written (parts of the chunk being filled do not count: their frames already sit in that
@@ -24,14 +39,16 @@ class WriterThread(Worker):
 
     The master is published whenever the queue runs dry, and at least every
     ``publish_interval_s`` while chunks keep coming, so a writer that falls behind
-    publishes once for several chunks without keeping readers waiting. Each chunk's buffers go back to their pool once
+    publishes once for several chunks without keeping readers waiting. ``on_written`` hears
+    of each chunk once a published master lists it, in the writer thread (or, for the last
+    ones, in the thread that closes). Each chunk's buffers go back to their pool once
     written (or dropped after a failure). A failure stops the thread and is raised by the
     next :meth:`submit` or by :meth:`close`.
     """
 
     def __init__(self, writer: PtydWriter, *, max_queued: int = 1,
                  publish_interval_s: float = 0.5,
-                 on_written: Callable[[PreparedChunk, Path], None] | None = None) -> None:
+                 on_written: OnListed | None = None) -> None:
         super().__init__(f"writer:{writer.path.name}")
         self.writer = writer
         self.publish_interval_s = publish_interval_s
@@ -43,6 +60,7 @@ class WriterThread(Worker):
         self._chunks_queued = 0  # chunks submitted and not yet taken by the thread
         self._count_lock = threading.Lock()
         self._error: BaseException | None = None
+        self._unlisted: list[tuple[PreparedChunk, Path]] = []  # written, master not yet new
         self.start()
 
     def submit(self, chunk: PreparedChunk) -> None:
@@ -80,6 +98,7 @@ class WriterThread(Worker):
         self._stop()
         self._raise_if_failed()
         self.writer.close(state)
+        self._tell_listed()
 
     def suspend(self) -> None:
         """Write what is queued, stop the thread and publish, leaving the scan
@@ -88,6 +107,7 @@ class WriterThread(Worker):
         self._raise_if_failed()
         self.writer.discard_partial()
         self.writer.publish()
+        self._tell_listed()
 
     def halt(self) -> None:
         """Stop after what is queued (what fails is dropped), remove a chunk filled only in
@@ -99,6 +119,17 @@ class WriterThread(Worker):
         """Stop after what is queued and publish the master as aborted."""
         self._stop()
         self.writer.abort()
+        if self.writer.save == "link":  # an unpublished append file is gone
+            self._tell_listed()
+
+    def _tell_listed(self) -> None:
+        """The master just published lists every chunk written: tell of those not told."""
+        told, self._unlisted = self._unlisted, []
+        if self.on_written is None or not told:
+            return
+        listed = self.writer.frames_written
+        for chunk, target in told:
+            self.on_written(chunk, Listed(target, self.writer.generation, listed))
 
     def _stop(self) -> None:
         self.stop_and_join()
@@ -135,10 +166,10 @@ class WriterThread(Worker):
                     due = time.monotonic() - self._published_at >= self.publish_interval_s
                     publish = due or not more
                     target = self.writer.write_chunk(encoded, publish=publish)
-                    if publish:
+                    self._unlisted.append((chunk, target))
+                    if publish and self.writer.save == "link":
                         self._published_at = time.monotonic()
-                    if self.on_written is not None:
-                        self.on_written(chunk, target)
+                        self._tell_listed()
             except BaseException as exc:  # reported to the producer, never lost
                 self._error = exc
             finally:
@@ -147,6 +178,8 @@ class WriterThread(Worker):
             if self._error is None and not more:
                 try:
                     self.writer.publish()
+                    if self.writer.save == "link":
+                        self._tell_listed()
                 except BaseException as exc:
                     self._error = exc
 
@@ -156,10 +189,10 @@ class InlineWriter:
     master published) in the caller's thread, before :meth:`submit` returns. For runs
     that must stay in one thread (tests of the scan logic); slower, the same files."""
 
-    def __init__(self, writer: PtydWriter, *,
-                 on_written: Callable[[PreparedChunk, Path], None] | None = None) -> None:
+    def __init__(self, writer: PtydWriter, *, on_written: OnListed | None = None) -> None:
         self.writer = writer
         self.on_written = on_written
+        self._unlisted: list[tuple[PreparedChunk, Path]] = []
 
     def submit(self, chunk: PreparedChunk) -> None:
         """Write ``chunk`` and publish the master; its buffers go back to their pool."""
@@ -169,8 +202,9 @@ class InlineWriter:
         finally:
             if chunk.release is not None:
                 chunk.release()
-        if self.on_written is not None:
-            self.on_written(chunk, target)
+        self._unlisted.append((chunk, target))
+        if self.writer.save == "link":
+            self._tell_listed()
 
     def submit_part(self, part: PreparedPart) -> None:
         """Write a part of the chunk being filled."""
@@ -190,11 +224,13 @@ class InlineWriter:
     def close(self, state: ScanState = ScanState.COMPLETE) -> None:
         """Publish the final master."""
         self.writer.close(state)
+        self._tell_listed()
 
     def suspend(self) -> None:
         """Publish, leaving the scan ``acquiring``."""
         self.writer.discard_partial()
         self.writer.publish()
+        self._tell_listed()
 
     def halt(self) -> None:
         """Remove a chunk filled only in parts; publish nothing."""
@@ -203,3 +239,7 @@ class InlineWriter:
     def abort(self) -> None:
         """Publish the master as aborted."""
         self.writer.abort()
+        if self.writer.save == "link":
+            self._tell_listed()
+
+    _tell_listed = WriterThread._tell_listed

@@ -1,0 +1,323 @@
+"""What reconstruction code imports to follow the flyprep daemon: its events, its state,
+and the chunks of a scan as they are written (protocol v1, ``docs/protocol.md``).
+
+    from flyprep.client import Client
+
+    with Client(config="/etc/flyprep/beamline.toml") as c:   # or events=..., control=...
+        scan = c.wait_for_scan()
+        for chunk in c.chunks(scan):
+            chunk.key, chunk.frame_start, chunk.data, chunk.weights, chunk.positions
+
+Only pyzmq and h5py underneath; one :class:`Client` per thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .errors import FlyprepError
+
+PROTOCOL_VERSION = 1
+#: The daemon's default endpoints (``[bus]`` of its config).
+DEFAULT_EVENTS = "tcp://127.0.0.1:5570"
+DEFAULT_CONTROL = "tcp://127.0.0.1:5571"
+ENDED = ("complete", "aborted", "failed")
+
+
+class ClientError(FlyprepError):
+    """The daemon refused a request or answered something this client cannot read."""
+
+
+class DaemonGone(ClientError):
+    """No message (not even a heartbeat) from the daemon for ``heartbeat_timeout_s``."""
+
+
+class ScanFailed(ClientError):
+    """The scan ended ``failed``; the message is the daemon's error."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One message of the events socket: its kind, run, seq, time and the whole body."""
+
+    kind: str
+    run: str
+    seq: int
+    time: float
+    body: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.body[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a scan as the master lists it: frames ``frame_start ..
+    frame_start + n_frames - 1``."""
+
+    scan: str
+    key: int
+    frame_start: int
+    data: np.ndarray
+    weights: np.ndarray
+    positions: np.ndarray
+    master: Path
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in the chunk."""
+        return int(self.data.shape[0])
+
+
+class Client:
+    """A connection to one daemon: ``config`` (its TOML file) gives the endpoints, or
+    ``events`` and ``control`` do. ``heartbeat_timeout_s``: silence after which the daemon
+    counts as gone; ``timeout_s``: how long a control request may take."""
+
+    def __init__(self, *, config: str | os.PathLike[str] | None = None,
+                 events: str | None = None, control: str | None = None,
+                 heartbeat_timeout_s: float = 5.0, timeout_s: float = 5.0,
+                 context: zmq.Context | None = None) -> None:
+        if config is not None:
+            from .config import load_daemon_config
+
+            bus = load_daemon_config(Path(config)).bus
+            events, control = events or bus.events, control or bus.control
+        self.events_endpoint = events or DEFAULT_EVENTS
+        self.control_endpoint = control or DEFAULT_CONTROL
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.timeout_s = timeout_s
+        self._ctx = context or zmq.Context.instance()
+        self._sub: zmq.Socket | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets."""
+        if self._sub is not None:
+            self._sub.close(linger=0)
+            self._sub = None
+
+    # ---- control
+
+    def request(self, command: str, **params: Any) -> Any:
+        """Send one control request; its result. ClientError when the daemon says no,
+        DaemonGone when it does not answer within ``timeout_s``."""
+        sock = self._ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.control_endpoint)
+            sock.send(json.dumps({**params, "command": command}).encode())
+            if not sock.poll(int(self.timeout_s * 1000)):
+                raise DaemonGone(f"{self.control_endpoint}: no answer to {command!r} within "
+                                 f"{self.timeout_s:g} s")
+            reply = json.loads(sock.recv())
+        except (zmq.ZMQError, ValueError) as exc:
+            raise ClientError(f"{self.control_endpoint}: {command!r} failed: {exc}") from exc
+        finally:
+            sock.close(linger=0)
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            error = reply.get("error") if isinstance(reply, dict) else reply
+            raise ClientError(f"{command}: {error}")
+        return reply.get("result")
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status (``flyprep status --json`` shows the same)."""
+        return self.request("status")  # type: ignore[no-any-return]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every scan of the daemon's run and the ``seq`` of the last event it reflects."""
+        return self.request("snapshot")  # type: ignore[no-any-return]
+
+    # ---- events
+
+    def events(self) -> Iterator[Event]:
+        """Every event from now on, as it comes; DaemonGone after ``heartbeat_timeout_s``
+        of silence."""
+        sub = self._subscribe()
+        while True:
+            yield self._receive(sub)
+
+    def wait_for_scan(self, name: str | None = None, *, timeout_s: float | None = None) -> str:
+        """The scan named ``name`` once it has started (at once if it has), or the next scan
+        that starts; TimeoutError after ``timeout_s``."""
+        sub = self._subscribe()
+        snap = self.snapshot()
+        if name is not None and any(s["scan"] == name for s in snap["scans"]):
+            return name
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            event = self._receive(sub, until=deadline)
+            if event is None:
+                break
+            if event.kind == "scan.started" and (name is None or event.scan == name):
+                return str(event.scan)
+        raise TimeoutError(f"no scan {name or ''} started within {timeout_s} s".replace("  ", " "))
+
+    def chunks(self, scan: str) -> Iterator[Chunk]:
+        """Every chunk of ``scan`` exactly once, in frame order, as the daemon writes them
+        (those written already first); returns after the last one. ScanFailed when the
+        scan failed, DaemonGone when the daemon is silent for ``heartbeat_timeout_s``."""
+        follower = _ScanFollower(self, scan)
+        yield from follower.follow()
+
+    # ---- internals
+
+    def _subscribe(self) -> zmq.Socket:
+        if self._sub is None:
+            sub = self._ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.RCVHWM, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(self.events_endpoint)
+            self._sub = sub
+        return self._sub
+
+    def _receive(self, sub: zmq.Socket, *, until: float | None = None) -> Event | None:
+        """The next event; None when ``until`` passes first; DaemonGone on silence."""
+        silent_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            wait = self.heartbeat_timeout_s - (now - silent_since)
+            if until is not None:
+                if now >= until:
+                    return None
+                wait = min(wait, until - now)
+            if wait <= 0:
+                raise DaemonGone(f"{self.events_endpoint}: no message, not even a heartbeat, "
+                                 f"for {self.heartbeat_timeout_s:g} s")
+            if sub.poll(max(1, int(wait * 1000))):
+                frames = sub.recv_multipart()
+                event = decode(frames)
+                if event is not None:
+                    return event
+                silent_since = time.monotonic()
+
+
+def decode(frames: list[bytes]) -> Event | None:
+    """An event from a message's frames (None for a message of another protocol)."""
+    if len(frames) < 2:
+        return None
+    try:
+        body = json.loads(frames[1])
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
+        return None
+    return Event(str(body.get("kind")), str(body.get("run")), int(body.get("seq", -1)),
+                 float(body.get("time", 0.0)), body)
+
+
+class _ScanFollower:
+    """The catch-up recipe of docs/protocol.md for one scan: subscribe, snapshot, then
+    events; a gap or a new run means a new snapshot. Chunks are read from the master."""
+
+    def __init__(self, client: Client, scan: str) -> None:
+        self.client = client
+        self.scan = scan
+        self.next_key = 0
+        self.run: str | None = None
+        self.seq = -1
+        self.master: Path | None = None
+        self.listed = 0  # chunks the master is known to list
+        self.ended: str | None = None
+        self.error: str | None = None
+
+    def follow(self) -> Iterator[Chunk]:
+        sub = self.client._subscribe()
+        self._sync()
+        while True:
+            yield from self._read_listed()
+            if self.ended == "failed":  # what could be read was; the rest never will be
+                raise ScanFailed(f"{self.scan}: {self.error or 'failed'}")
+            if self.ended is not None and self.next_key >= self.listed:
+                return
+            event = self.client._receive(sub)
+            assert event is not None
+            if event.run != self.run:
+                self._sync()  # the daemon was restarted: its new state
+                continue
+            if event.seq <= self.seq:
+                continue  # covered by the snapshot
+            if event.seq != self.seq + 1:
+                self._sync()  # messages were lost
+                continue
+            self.seq = event.seq
+            self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        if event.body.get("scan") != self.scan:
+            return
+        if event.kind == "scan.started":
+            self.master = Path(event.master)
+            self.ended, self.error = None, None
+            resumed, size = int(event.body.get("resumed_at") or 0), int(event.chunk_frames)
+            self.listed = max(self.listed, -(-resumed // size))  # kept by an earlier run
+        elif event.kind == "chunk.written":
+            self.master = Path(event.master)
+            self.listed = max(self.listed, int(event.key) + 1)
+        elif event.kind == "scan.ended":
+            self.ended, self.error = str(event.state), event.body.get("error")
+            if self.master is not None and self.ended != "failed":
+                self.listed = max(self.listed, self._count_listed())
+
+    def _sync(self) -> None:
+        snap = self.client.snapshot()
+        self.run, self.seq = str(snap["run"]), int(snap["seq"])
+        mine = [s for s in snap["scans"] if s["scan"] == self.scan]
+        if not mine:
+            return
+        entry = mine[-1]
+        self.master = Path(entry["master"])
+        self.listed = max(self.listed, len(entry["chunks"]))
+        state = entry["state"]
+        self.ended = state if state in ENDED else None
+        self.error = entry.get("error")
+        if self.ended is None:
+            # A master left by an earlier run lists chunks this run has not announced.
+            self.listed = max(self.listed, self._count_listed())
+
+    def _count_listed(self) -> int:
+        from .ptyd.reader import open_ptyd
+
+        assert self.master is not None
+        try:
+            return len(open_ptyd(self.master).chunks)
+        except FlyprepError:
+            return 0
+
+    def _read_listed(self) -> Iterator[Chunk]:
+        if self.master is None or self.next_key >= self.listed:
+            return
+        from .ptyd.reader import open_ptyd
+
+        try:
+            ptyd = open_ptyd(self.master)
+        except FlyprepError:
+            if self.ended == "failed":
+                return  # its output may be gone with it: ScanFailed says why
+            raise
+        frame_start = 0
+        for entry in ptyd.chunks:
+            if entry.key >= self.next_key and entry.key < self.listed:
+                arrays = ptyd.read_chunk(entry, frame_start=frame_start)
+                yield Chunk(self.scan, entry.key, frame_start, arrays.data, arrays.weights,
+                            arrays.positions, self.master)
+                self.next_key = entry.key + 1
+            frame_start += entry.n_frames

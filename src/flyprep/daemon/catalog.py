@@ -1,0 +1,81 @@
+"""What a subscriber needs to catch up: every scan of this daemon run, the chunks its
+master lists, and the ``seq`` of the last event that state reflects (the ``snapshot``
+control command; docs/protocol.md, "Catching up").
+
+The event publisher tells the catalog of every event with its ``seq``, in ``seq`` order,
+so a snapshot and the events after it fit together exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from ..events import ChunkWritten, ErrorReported, Event, ScanEnded, ScanStarted
+from ..ptyd.format import ChunkGrid
+
+#: Ended scans kept in the snapshot (the oldest are forgotten first).
+ENDED_KEPT = 200
+
+
+class Catalog:
+    """The scans of daemon run ``run``, kept from its events; thread-safe."""
+
+    def __init__(self, run: str, *, protocol: int, ended_kept: int = ENDED_KEPT) -> None:
+        self.run = run
+        self.protocol = protocol
+        self.ended_kept = ended_kept
+        self._lock = threading.Lock()
+        self._seq = -1
+        self._scans: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._errors: dict[str, str] = {}  # scan -> last error, until it ends
+
+    def apply(self, event: Event, seq: int) -> None:
+        """Take ``event``, the one numbered ``seq``."""
+        with self._lock:
+            self._seq = seq
+            if isinstance(event, ScanStarted):
+                self._started(event)
+            elif isinstance(event, ChunkWritten):
+                scan = self._scans.get(event.scan)
+                if scan is not None:
+                    chunks = scan["chunks"]
+                    if not chunks or chunks[-1][0] < event.key:
+                        chunks.append([event.key, event.frame_start, event.n_frames])
+                    scan["frames_available"] = max(scan["frames_available"],
+                                                   event.frames_available)
+            elif isinstance(event, ScanEnded):
+                scan = self._scans.get(event.scan)
+                if scan is not None:
+                    scan["state"] = event.state
+                    scan["error"] = event.error
+                    self._forget_ended()
+            elif isinstance(event, ErrorReported) and event.scan is not None:
+                scan = self._scans.get(event.scan)
+                if scan is not None:
+                    scan["error"] = event.message
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain JSON data: ``v``, ``run``, ``seq`` and ``scans`` (see docs/protocol.md)."""
+        with self._lock:
+            return {"v": self.protocol, "run": self.run, "seq": self._seq,
+                    "scans": [{**s, "chunks": [list(c) for c in s["chunks"]]}
+                              for s in self._scans.values()]}
+
+    def _started(self, event: ScanStarted) -> None:
+        chunks: list[list[int]] = []
+        if event.resumed_at and event.num_frames:
+            grid = ChunkGrid(event.num_frames, event.chunk_frames)
+            for key in range(grid.key_of(event.resumed_at - 1) + 1):
+                chunks.append([key, grid.start(key), grid.stop(key) - grid.start(key)])
+        self._scans.pop(event.scan, None)  # a scan started again is the newest
+        self._scans[event.scan] = {
+            "scan": event.scan, "master": event.master, "state": "acquiring",
+            "num_frames": event.num_frames, "chunk_frames": event.chunk_frames,
+            "frames_available": event.resumed_at, "error": None, "chunks": chunks}
+
+    def _forget_ended(self) -> None:
+        ended = [name for name, s in self._scans.items() if s["state"] != "acquiring"]
+        for name in ended[:max(0, len(ended) - self.ended_kept)]:
+            del self._scans[name]
