@@ -30,6 +30,7 @@ PROTOCOL_VERSION = 1
 #: The daemon's default endpoints (``[bus]`` of its config).
 DEFAULT_EVENTS = "tcp://127.0.0.1:5570"
 DEFAULT_CONTROL = "tcp://127.0.0.1:5571"
+DEFAULT_APX = "tcp://127.0.0.1:5572"
 ENDED = ("complete", "aborted", "failed")
 
 
@@ -54,6 +55,8 @@ class Event:
     seq: int
     time: float
     body: dict[str, Any]
+    #: the raw frames after the body: an ``.apx`` header's or records' exact bytes, hits
+    frames: tuple[bytes, ...] = ()
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -88,15 +91,17 @@ class Client:
 
     def __init__(self, *, config: str | os.PathLike[str] | None = None,
                  events: str | None = None, control: str | None = None,
-                 heartbeat_timeout_s: float = 5.0, timeout_s: float = 5.0,
-                 context: zmq.Context | None = None) -> None:
+                 apx: str | None = None, heartbeat_timeout_s: float = 5.0,
+                 timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
         if config is not None:
             from .config import load_daemon_config
 
-            bus = load_daemon_config(Path(config)).bus
-            events, control = events or bus.events, control or bus.control
+            loaded = load_daemon_config(Path(config))
+            events, control = events or loaded.bus.events, control or loaded.bus.control
+            apx = apx or loaded.apx.stream
         self.events_endpoint = events or DEFAULT_EVENTS
         self.control_endpoint = control or DEFAULT_CONTROL
+        self.apx_endpoint = apx or DEFAULT_APX
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.timeout_s = timeout_s
         self._ctx = context or zmq.Context.instance()
@@ -168,6 +173,9 @@ class Client:
                 break
             if event.kind == "scan.started" and (name is None or event.scan == name):
                 return str(event.scan)
+            if name is not None and event.kind == "daemon.heartbeat" and \
+                    any(s["scan"] == name for s in self.snapshot()["scans"]):
+                return name  # known without a start: finished by an earlier run
         raise TimeoutError(f"no scan {name or ''} started within {timeout_s} s".replace("  ", " "))
 
     def chunks(self, scan: str) -> Iterator[Chunk]:
@@ -176,6 +184,43 @@ class Client:
         scan failed, DaemonGone when the daemon is silent for ``heartbeat_timeout_s``."""
         follower = _ScanFollower(self, scan)
         yield from follower.follow()
+
+    # ---- the .apx stream
+
+    def apx_records(self, *, timeout_s: float | None = None) -> Iterator[Event]:
+        """``apx.header`` and ``apx.records`` messages of the ``.apx`` stream, each with its
+        exact file bytes in ``frames[0]`` (``start``/``end``: where they lie in the file);
+        returns after ``timeout_s`` without one."""
+        yield from self._apx((b"apx.header", b"apx.records"), timeout_s)
+
+    def apx_hits(self, *, timeout_s: float | None = None) -> Iterator[tuple[Event, np.ndarray]]:
+        """Decoded hits of the ``.apx`` stream (``apx.readouts``): the event and its hits
+        (a structured array with the field names of ``flyprep apx hits``)."""
+        for event in self._apx((b"apx.readouts",), timeout_s):
+            spec = event.body["arrays"][0]["dtype"]
+            dtype = np.dtype(spec if isinstance(spec, str) else [tuple(f) for f in spec])
+            yield event, np.frombuffer(event.frames[0], dtype=dtype)
+
+    def apx_header(self, file: str | os.PathLike[str]) -> bytes:
+        """The exact header bytes of a followed ``.apx`` file (the control socket)."""
+        import base64
+
+        return base64.b64decode(self.request("apx_header", file=os.fspath(file))["header"])
+
+    def _apx(self, topics: tuple[bytes, ...], timeout_s: float | None) -> Iterator[Event]:
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 0)
+        for topic in topics:
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(self.apx_endpoint)
+        try:
+            while sub.poll(None if timeout_s is None else int(timeout_s * 1000)):
+                event = decode(sub.recv_multipart())
+                if event is not None:
+                    yield event
+        finally:
+            sub.close(linger=0)
 
     # ---- internals
 
@@ -221,7 +266,7 @@ def decode(frames: list[bytes]) -> Event | None:
     if not isinstance(body, dict) or body.get("v") != PROTOCOL_VERSION:
         return None
     return Event(str(body.get("kind")), str(body.get("run")), int(body.get("seq", -1)),
-                 float(body.get("time", 0.0)), body)
+                 float(body.get("time", 0.0)), body, tuple(bytes(f) for f in frames[2:]))
 
 
 class _ScanFollower:
@@ -255,6 +300,9 @@ class _ScanFollower:
                 continue
             if event.seq <= self.seq:
                 continue  # covered by the snapshot
+            if event.kind == "daemon.heartbeat" and self.master is None:
+                self._sync()  # not started in this run (yet): the daemon may know it now
+                continue
             if event.seq != self.seq + 1:
                 self._sync()  # messages were lost
                 continue

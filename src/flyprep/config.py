@@ -444,7 +444,12 @@ class ApxConfig(Section):
 
     follow: bool = False
     pattern: str = "*.apx"
-    stream: str = Field("tcp://127.0.0.1:5572", description="PUB socket for decoded hits")
+    stream: str = Field("tcp://127.0.0.1:5572",
+                        description="PUB socket for the records (exact bytes) and decoded hits")
+    hits: bool = Field(True, description="also decode the records into hits (apx.readouts)")
+    finish_quiet_s: float = Field(2.0, ge=0, le=3600,
+                                  description="after its scan ends, a file is followed until "
+                                              "it has not grown for this long")
 
     @field_validator("stream")
     @classmethod

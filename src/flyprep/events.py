@@ -189,7 +189,39 @@ class ApxReadouts(_EventBase):
     first_readout: int
     last_readout: int
     n_readouts: int
-    n_hits: int
+    n_hits: int | None  # None: not decoded (the streamer streams records only)
+    scan: str | None = None
+
+
+@dataclass(frozen=True)
+class ApxHeaderRead(_EventBase):
+    """The header of an ``.apx`` file a stream starts on: its exact bytes ``[0, length)``
+    follow the message (``apx.stream`` socket)."""
+
+    kind: ClassVar[str] = "apx.header"
+    _path_fields: ClassVar[tuple[str, ...]] = ("file",)
+    stream: str  # this file's stream id
+    file: str
+    readout_uid: int
+    length: int
+    scan: str | None = None
+
+
+@dataclass(frozen=True)
+class ApxRecords(_EventBase):
+    """Consecutive complete records of an ``.apx`` file: their exact bytes ``[start,
+    end)`` of the file follow the message (``apx.stream`` socket)."""
+
+    kind: ClassVar[str] = "apx.records"
+    _path_fields: ClassVar[tuple[str, ...]] = ("file",)
+    stream: str
+    file: str
+    readout_uid: int
+    first_readout: int
+    last_readout: int
+    count: int
+    start: int
+    end: int
     scan: str | None = None
 
 
@@ -216,12 +248,13 @@ class ErrorReported(_EventBase):
 
 
 Event = Union[ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded, ScanPaused,
-              ScanContinued, ApxReadouts, DaemonHeartbeat, ErrorReported]
+              ScanContinued, ApxReadouts, ApxHeaderRead, ApxRecords, DaemonHeartbeat,
+              ErrorReported]
 
 EVENT_TYPES: dict[str, type] = {cls.kind: cls for cls in
                                 (ScanStarted, ChunkWritten, FrameMissing, FrameFailed, ScanEnded,
-                                 ScanPaused, ScanContinued, ApxReadouts, DaemonHeartbeat,
-                                 ErrorReported)}
+                                 ScanPaused, ScanContinued, ApxReadouts, ApxHeaderRead,
+                                 ApxRecords, DaemonHeartbeat, ErrorReported)}
 
 
 def event_from_dict(data: Mapping[str, Any]) -> Event:

@@ -29,7 +29,9 @@ from flyprep.daemon.bus import (
 from flyprep.errors import ConfigError
 from flyprep.events import (
     EVENT_TYPES,
+    ApxHeaderRead,
     ApxReadouts,
+    ApxRecords,
     ChunkWritten,
     DaemonHeartbeat,
     ErrorReported,
@@ -64,6 +66,9 @@ SAMPLES = [
                min_free_bytes=1 << 30),
     ScanContinued(scan="s1", free_bytes=2 << 30),
     ApxReadouts(path="/data/run.apx", first_readout=10, last_readout=19, n_readouts=10, n_hits=42),
+    ApxHeaderRead(stream="0123456789abcdef", file="/data/run.apx", readout_uid=4000, length=61),
+    ApxRecords(stream="0123456789abcdef", file="/data/run.apx", readout_uid=4000,
+               first_readout=10, last_readout=19, count=10, start=61, end=900),
 ]
 
 

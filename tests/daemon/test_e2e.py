@@ -89,8 +89,8 @@ class Reader:
 class Events:
     """The daemon's events (or AstroPix stream), everything received so far."""
 
-    def __init__(self, endpoint: str) -> None:
-        self.sub = Subscriber(endpoint)
+    def __init__(self, endpoint: str, topics: tuple[bytes, ...] = (b"",)) -> None:
+        self.sub = Subscriber(endpoint, topics=topics)
         self.received: list[tuple[dict[str, Any], list[np.ndarray]]] = []
         time.sleep(0.3)  # let the subscription reach the publisher
 
@@ -112,7 +112,7 @@ def test_live_scan_is_read_by_a_ptypy_reader_while_it_runs(daemon_process, daemo
     root, out, sockets = daemon_dirs
     daemon = daemon_process(apx={"follow": True, "stream": f"ipc://{sockets}/apx"}).start()
     events = Events(f"ipc://{sockets}/ev")
-    hits = Events(f"ipc://{sockets}/apx")
+    hits = Events(f"ipc://{sockets}/apx", topics=(b"apx.readouts",))
     master = out / "scan_live.ptyd"
     reader = Reader(master, tmp_path / "read.npz")
     sim = Simulation(root / "scan_live", num_frames=240, rate_hz=150, apx=True,

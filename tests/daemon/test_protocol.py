@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import zmq
 from daemon_helpers import wait_for
 
@@ -119,38 +121,80 @@ def test_every_documented_field_is_in_the_real_messages_and_no_other(
     daemon.stop()
 
 
+@pytest.mark.parametrize("how, frames", [("moved", 3000), ("live", 600)])
 def test_chunk_written_names_frames_the_master_lists_already(tmp_path, daemon_dirs,
-                                                             daemon_process):
-    """Chunks queue up behind a slow writer when a scan is moved in whole: every
-    chunk.written must still name frames a reader of the master can read at once."""
+                                                             daemon_process, how, frames):
+    """A scan moved in whole (chunks queue up behind the writer) and a live scan: at every
+    chunk.written, the frames it names are readable from the master at once."""
     root, out, sockets = daemon_dirs
-    daemon = daemon_process(output={"chunk_frames": 10}).start()
+    daemon = daemon_process(output={"chunk_frames": 100}, bus={"heartbeat_s": 0.2}).start()
     rec = Recorder(f"ipc://{sockets}/ev")
     time.sleep(0.3)
-    staging = tmp_path / "staging" / "scan_q"
-    simulate_scan(staging, num_frames=300, frame_side=64, rate_hz=0, partial_fraction=0)
-    shutil.move(str(staging), root / "scan_q")
+    if how == "moved":
+        staging = tmp_path / "staging" / "scan_q"
+        simulate_scan(staging, num_frames=frames, frame_side=32, rate_hz=0,
+                      partial_fraction=0)
+        shutil.move(str(staging), root / "scan_q")
+    else:
+        threading.Thread(target=simulate_scan, args=(root / "scan_q",), daemon=True,
+                         kwargs={"num_frames": frames, "frame_side": 32,
+                                 "rate_hz": 300}).start()
     seen: list[tuple[int, int]] = []
+    checked = 0
 
     def check_each() -> bool:
-        for body in rec.of("chunk.written")[len(seen):]:
+        nonlocal checked
+        for body in rec.bodies[checked:]:
+            checked += 1
+            if body["kind"] != "chunk.written":
+                continue
             listed = open_ptyd(body["master"])
             assert body["key"] in [c.key for c in listed.chunks], body
-            assert listed.n_frames >= body["frame_start"] + body["n_frames"]
-            assert body["frames_available"] >= body["frame_start"] + body["n_frames"]
+            stop = body["frame_start"] + body["n_frames"]
+            assert listed.n_frames >= stop and body["frames_available"] >= stop
+            entry = next(c for c in listed.chunks if c.key == body["key"])
+            assert listed.read_chunk(entry).data.shape[0] == body["n_frames"]
             assert Path(body["file"]).is_file()
             seen.append((body["key"], body["generation"]))
         return bool(rec.of("scan.ended"))
 
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not check_each():
         assert time.monotonic() < deadline
         if rec.sock.poll(20):
             rec.bodies.append(json.loads(rec.sock.recv_multipart()[1]))
-    check_each()
-    assert [k for k, _ in seen] == list(range(30))
+    assert [k for k, _ in seen] == list(range(frames // 100))
     generations = [g for _, g in seen]
     assert generations == sorted(generations)
+    beats = [b for b in rec.of("daemon.heartbeat") if b["scans"]]
+    assert beats and all(s["scan"] == "scan_q" and s["num_frames"] == frames
+                         for b in beats for s in b["scans"])
+    daemon.stop()
+
+
+def test_a_scan_resumed_after_a_restart_starts_and_ends_once_in_the_new_run(
+        daemon_dirs, daemon_process):
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": 50}).start()
+    rec = Recorder(f"ipc://{sockets}/ev")
+    time.sleep(0.3)
+    threading.Thread(target=simulate_scan, args=(root / "scan_r",), daemon=True,
+                     kwargs={"num_frames": 400, "frame_side": 32, "rate_hz": 200}).start()
+    rec.pump(lambda: len(rec.of("chunk.written")) >= 2, 60)
+    daemon.stop()  # SIGTERM: the scan stays resumable, it does not end in this run
+    first_run = rec.bodies[0]["run"]
+    daemon.start()
+    rec.pump(lambda: any(b["run"] != first_run for b in rec.of("scan.ended")), 120)
+    for run in (first_run, rec.of("scan.ended")[-1]["run"]):
+        started = [b for b in rec.of("scan.started") if b["run"] == run]
+        ended = [b for b in rec.of("scan.ended") if b["run"] == run]
+        assert len(started) == 1
+        assert len(ended) == (0 if run == first_run else 1)
+    resumed = [b for b in rec.of("scan.started") if b["run"] != first_run][0]
+    assert resumed["resumed_at"] > 0 and resumed["resumed_at"] % 50 == 0
+    snap = request(daemon.control, "snapshot")["result"]
+    scan = next(s for s in snap["scans"] if s["scan"] == "scan_r")
+    assert scan["state"] == "complete" and [c[0] for c in scan["chunks"]] == list(range(8))
     daemon.stop()
 
 

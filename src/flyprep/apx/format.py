@@ -524,6 +524,17 @@ class ApxStreamParser:
         self._pos = PREAMBLE_SIZE + hlen
         self.data_offset = self._pos
 
+    def skip_to(self, offset: int) -> None:
+        """Go on at file offset ``offset`` (a record boundary past the header, as an
+        earlier reader left it): bytes before it are dropped unparsed."""
+        if self.header is None or self.data_offset is None or offset < self.offset:
+            raise ValueError(f"cannot skip to {offset}: header not read or offset behind "
+                             f"{self.offset}")
+        if offset <= self.fed:
+            self._pos = offset - self._base
+        else:
+            self._buf, self._pos, self._base = b"", 0, offset
+
     def take(self, max_records: Optional[int] = None) -> ReadoutBatch:
         """The complete records buffered so far (at most ``max_records``), consumed.
 

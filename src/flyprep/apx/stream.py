@@ -23,6 +23,7 @@ stream is described in ``docs/apx-format.md``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -35,10 +36,11 @@ import numpy as np
 from typing_extensions import Self
 
 from ..errors import InputError
-from ..events import ApxReadouts, EventSink
+from ..events import ApxHeaderRead, ApxReadouts, ApxRecords, EventSink
 from ..workers import Worker
 from .decode import decode_batch
-from .format import ApxFormatError, ReadoutBatch, Truncation
+from .format import PREFIX_SIZE, ApxFormatError, ReadoutBatch, Truncation
+from .stream_state import load_offset, save_offset
 from .tail import MAX_POLL_BYTES, ApxTailer
 
 __all__ = ["FAILED", "FINISHED", "FOLLOWING", "ApxStreamer", "Publish"]
@@ -51,6 +53,11 @@ Publish = Callable[[ApxReadouts, Sequence[np.ndarray]], None]
 FOLLOWING = "following"  #: being polled (possibly catching up after finish() was asked)
 FINISHED = "finished"  #: the writer was done and everything complete was published
 FAILED = "failed"  #: bad bytes (or an unreadable file): given up, see ``error``
+
+
+def stream_id(path: str) -> str:
+    """A file's stream id: the same for the same path in every run."""
+    return hashlib.sha1(path.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -76,6 +83,12 @@ class _File:
     ended: int = 0  # order in which files ended (finished or failed); 0 while following
     tailer: ApxTailer | None = None
     extra: bytes | None = None  # the last readout's extra bytes (carry_extra)
+    stream: str = ""  # the file's stream id
+    header: bytes | None = None  # the file's exact header bytes, once read
+    header_sent: bool = False
+    readout_uid: int | None = None
+    size: int = -1  # the file's size at the last poll
+    quiet_since: float = 0.0  # since when its size has not changed
 
     def urgent(self) -> bool:
         """True if the file must be polled now, whatever the timer says."""
@@ -122,6 +135,10 @@ class ApxStreamer(Worker):
         max_files: int = 64,
         max_poll_bytes: int = MAX_POLL_BYTES,
         carry_extra: bool = False,
+        records: bool = False,
+        hits: bool = True,
+        durable: bool = False,
+        finish_quiet_s: float = 0.0,
     ) -> None:
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s}")
@@ -136,6 +153,10 @@ class ApxStreamer(Worker):
         self.max_files = int(max_files)
         self.max_poll_bytes = int(max_poll_bytes)
         self.carry_extra = bool(carry_extra)
+        self.records = bool(records)
+        self.hits = bool(hits)
+        self.durable = bool(durable)
+        self.finish_quiet_s = float(finish_quiet_s)
         self._lock = threading.Lock()
         self._nudge = threading.Event()  # news for the thread: a file, a poke, stop
         self._files: dict[str, _File] = {}
@@ -215,7 +236,7 @@ class ApxStreamer(Worker):
                 for f in ended[:excess]:
                     del self._files[f.path]
                     self._counts["forgotten"] += 1
-            self._files[key] = _File(key, scan)
+            self._files[key] = _File(key, scan, stream=stream_id(key))
         self._nudge.set()
         return True
 
@@ -300,17 +321,27 @@ class ApxStreamer(Worker):
         """One poll of ``f`` (and its end, if finish() was asked and it is caught up)."""
         try:
             if f.tailer is None:
-                f.tailer = ApxTailer(f.path, max_poll_bytes=self.max_poll_bytes)
+                start = load_offset(f.path) if self.durable else None
+                f.tailer = ApxTailer(f.path, max_poll_bytes=self.max_poll_bytes,
+                                     start_at=start)
+                if start:
+                    log.info("apx stream: %s goes on at byte %d (streamed before)", f.path,
+                             start)
             tailer = f.tailer
             before = tailer.bytes_read
             batch = tailer.poll()
             behind = tailer.bytes_read - before >= self.max_poll_bytes
+            now = time.monotonic()
             with self._lock:
                 f.behind = behind
-                f.next_poll = time.monotonic() + self.poll_interval_s
+                f.next_poll = now + self.poll_interval_s
                 finishing = f.finish_requested
+            if tailer.bytes_read != f.size:
+                f.size, f.quiet_since = tailer.bytes_read, now
+            self._send_header(f)
             self._deliver(f, batch)
-            if finishing and not behind:
+            # A DAQ may still write after the scan's end: finish once the file is quiet.
+            if finishing and not behind and now - f.quiet_since >= self.finish_quiet_s:
                 end = tailer.finish()
                 self._deliver(f, end.batch)
                 if end.error is not None:
@@ -320,13 +351,62 @@ class ApxStreamer(Worker):
         except Exception as exc:  # noqa: BLE001 - one file's problem, never the thread's
             self._fail(f, exc)
 
+    def _send_header(self, f: _File) -> None:
+        """A stream starts with the file's header: its exact bytes."""
+        tailer = f.tailer
+        assert tailer is not None
+        if f.header_sent or tailer.header is None:
+            return
+        data_offset = tailer.data_offset
+        assert data_offset is not None
+        f.header = tailer.read_range(0, data_offset)
+        f.readout_uid = tailer.header.readout_uid
+        f.header_sent = True
+        if self.records:
+            event = ApxHeaderRead(stream=f.stream, file=f.path,
+                                  readout_uid=tailer.header.readout_uid, length=data_offset,
+                                  scan=f.scan)
+            self._send(f, event, [np.frombuffer(f.header, np.uint8)])
+
+    def _send(self, f: _File, event: Any, arrays: Sequence[np.ndarray]) -> bool:
+        """``publish(event, arrays)``; a failure is logged and counted, never raised."""
+        try:
+            self._publish(event, arrays)
+        except Exception as exc:  # noqa: BLE001 - counted into status, never raised
+            with self._lock:
+                self._counts["publish_errors"] += 1
+                self._last_publish_error = f"{f.path}: {type(exc).__name__}: {exc}"
+            log.warning("apx stream: not published: %s", self._last_publish_error)
+            return False
+        return True
+
+    def header_of(self, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+        """The header of a followed file (its stream id, readout uid and exact bytes),
+        once read; None before."""
+        with self._lock:
+            f = self._files.get(self._key(path))
+            if f is None or f.header is None:
+                return None
+            return {"file": f.path, "stream": f.stream, "readout_uid": f.readout_uid,
+                    "header": f.header}
+
     def _deliver(self, f: _File, batch: ReadoutBatch) -> None:
         """Decode ``batch`` (records of ``f``, in order) and publish it if not empty."""
         tailer = f.tailer
         assert tailer is not None
         n = len(batch)
+        if n and self.records:
+            end = tailer.offset
+            start = end - n * PREFIX_SIZE - int(batch.records["length"].sum())
+            ids = batch.readout_id
+            assert tailer.header is not None
+            self._send(f, ApxRecords(stream=f.stream, file=f.path,
+                                     readout_uid=tailer.header.readout_uid,
+                                     first_readout=int(ids[0]), last_readout=int(ids[-1]),
+                                     count=n, start=start, end=end, scan=f.scan),
+                       [np.frombuffer(tailer.read_range(start, end), np.uint8)])
         hits = None
-        if n:
+        if n and self.hits:
             rec = batch.records
             dec = decode_batch(batch.payload, rec["offset"], rec["length"], rec["readout_id"],
                                rec["timestamp"], carry_extra=self.carry_extra,
@@ -337,17 +417,19 @@ class ApxStreamer(Worker):
         with self._lock:
             f.bytes_read = tailer.bytes_read
             f.offset = tailer.offset
-            if hits is not None:
+            if n:
                 f.readouts += n
-                f.hits += len(hits)
+                f.hits += 0 if hits is None else len(hits)
                 f.batches += 1
-        if hits is None:
+        if not n:
             return
         ids = batch.readout_id
         event = ApxReadouts(path=f.path, first_readout=int(ids[0]), last_readout=int(ids[-1]),
-                            n_readouts=n, n_hits=len(hits), scan=f.scan)
+                            n_readouts=n, n_hits=None if hits is None else len(hits),
+                            scan=f.scan)
         try:
-            self._publish(event, [hits])
+            if hits is not None:  # without hits, the records (if streamed) say it all
+                self._publish(event, [hits])
         except Exception as exc:  # noqa: BLE001 - counted into status, never raised
             with self._lock:
                 self._counts["publish_errors"] += 1
@@ -364,6 +446,8 @@ class ApxStreamer(Worker):
                     self._counts["event_errors"] += 1
                 log.warning("apx readouts event not emitted for %s: %s: %s", f.path,
                             type(exc).__name__, exc)
+        if self.durable:
+            save_offset(f.path, tailer.offset)  # once its records went out
 
     def _end(self, f: _File, truncation: Truncation | None) -> None:
         """``f`` was read to its end: finished (with a truncation if it ends mid-record)."""

@@ -96,8 +96,11 @@ class ApxTailer:
         max_record_length: int = MAX_RECORD_LENGTH,
         read_size: int = 1 << 20,
         max_poll_bytes: int = MAX_POLL_BYTES,
+        start_at: Optional[int] = None,
     ) -> None:
         self.path = os.fspath(path)
+        #: a record boundary an earlier reader stopped at: records before it are skipped
+        self._start_at = start_at
         self.poll_interval_s = float(poll_interval_s)
         self.read_size = int(read_size)
         self.max_poll_bytes = int(max_poll_bytes)
@@ -124,6 +127,11 @@ class ApxTailer:
     def offset(self) -> int:
         """File offset just past the last record delivered (or the header)."""
         return self._parser.offset
+
+    @property
+    def data_offset(self) -> Optional[int]:
+        """File offset of the first record (known once the header is read)."""
+        return self._parser.data_offset
 
     @property
     def bytes_read(self) -> int:
@@ -224,12 +232,37 @@ class ApxTailer:
                 self._read_pos += len(chunk)
                 self._check = (self._check + chunk)[-_CHECK_BYTES:]
                 self._parser.feed(chunk)
+                if self._start_at is not None and self._parser.header is not None:
+                    self._skip_to_start(size)
                 parts.append(self._parser.take())
                 # bad bytes right after the records taken: stop here, deliver those
                 self._parser.check()
         except InputError as exc:
             return parts, exc
         return parts, None
+
+    def _skip_to_start(self, size: int) -> None:
+        """The header is read: go on at ``start_at`` (within the file as it is now)."""
+        start, self._start_at = self._start_at, None
+        assert start is not None
+        if start > size:
+            raise self._error(size, f"file is {size} bytes, shorter than the {start} "
+                                    "already streamed: not the file streamed before")
+        self._parser.skip_to(start)
+        if start > self._read_pos:
+            self._read_pos = start
+            self._check = os.pread(self._fd, min(_CHECK_BYTES, start),  # type: ignore[arg-type]
+                                   start - min(_CHECK_BYTES, start))
+
+    def read_range(self, start: int, stop: int) -> bytes:
+        """The file's bytes ``[start, stop)`` as they are on disk (records already
+        delivered: their exact bytes)."""
+        if self._fd is None:
+            raise self._error(start, "file is not open")
+        data = os.pread(self._fd, stop - start, start)
+        if len(data) != stop - start:
+            raise self._error(start + len(data), "file shorter than the records delivered")
+        return data
 
     def poll(self) -> ReadoutBatch:
         """Every record completed since the last call (possibly none), in file order.

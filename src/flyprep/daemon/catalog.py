@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from ..events import ChunkWritten, ErrorReported, Event, ScanEnded, ScanStarted
+from ..errors import FlyprepError
 from ..ptyd.format import ChunkGrid
+from ..ptyd.reader import open_ptyd
 
 #: Ended scans kept in the snapshot (the oldest are forgotten first).
 ENDED_KEPT = 200
@@ -55,6 +58,28 @@ class Catalog:
                 scan = self._scans.get(event.scan)
                 if scan is not None:
                     scan["error"] = event.message
+
+    def known(self, scan: str, master: Path) -> None:
+        """A scan an earlier run finished: listed as its master says (not an event, so
+        no ``seq``), so that a subscriber asking for it learns where it is."""
+        try:
+            ptyd = open_ptyd(master)
+            entries, state, num_frames = ptyd.chunks, ptyd.state, ptyd.meta.num_frames
+        except FlyprepError:
+            return
+        chunks, start = [], 0
+        for entry in entries:
+            chunks.append([entry.key, start, entry.n_frames])
+            start += entry.n_frames
+        chunk_frames = chunks[0][2] if chunks else 0
+        with self._lock:
+            if scan in self._scans:
+                return
+            self._scans[scan] = {
+                "scan": scan, "master": str(master), "state": state or "complete",
+                "num_frames": num_frames, "chunk_frames": chunk_frames,
+                "frames_available": start, "error": None, "chunks": chunks}
+            self._forget_ended()
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data: ``v``, ``run``, ``seq`` and ``scans`` (see docs/protocol.md)."""

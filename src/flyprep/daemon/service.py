@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import base64
 import queue
 import threading
 import time
@@ -37,7 +38,8 @@ from ..errors import InputError
 from ..events import ApxReadouts, DaemonHeartbeat, EventSink, FanoutSink
 from ..ptyd.resume import finished_state
 from ..workers import Ticker
-from .session import RestartRequested, ScanSession, SessionState, marker_grace_s, output_path
+from .session import (FINISHED_BEFORE, RestartRequested, ScanSession, SessionState,
+                      marker_grace_s, output_path)
 from ..sources.watch import (
     EndMarkerSeen,
     FileCompleted,
@@ -110,7 +112,9 @@ class Daemon:
                                                       allow_remote=cfg.bus.allow_remote,
                                                       sndhwm=cfg.bus.send_hwm,
                                                       run=self.run_id).start()
-                self._apx = ApxStreamer(publish, events=self._sink)
+                self._apx = ApxStreamer(publish, events=self._sink, records=True,
+                                        hits=cfg.apx.hits, durable=True,
+                                        finish_quiet_s=cfg.apx.finish_quiet_s)
                 self._apx.start()
             # Sessions re-read their positions file and the streamer its .apx files on a
             # short period: growth reports would only cost a kernel event per write().
@@ -285,6 +289,8 @@ class Daemon:
                 if session.started and session.state.finished and not session.alive:
                     del self._sessions[scan_dir]
                     self._finished[scan_dir] = session
+                    if session.end_reason == FINISHED_BEFORE:
+                        self._catalog.known(session.name, session.output)
                     while len(self._finished) > FINISHED_KEPT:
                         self._finished.popitem(last=False)
                     if self._apx is not None and session.state != SessionState.STOPPED:
@@ -329,7 +335,20 @@ class Daemon:
 
     def _handlers(self) -> dict[str, Any]:
         return {"status": self._status, "end_scan": self._end_scan,
-                "snapshot": lambda params: self._catalog.snapshot()}
+                "snapshot": lambda params: self._catalog.snapshot(),
+                "apx_header": self._apx_header}
+
+    def _apx_header(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The header of a followed ``.apx`` file (``file``): its exact bytes, base64."""
+        file = params.get("file")
+        if not isinstance(file, str):
+            raise ValueError('apx_header needs "file": the .apx file\'s path')
+        found = None if self._apx is None else self._apx.header_of(file)
+        if found is None:
+            raise ValueError(f"{file}: not followed, or its header not read yet")
+        return {"file": found["file"], "stream": found["stream"],
+                "readout_uid": found["readout_uid"],
+                "header": base64.b64encode(found["header"]).decode("ascii")}
 
     def _beat(self) -> None:
         """``daemon.heartbeat``: alive, and the compact state of every scan not ended."""

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: How often a waiting session looks at its clock (timeouts) and its positions file.
 TICK_S = 0.05
+#: The end reason of a scan whose output was finished by an earlier run.
+FINISHED_BEFORE = "finished before this start"
 #: Files matching no pattern named in status and errors (the rest are counted).
 UNMATCHED_KEPT = 5
 
@@ -335,7 +337,7 @@ class ScanSession(Worker):
         if finished is not None:
             # Made by an earlier run, maybe with other settings: never redone on its own.
             with self._lock:
-                self.end_reason = "finished before this start"
+                self.end_reason = FINISHED_BEFORE
             self._set_state(SessionState(finished))
             log.info("%s: %s is finished already (%s)", self.name, self.output, finished)
             return
