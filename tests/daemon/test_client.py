@@ -201,3 +201,38 @@ def test_a_scan_finished_by_an_earlier_run_is_read_whole(daemon_dirs, daemon_pro
         chunks = list(client.chunks("scan_e"))
     assert_same_as_file(chunks, out / "scan_e.ptyd")
     daemon.stop()
+
+
+def test_the_iterator_catches_up_after_lost_messages(daemon_dirs, daemon_process,
+                                                     monkeypatch):
+    """Every other message never reaches the client (a slow subscriber's losses): the
+    gaps in seq make it take a new snapshot, and no chunk is missed or repeated."""
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": CHUNK}, bus={"heartbeat_s": 0.1}).start()
+    follower = Follower(sockets, "scan_f")
+    real = follower.client._receive
+    count = {"n": 0, "dropped": 0, "snapshots": 0}
+
+    def lossy(sub, **kwargs):
+        while True:
+            event = real(sub, **kwargs)
+            count["n"] += 1
+            if event is None or count["n"] % 2:
+                return event
+            count["dropped"] += 1
+
+    real_snapshot = follower.client.snapshot
+
+    def counted_snapshot():
+        count["snapshots"] += 1
+        return real_snapshot()
+
+    monkeypatch.setattr(follower.client, "_receive", lossy)
+    monkeypatch.setattr(follower.client, "snapshot", counted_snapshot)
+    follower.start()
+    Simulation(root / "scan_f", num_frames=FRAMES, rate_hz=300).start()
+    follower.join(90)
+    assert follower.error is None, follower.error
+    assert count["dropped"] >= 5 and count["snapshots"] >= 3
+    assert_same_as_file(follower.chunks, out / "scan_f.ptyd")
+    daemon.stop()
