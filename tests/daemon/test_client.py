@@ -143,8 +143,8 @@ def test_the_apx_records_rebuild_the_file_byte_for_byte_across_a_restart(daemon_
                                                                          daemon_process):
     """The DAQ writes an .apx file while the daemon streams it; the daemon is killed and
     started again in the middle. The header and the records received, each placed at
-    its byte range, are the file; a range received twice (sent before the kill, its
-    offset not kept yet) holds the same bytes."""
+    its byte range, are the file; a range received twice (sent in the last half second
+    before the kill, its offset not kept yet) holds the same bytes."""
     root, out, sockets = daemon_dirs
     daemon = daemon_process(apx={"follow": True, "stream": f"ipc://{sockets}/apx",
                                  "finish_quiet_s": 0.3}).start()
@@ -184,7 +184,7 @@ def test_the_apx_records_rebuild_the_file_byte_for_byte_across_a_restart(daemon_
     records = [e for e in received if e.kind == "apx.records"]
     assert records[-1].end == len(raw)
     sent_twice = sum(e.count for e in records) - result.apx_records
-    assert 0 <= sent_twice <= max(e.count for e in records)  # at most the batch of the kill
+    assert 0 <= sent_twice <= 60 * 40  # the last moments before the kill (DURABLE_LAG_S)
     daemon.stop()
 
 

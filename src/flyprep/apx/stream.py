@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,10 @@ from .tail import MAX_POLL_BYTES, ApxTailer
 __all__ = ["FAILED", "FINISHED", "FOLLOWING", "ApxStreamer", "Publish"]
 
 log = logging.getLogger(__name__)
+
+#: How long after a batch was handed to the publisher its offset is kept as streamed: the
+#: messages of the last moments may still be on their way out when the daemon dies.
+DURABLE_LAG_S = 0.5
 
 #: How a batch goes out: ``publish(event, [hits])``.
 Publish = Callable[[ApxReadouts, Sequence[np.ndarray]], None]
@@ -87,6 +91,7 @@ class _File:
     header: bytes | None = None  # the file's exact header bytes, once read
     header_sent: bool = False
     readout_uid: int | None = None
+    unsaved: list[tuple[float, int]] = field(default_factory=list)  # (sent at, offset)
     size: int = -1  # the file's size at the last poll
     quiet_since: float = 0.0  # since when its size has not changed
 
@@ -340,6 +345,8 @@ class ApxStreamer(Worker):
                 f.size, f.quiet_since = tailer.bytes_read, now
             self._send_header(f)
             self._deliver(f, batch)
+            if self.durable:
+                self._keep_offset(f)
             # A DAQ may still write after the scan's end: finish once the file is quiet.
             if finishing and not behind and now - f.quiet_since >= self.finish_quiet_s:
                 end = tailer.finish()
@@ -447,10 +454,25 @@ class ApxStreamer(Worker):
                 log.warning("apx readouts event not emitted for %s: %s: %s", f.path,
                             type(exc).__name__, exc)
         if self.durable:
-            save_offset(f.path, tailer.offset)  # once its records went out
+            f.unsaved.append((time.monotonic(), tailer.offset))
+            self._keep_offset(f)
+
+    def _keep_offset(self, f: _File, *, final: bool = False) -> None:
+        """Keep durably the offset of the records sent ``DURABLE_LAG_S`` ago or more (or,
+        ``final``, all): a kill -9 then makes the next start send the last ones again,
+        with the same byte ranges, rather than lose those still on their way out."""
+        if not f.unsaved:
+            return
+        due = time.monotonic() - DURABLE_LAG_S
+        ready = [o for t, o in f.unsaved if final or t <= due]
+        if ready:
+            f.unsaved = [(t, o) for t, o in f.unsaved if not (final or t <= due)]
+            save_offset(f.path, ready[-1])
 
     def _end(self, f: _File, truncation: Truncation | None) -> None:
         """``f`` was read to its end: finished (with a truncation if it ends mid-record)."""
+        if self.durable:
+            self._keep_offset(f, final=True)
         with self._lock:
             self._ended += 1
             f.ended = self._ended
