@@ -211,6 +211,7 @@ class Client:
         sub = self._ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
         sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.RECONNECT_IVL, 20)
         for topic in topics:
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         sub.connect(self.apx_endpoint)
@@ -229,6 +230,7 @@ class Client:
             sub = self._ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, 0)
+            sub.setsockopt(zmq.RECONNECT_IVL, 20)  # back soon after a daemon restart
             sub.setsockopt(zmq.SUBSCRIBE, b"")
             sub.connect(self.events_endpoint)
             self._sub = sub

@@ -112,6 +112,30 @@ def test_a_restarted_streamer_goes_on_where_the_last_one_stopped(tmp_path: Path)
     assert len(ids) == 2010 and len(np.unique(ids)) == 2010
 
 
+def test_after_a_clean_close_nothing_is_sent_twice(tmp_path: Path) -> None:
+    raw = FIXTURE.read_bytes()
+    dst = tmp_path / "run.apx"
+    dst.write_bytes(raw[:len(raw) // 3])
+    first = Captured()
+    streamer = ApxStreamer(first, records=True, durable=True, poll_interval_s=0.02).start()
+    streamer.follow(dst)
+    wait_until(lambda: first.of(ApxRecords), "the first records")
+    streamer.close()
+    assert load_offset(dst) != first.of(ApxRecords)[-1][0].end  # within the lag: not kept
+    streamer.keep_offsets()  # the publisher sent everything: a clean shutdown
+    assert load_offset(dst) == first.of(ApxRecords)[-1][0].end
+    with open(dst, "ab") as f:
+        f.write(raw[len(raw) // 3:])
+    second = Captured()
+    with ApxStreamer(second, records=True, durable=True, poll_interval_s=0.02) as streamer:
+        streamer.finish(dst)
+        wait_until(lambda: streamer.status()["files"][str(dst)]["state"] == "finished",
+                   "the file finished")
+    both = Captured()
+    both.items = first.of(ApxHeaderRead) + first.of(ApxRecords) + second.of(ApxRecords)
+    assert rebuild(both) == raw
+
+
 def test_the_state_of_a_replaced_file_is_not_used(tmp_path: Path,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     dst = tmp_path / "run.apx"

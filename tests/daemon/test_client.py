@@ -139,8 +139,9 @@ def test_a_dead_daemon_is_reported_within_the_heartbeat_timeout(daemon_dirs,
         assert time.monotonic() - t0 < 3.0
 
 
+@pytest.mark.parametrize("how", ["kill9", "sigterm"])
 def test_the_apx_records_rebuild_the_file_byte_for_byte_across_a_restart(daemon_dirs,
-                                                                         daemon_process):
+                                                                         daemon_process, how):
     """The DAQ writes an .apx file while the daemon streams it; the daemon is killed and
     started again in the middle. The header and the records received, each placed at
     its byte range, are the file; a range received twice (sent in the last half second
@@ -164,7 +165,10 @@ def test_the_apx_records_rebuild_the_file_byte_for_byte_across_a_restart(daemon_
     sim.start()
     wait_for(lambda: sum(1 for e in received if e.kind == "apx.records") >= 3, 60,
              "some records")
-    daemon.kill9()
+    if how == "kill9":
+        daemon.kill9()
+    else:
+        assert daemon.stop() == 0
     daemon.start()
     result = sim.finish()
     collector.join(120)
@@ -173,7 +177,9 @@ def test_the_apx_records_rebuild_the_file_byte_for_byte_across_a_restart(daemon_
     image = bytearray(len(raw))
     covered = np.zeros(len(raw), bool)
     headers = [e for e in received if e.kind == "apx.header"]
-    assert len(headers) == 2  # one per stream start
+    # One per stream start; the restarted daemon's may go out before the subscriber has
+    # reconnected (ZeroMQ's slow joiner), which is why apx_header is on the control socket.
+    assert 1 <= len(headers) <= 2
     for event in received:
         start = event.start if event.kind == "apx.records" else 0
         data = event.frames[0]
@@ -184,7 +190,10 @@ def test_the_apx_records_rebuild_the_file_byte_for_byte_across_a_restart(daemon_
     records = [e for e in received if e.kind == "apx.records"]
     assert records[-1].end == len(raw)
     sent_twice = sum(e.count for e in records) - result.apx_records
-    assert 0 <= sent_twice <= 60 * 40  # the last moments before the kill (DURABLE_LAG_S)
+    if how == "kill9":
+        assert 0 <= sent_twice <= 60 * 40  # the last moments before the kill (DURABLE_LAG_S)
+    else:
+        assert sent_twice == 0  # a clean restart sends nothing twice
     daemon.stop()
 
 

@@ -50,6 +50,7 @@ class Recorder:
         self.sock = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 10)
         self.sock.connect(endpoint)
         self.bodies: list[dict[str, Any]] = []
 
@@ -166,9 +167,10 @@ def test_chunk_written_names_frames_the_master_lists_already(tmp_path, daemon_di
     assert [k for k, _ in seen] == list(range(frames // 100))
     generations = [g for _, g in seen]
     assert generations == sorted(generations)
-    beats = [b for b in rec.of("daemon.heartbeat") if b["scans"]]
-    assert beats and all(s["scan"] == "scan_q" and s["num_frames"] == frames
-                         for b in beats for s in b["scans"])
+    lines = [s for b in rec.of("daemon.heartbeat") for s in b["scans"]]
+    assert {s["scan"] for s in lines} == {"scan_q"}
+    assert all(s["num_frames"] in (None, frames) for s in lines)  # None: still waiting
+    assert any(s["state"] == "acquiring" and s["num_frames"] == frames for s in lines)
     daemon.stop()
 
 
@@ -185,13 +187,20 @@ def test_a_scan_resumed_after_a_restart_starts_and_ends_once_in_the_new_run(
     first_run = rec.bodies[0]["run"]
     daemon.start()
     rec.pump(lambda: any(b["run"] != first_run for b in rec.of("scan.ended")), 120)
-    for run in (first_run, rec.of("scan.ended")[-1]["run"]):
-        started = [b for b in rec.of("scan.started") if b["run"] == run]
-        ended = [b for b in rec.of("scan.ended") if b["run"] == run]
-        assert len(started) == 1
-        assert len(ended) == (0 if run == first_run else 1)
-    resumed = [b for b in rec.of("scan.started") if b["run"] != first_run][0]
-    assert resumed["resumed_at"] > 0 and resumed["resumed_at"] % 50 == 0
+    second_run = rec.of("scan.ended")[-1]["run"]
+    first = [b["kind"] for b in rec.bodies if b["run"] == first_run and b["kind"]
+             in ("scan.started", "scan.ended")]
+    assert first == ["scan.started"]  # stopped, not ended: it ends in the run resuming it
+    second = [b for b in rec.bodies if b["run"] == second_run]
+    kinds = [b["kind"] for b in second if b["kind"] in ("scan.started", "scan.ended")]
+    # The new run's first messages may go out before the subscriber has reconnected
+    # (ZeroMQ's slow joiner): then only its seq says they were sent.
+    assert kinds in (["scan.started", "scan.ended"], ["scan.ended"])
+    if kinds[0] == "scan.started":
+        resumed = next(b for b in second if b["kind"] == "scan.started")
+        assert resumed["resumed_at"] > 0 and resumed["resumed_at"] % 50 == 0
+    else:
+        assert second[0]["seq"] > 0
     snap = request(daemon.control, "snapshot")["result"]
     scan = next(s for s in snap["scans"] if s["scan"] == "scan_r")
     assert scan["state"] == "complete" and [c[0] for c in scan["chunks"]] == list(range(8))

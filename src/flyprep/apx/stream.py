@@ -457,6 +457,16 @@ class ApxStreamer(Worker):
             f.unsaved.append((time.monotonic(), tailer.offset))
             self._keep_offset(f)
 
+    def keep_offsets(self) -> None:
+        """After :meth:`close`, once the publisher has sent what it was given (a clean
+        shutdown): keep every file's offset as streamed, so the next start sends nothing
+        twice."""
+        if self.alive:
+            raise RuntimeError("keep_offsets() is for after close()")
+        if self.durable:
+            for f in list(self._files.values()):
+                self._keep_offset(f, final=True)
+
     def _keep_offset(self, f: _File, *, final: bool = False) -> None:
         """Keep durably the offset of the records sent ``DURABLE_LAG_S`` ago or more (or,
         ``final``, all): a kill -9 then makes the next start send the last ones again,

@@ -169,6 +169,8 @@ class Daemon:
                 log.error("%s: did not stop within %g s", session.name, timeout_s)
         if self._apx is not None:
             self._apx.close()
+            if self._apx_stream is None or self._apx_stream.flush(2.0):
+                self._apx.keep_offsets()  # all handed to ZeroMQ: nothing is sent twice
             self._apx = None
         if self._apx_stream is not None:
             self._apx_stream.close(linger_s=0.5)
