@@ -410,6 +410,8 @@ class BusConfig(Section):
     send_hwm: int = Field(1000, ge=1, le=10_000_000,
                           description="messages queued per slow subscriber before dropping")
     control_timeout_s: float = Field(5.0, gt=0, le=3600)
+    max_request_bytes: int = Field(1 << 20, ge=1024, le=1 << 30,
+                                   description="larger control requests are refused unread")
     heartbeat_s: float = Field(1.0, gt=0, le=3600,
                                description="daemon.heartbeat interval on the events socket")
 

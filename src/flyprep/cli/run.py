@@ -105,5 +105,8 @@ def run(args: argparse.Namespace) -> int:
         notify_systemd("STOPPING=1")
         log.info("stopping: running scans write their whole chunks and stay resumable")
         daemon.shutdown()
+    if daemon.failure is not None:
+        print(f"flyprep: error: {daemon.failure}", file=sys.stderr)
+        return ExitCode.OUTPUT
     log.info("stopped")
     return ExitCode.OK

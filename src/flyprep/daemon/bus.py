@@ -380,7 +380,7 @@ class ControlServer(Worker):
 
     def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, handlers: Mapping[str, Handler] | None = None,
                  *, allow_remote: bool = False, context: zmq.Context | None = None,
-                 max_errors_kept: int = 20) -> None:
+                 max_errors_kept: int = 20, max_request_bytes: int = 1 << 20) -> None:
         super().__init__("control")
         self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
         self.endpoint: str | None = None
@@ -390,6 +390,8 @@ class ControlServer(Worker):
         self._own_ctx = context is None
         self._pipe: zmq.Socket | None = None
         self._pipe_name = f"inproc://flyprep-control-{id(self):x}"
+        #: ZMQ_MAXMSGSIZE: a peer sending a larger request is disconnected, unread
+        self.max_request_bytes = max_request_bytes
         self._closed = False
         self._lock = threading.Lock()
         self._requests = 0
@@ -469,7 +471,12 @@ class ControlServer(Worker):
                 raise ValueError(f"{command} failed: {type(exc).__name__}: {exc}") from exc
             json.dumps(result)  # not serialisable -> a nack now, not a dead socket later
             reply = _reply(command, ok=True, result=result)
-        except (ValueError, TypeError) as exc:
+        except RecursionError:
+            reply = _reply(command, ok=False, error="request is not JSON: nested too deeply")
+            with self._lock:
+                self._n_errors += 1
+                self._errors.append(reply["error"])
+        except Exception as exc:  # noqa: BLE001 - every failure is a nack, never a dead thread
             reply = _reply(command, ok=False, error=str(exc))
             with self._lock:
                 self._n_errors += 1
@@ -479,14 +486,37 @@ class ControlServer(Worker):
             self._requests += 1
         return reply
 
+    def _answer(self, sock: zmq.Socket) -> None:
+        """Read one message from the ROUTER socket and reply to its sender: ``[peer, b"",
+        request]`` from a REQ client (``[peer, request]`` from a DEALER is taken too);
+        any other shape gets a nack."""
+        frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+        peer, rest = frames[0], frames[1:]
+        envelope = [b""] if rest[:1] == [b""] else []
+        body = rest[len(envelope):]
+        if len(body) == 1:
+            reply = self.handle(body[0])
+        else:
+            reply = _reply(None, ok=False, error=f"expected one request frame, got {len(body)}")
+            with self._lock:
+                self._n_errors += 1
+                self._requests += 1
+        try:
+            sock.send_multipart([peer, *envelope, json.dumps(reply).encode()],
+                                flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the peer is gone or not reading: its loss
+            log.warning("control reply not sent: %s", exc)
+
     def loop(self) -> None:
         assert self._ctx is not None
         pipe = self._ctx.socket(zmq.PAIR)
         pipe.setsockopt(zmq.LINGER, 0)
         pipe.connect(self._pipe_name)
-        rep = self._ctx.socket(zmq.REP)
+        rep = self._ctx.socket(zmq.ROUTER)  # several clients at once, none can jam it
         try:
             rep.setsockopt(zmq.LINGER, 0)
+            rep.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes)
+            rep.setsockopt(zmq.ROUTER_MANDATORY, 0)
             self.endpoint = _bind(rep, self.requested_endpoint)
         except BaseException:  # handed to start()
             rep.close(linger=0)
@@ -503,12 +533,10 @@ class ControlServer(Worker):
                     pipe.recv()
                     break
                 if rep in ready:
-                    frames = rep.recv_multipart()
-                    reply = self.handle(frames[0] if frames else b"")
                     try:
-                        rep.send(json.dumps(reply).encode(), flags=zmq.NOBLOCK)
-                    except zmq.ZMQError as exc:  # pragma: no cover - peer gone
-                        log.warning("control reply not sent: %s", exc)
+                        self._answer(rep)
+                    except Exception:  # noqa: BLE001 - logged; the server goes on serving
+                        log.exception("control: a request could not be answered")
         finally:
             rep.close(linger=0)
             pipe.close(linger=0)

@@ -33,6 +33,8 @@ from .. import __version__
 from ..apx.stream import ApxStreamer
 from .bus import PROTOCOL_VERSION, ControlServer, EventPublisher
 from .catalog import Catalog
+from .requests import (ApxHeaderRequest, EndScanRequest, NoParams, ScanRequest,
+                       parse)
 from ..config import DaemonConfig
 from ..errors import InputError
 from ..events import ApxReadouts, DaemonHeartbeat, EventSink, FanoutSink
@@ -86,6 +88,8 @@ class Daemon:
         self.run_id = uuid.uuid4().hex[:16]
         self._catalog = Catalog(self.run_id, protocol=PROTOCOL_VERSION)
         self._heartbeat: Ticker | None = None
+        #: Why the service stopped on its own (a part of it died), for a non-zero exit.
+        self.failure: str | None = None
         self._apx_files: dict[Path, Path] = {}  # .apx file -> its scan directory
         self._marker_grace_s = marker_grace_s(config)
 
@@ -104,7 +108,9 @@ class Daemon:
                                               on_sequenced=self._catalog.apply).start()
                 self._sink.add(self._events)
                 self._control = ControlServer(cfg.bus.control, self._handlers(),
-                                              allow_remote=cfg.bus.allow_remote).start()
+                                              allow_remote=cfg.bus.allow_remote,
+                                              max_request_bytes=cfg.bus.max_request_bytes
+                                              ).start()
             if cfg.apx.follow:
                 publish = self._publish_apx
                 if self._publish:
@@ -176,7 +182,7 @@ class Daemon:
             self._apx_stream.close(linger_s=0.5)
             self._apx_stream = None
         if self._control is not None:
-            self._control.close()
+            self._control.close(timeout_s=2.0)  # never waits long on a stuck handler
             self._control = None
         if self._events is not None:
             self._events.flush(2.0)
@@ -286,6 +292,13 @@ class Daemon:
                          running)
 
     def _housekeeping(self) -> None:
+        control = self._control
+        if control is not None and not control.alive and not self.should_exit.is_set():
+            # It cannot die from a request; if it stops anyway, say so and exit non-zero
+            # so that systemd starts the service again.
+            self.failure = f"the control server stopped: {control.thread_error!r}"
+            log.critical("%s; the daemon stops", self.failure)
+            self.should_exit.set()
         with self._lock:
             for scan_dir, session in list(self._sessions.items()):
                 if session.started and session.state.finished and not session.alive:
@@ -337,14 +350,20 @@ class Daemon:
 
     def _handlers(self) -> dict[str, Any]:
         return {"status": self._status, "end_scan": self._end_scan,
-                "snapshot": lambda params: self._catalog.snapshot(),
-                "apx_header": self._apx_header}
+                "abort_scan": self._abort_scan, "version": self._version,
+                "snapshot": self._snapshot, "apx_header": self._apx_header}
+
+    def _version(self, params: dict[str, Any]) -> dict[str, Any]:
+        parse(NoParams, params)
+        return {"version": __version__, "protocol": PROTOCOL_VERSION, "run": self.run_id}
+
+    def _snapshot(self, params: dict[str, Any]) -> dict[str, Any]:
+        parse(NoParams, params)
+        return self._catalog.snapshot()
 
     def _apx_header(self, params: dict[str, Any]) -> dict[str, Any]:
         """The header of a followed ``.apx`` file (``file``): its exact bytes, base64."""
-        file = params.get("file")
-        if not isinstance(file, str):
-            raise ValueError('apx_header needs "file": the .apx file\'s path')
+        file = parse(ApxHeaderRequest, params).file
         found = None if self._apx is None else self._apx.header_of(file)
         if found is None:
             raise ValueError(f"{file}: not followed, or its header not read yet")
@@ -367,6 +386,7 @@ class Daemon:
         return self._status({})
 
     def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        parse(NoParams, params)
         with self._lock:
             scans = [s.status() for s in self._finished.values()]
             for scan_dir, session in self._sessions.items():
@@ -386,11 +406,14 @@ class Daemon:
             out["apx"] = self._apx.status()
         return out
 
+    def _abort_scan(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._end(parse(ScanRequest, params).scan, abort=True)
+
     def _end_scan(self, params: dict[str, Any]) -> dict[str, Any]:
-        name = params.get("scan")
-        if not isinstance(name, str):
-            raise ValueError('end_scan needs "scan": the scan directory\'s name')
-        abort = bool(params.get("abort", False))
+        request = parse(EndScanRequest, params)
+        return self._end(request.scan, abort=request.abort)
+
+    def _end(self, name: str, *, abort: bool) -> dict[str, Any]:
         with self._lock:
             matches = [s for s in self._sessions.values()
                        if s.name == name and not s.state.finished]
