@@ -105,10 +105,20 @@ def test_watch_section_is_required(tmp_path: Path) -> None:
      "outside 1-65535"),
     ('[bus]\ncontrol = "udp://127.0.0.1:5"', "bus.control", "'udp://127.0.0.1:5'", "ipc://PATH"),
     ('[bus]\ncontrol = "tcp://127.0.0.1:5570"', "bus.control", "'tcp://127.0.0.1:5570'",
-     "different endpoints"),
+     "each socket needs its own"),
     ('[bus]\nsend_hwm = 0', "bus.send_hwm", "0", "greater than or equal to 1"),
     ('[apx]\nstream = "tcp://127.0.0.1:5571"', "apx.stream", "'tcp://127.0.0.1:5571'",
      "must differ"),
+    # the default control endpoint given to events: a duplicate all the same
+    ('[bus]\nevents = "tcp://127.0.0.1:5571"', "bus.control", "'tcp://127.0.0.1:5571'",
+     "each socket needs its own"),
+    ('[bus]\nevents = "tcp://127.0.0.1:*"', "bus.events", "'tcp://127.0.0.1:*'",
+     "random port"),
+    ('[apx]\nstream = "tcp://127.0.0.1:*"', "apx.stream", "'tcp://127.0.0.1:*'",
+     "random port"),
+    ('recursive = "yes"', "watch.recursive", "'yes'", "valid boolean"),
+    ('[apx]\nfollow = 1', "apx.follow", "1", "valid boolean"),
+    ('[bus]\nallow_remote = "true"', "bus.allow_remote", "'true'", "valid boolean"),
 ])
 def test_bad_value_names_key_value_reason(tmp_path: Path, root: Path, extra: str, key: str,
                                           value: str, reason: str) -> None:

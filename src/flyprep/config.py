@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -67,7 +68,7 @@ class PrepConfig(Section):
 
     shape: Optional[int] = Field(None, ge=1, description="square ROI side in raw pixels; None: full frame")
     center: Optional[Union[Literal["fftshift", "geometric", "fft"], Tuple[float, float]]] = "fftshift"
-    auto_center: bool = Field(False, description="centre of mass of the first chunk, when no "
+    auto_center: StrictBool = Field(False, description="centre of mass of the first chunk, when no "
                                                  "center is given (as in PtyPy)")
     orientation: Optional[Union[int, Tuple[bool, bool, bool]]] = None
     rebin: int = Field(1, ge=1, le=32)
@@ -236,6 +237,13 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+def _bound_port(value: str) -> str:
+    """A daemon's endpoint: clients must find it, so no random port."""
+    if value.startswith("tcp://") and value.endswith(":*"):
+        raise ValueError("a random port (*) cannot be found by clients; give a port number")
+    return value
+
+
 def is_local_endpoint(value: str) -> bool:
     """True for ``ipc://`` and for tcp on a loopback address (127.0.0.0/8, ::1, localhost)."""
     if value.startswith("ipc://"):
@@ -272,7 +280,7 @@ class WatchConfig(Section):
 
     roots: list[Path] = Field(..., min_length=1, description="existing directories; new scan "
                                                              "directories appear below them")
-    recursive: bool = True
+    recursive: StrictBool = True
     observer: Literal["native", "polling"] = Field(
         "native", description="native: close-after-write / rename events (inotify); "
                               "polling: size+mtime scans, for network file systems")
@@ -404,7 +412,7 @@ class DaemonOutputConfig(OutputConfig):
 class BusConfig(Section):
     """ZeroMQ endpoints. Only loopback tcp or ipc unless ``allow_remote``."""
 
-    allow_remote: bool = Field(False, description="allow tcp endpoints on non-loopback addresses")
+    allow_remote: StrictBool = Field(False, description="allow tcp endpoints on non-loopback addresses")
     events: str = Field("tcp://127.0.0.1:5570", description="PUB socket: progress and scan events")
     control: str = Field("tcp://127.0.0.1:5571", description="REP socket: control commands")
     send_hwm: int = Field(1000, ge=1, le=10_000_000,
@@ -422,9 +430,16 @@ class BusConfig(Section):
         if not info.data.get("allow_remote", False) and not is_local_endpoint(v):
             raise ValueError("not a loopback or ipc endpoint; set bus.allow_remote = true "
                              "to listen on other interfaces")
-        if info.field_name == "control" and v == info.data.get("events"):
-            raise ValueError("control and events need different endpoints")
-        return v
+        return _bound_port(v)
+
+    @model_validator(mode="after")
+    def _different(self) -> "BusConfig":
+        if self.control == self.events:  # defaults included
+            raise PydanticCustomError("flyprep_key", "{reason}", {
+                "key": "bus.control", "value": self.control,
+                "reason": f"the same endpoint as bus.events ({self.events}); each socket "
+                          "needs its own"})
+        return self
 
 
 class LimitsConfig(Section):
@@ -444,11 +459,11 @@ class LimitsConfig(Section):
 class ApxConfig(Section):
     """Following growing AstroPix ``.apx`` files."""
 
-    follow: bool = False
+    follow: StrictBool = False
     pattern: str = "*.apx"
     stream: str = Field("tcp://127.0.0.1:5572",
                         description="PUB socket for the records (exact bytes) and decoded hits")
-    hits: bool = Field(True, description="also decode the records into hits (apx.readouts)")
+    hits: StrictBool = Field(True, description="also decode the records into hits (apx.readouts)")
     finish_quiet_s: float = Field(2.0, ge=0, le=3600,
                                   description="after its scan ends, a file is followed until "
                                               "it has not grown for this long")
@@ -456,7 +471,7 @@ class ApxConfig(Section):
     @field_validator("stream")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        return check_endpoint(v)
+        return _bound_port(check_endpoint(v))
 
     @field_validator("pattern")
     @classmethod
