@@ -366,11 +366,13 @@ def test_status_command_unreachable_daemon(capsys: pytest.CaptureFixture[str]) -
     with ControlServer(ANY_PORT) as server:
         ep = server.endpoint or ""
     args = parse("status", "--endpoint", ep, "--timeout", "0.2")
-    assert args.endpoint == ep
+    assert args.control_endpoint == ep
     assert status_command.run(args) == 1
     assert "is the flyprep daemon running" in capsys.readouterr().err
     assert status_command.run(parse("status", "--endpoint", "localhost:5571")) == 2
-    assert parse("status").endpoint == "tcp://127.0.0.1:5571"
+    from flyprep.cli import daemon_address
+
+    assert daemon_address.endpoint(parse("status"), "control") == "tcp://127.0.0.1:5571"
 
 
 def test_memory_sink_keeps_only_the_most_recent_events_when_bounded():

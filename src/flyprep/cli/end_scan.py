@@ -3,7 +3,7 @@
 Frames that have not arrived are written as missing (weight 0), so readers still reach
 ``num_frames``; the master says ``complete`` (``aborted`` with ``--abort``).
 Exit codes: 0 the daemon is ending the scan, 1 no daemon answered or it refused (no such
-running scan), 2 the endpoint is not a scheme://address URL.
+running scan), 2 the endpoint or the config is not usable.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import argparse
 import sys
 from typing import Any
 
-from ..daemon.bus import DEFAULT_CONTROL_ENDPOINT, BusError, request
+from ..daemon.bus import BusError, request
+from . import daemon_address
 from .exit_codes import ExitCode
 
 
@@ -23,20 +24,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("scan", help="the scan's name (its directory name)")
     parser.add_argument("--abort", action="store_true",
                         help="the master says 'aborted' instead of 'complete'")
-    parser.add_argument("--endpoint", default=DEFAULT_CONTROL_ENDPOINT,
-                        help=f"control endpoint of the daemon (default {DEFAULT_CONTROL_ENDPOINT})")
+    daemon_address.add_options(parser, "control")
     parser.add_argument("--timeout", type=float, default=5.0, dest="timeout_s")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Send ``end_scan``; see the module doc for exit codes."""
-    if "://" not in args.endpoint:
-        print(f"flyprep: error: endpoint {args.endpoint!r}: expected tcp://host:port or "
-              "ipc://path", file=sys.stderr)
+    endpoint = daemon_address.endpoint(args, "control")
+    if endpoint is None:
         return ExitCode.INPUT
     try:
-        reply = request(args.endpoint, "end_scan", params={"scan": args.scan, "abort": args.abort},
+        reply = request(endpoint, "end_scan", params={"scan": args.scan, "abort": args.abort},
                         timeout_s=args.timeout_s)
     except BusError as exc:
         print(f"flyprep: error: {exc}", file=sys.stderr)

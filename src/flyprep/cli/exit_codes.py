@@ -21,3 +21,12 @@ class ExitCode(enum.IntEnum):
     OUTPUT = 3
     #: Interrupted (Ctrl-C).
     INTERRUPTED = 130
+
+
+#: What every command's ``--help`` ends with.
+EXIT_CODES_HELP = """exit codes:
+  0    done
+  1    the answer is no (verify found an error, the daemon cannot be reached or refused)
+  2    bad input, configuration, option or endpoint
+  3    the output or the service could not be set up
+  130  interrupted (Ctrl-C)"""

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import textwrap
 import sys
 from importlib import import_module
 from typing import Sequence
 
 from .. import __version__
 from ..errors import ConfigError, FlyprepError, InputError, OutputError, PtydError
-from .exit_codes import ExitCode
+from .exit_codes import EXIT_CODES_HELP, ExitCode
 
 #: Every command and the module that declares it (``add_parser(subparsers)``) and runs it
 #: (``run(args) -> int``); modules import what a command needs inside ``run``, so that
@@ -23,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "verify": "flyprep.cli.verify",
     "run": "flyprep.cli.run",
     "status": "flyprep.cli.status",
+    "events": "flyprep.cli.events",
     "end-scan": "flyprep.cli.end_scan",
     "check-config": "flyprep.cli.check_config",
     "apx": "flyprep.cli.apx",
@@ -39,9 +42,22 @@ def build_parser() -> argparse.ArgumentParser:
                                     "measured, and the tools around it")
     parser.add_argument("--version", action="version", version=f"flyprep {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMANDS.values():
-        import_module(module).add_parser(sub)
+    for name in COMMANDS.values():
+        module = import_module(name)
+        command = module.add_parser(sub)
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+        command.description = command.description or _plain(module.__doc__)
+        command.epilog = EXIT_CODES_HELP
     return parser
+
+
+def _plain(doc: str | None) -> str | None:
+    """A module docstring's first paragraph as plain text (no reST markup)."""
+    if not doc:
+        return None
+    text = doc.strip().split("\n\n")[0]
+    text = re.sub(r":\w+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1], text)
+    return textwrap.fill(" ".join(text.replace("``", "").split()), 88)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,8 @@
-"""``flyprep status``: ask a running daemon's control server how its scans are going.
+"""``flyprep status``: ask a running daemon's control server how its scans are going;
+``--watch`` keeps a live view (a progress bar per active scan, frames/s, ETA) until Ctrl-C.
 
 Exit codes: 0 the daemon answered, 1 no daemon answered (or it answered with an error),
-2 the endpoint is not a scheme://address URL.
+2 the endpoint or the config is not usable.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import sys
 from typing import Any, TextIO
 
-from ..daemon.bus import DEFAULT_CONTROL_ENDPOINT, BusError, request
+from ..daemon.bus import BusError, request
+from . import daemon_address
 from .exit_codes import ExitCode
 
 
@@ -19,9 +21,12 @@ from .exit_codes import ExitCode
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``status`` on an ``add_subparsers()`` object; returns its parser."""
     parser = subparsers.add_parser("status", help="show the scans of a running flyprep daemon")
-    parser.add_argument("--endpoint", default=DEFAULT_CONTROL_ENDPOINT,
-                        help=f"control endpoint of the daemon (default {DEFAULT_CONTROL_ENDPOINT})")
+    daemon_address.add_options(parser, "control")
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    parser.add_argument("--watch", action="store_true",
+                        help="a live view, refreshed every --interval seconds, until Ctrl-C")
+    parser.add_argument("--interval", type=float, default=0.5,
+                        help="seconds between refreshes with --watch (default 0.5)")
     parser.add_argument("--timeout", type=float, default=2.0, dest="timeout_s",
                         help="seconds to wait for a reply (default 2)")
     return parser
@@ -29,11 +34,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Query the daemon and print its status; see the module doc for exit codes."""
-    endpoint = args.endpoint
-    if "://" not in endpoint:
-        print(f"flyprep: error: endpoint {endpoint!r}: expected tcp://host:port or ipc://path",
-              file=sys.stderr)
+    endpoint = daemon_address.endpoint(args, "control")
+    if endpoint is None:
         return ExitCode.INPUT
+    if getattr(args, "watch", False):
+        from .status_watch import watch
+
+        return watch(endpoint, interval_s=args.interval, timeout_s=args.timeout_s)
     try:
         reply = request(endpoint, "status", timeout_s=getattr(args, "timeout_s", 2.0))
     except BusError as exc:

@@ -1,0 +1,56 @@
+"""``flyprep events``: print the daemon's events as they come, one line each (or their
+JSON bodies with ``--json``), until Ctrl-C.
+
+Exit codes: 0 never (it runs until interrupted: 130), 2 the endpoint or the config is not
+usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import daemon_address
+from .exit_codes import ExitCode
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``events``; returns its parser."""
+    parser = subparsers.add_parser("events", help="print a running daemon's events as they come")
+    daemon_address.add_options(parser, "events")
+    parser.add_argument("--topic", action="append", default=None,
+                        help="only events whose kind starts with this (repeatable), e.g. "
+                             "scan. or chunk.written")
+    parser.add_argument("--json", action="store_true", help="print each event's JSON body")
+    return parser
+
+
+def line(body: dict[str, Any]) -> str:
+    """One readable line for an event body."""
+    skip = {"v", "run", "seq", "time", "kind"}
+    fields = " ".join(f"{k}={v}" for k, v in body.items() if k not in skip and v is not None)
+    return f"{body.get('seq', '?'):>6} {body.get('kind', '?'):<16} {fields}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Subscribe and print until interrupted."""
+    import zmq
+
+    endpoint = daemon_address.endpoint(args, "events")
+    if endpoint is None:
+        return ExitCode.INPUT
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    for topic in args.topic or [""]:
+        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    sock.connect(endpoint)
+    print(f"flyprep: events of {endpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        while True:
+            frames = sock.recv_multipart()
+            body = json.loads(frames[1])
+            print(json.dumps(body) if args.json else line(body), flush=True)
+    finally:
+        sock.close(linger=0)

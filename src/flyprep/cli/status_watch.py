@@ -1,0 +1,95 @@
+"""``flyprep status --watch``: a live view of a running daemon, refreshed until Ctrl-C: one
+progress bar per active scan with frames/s over the last seconds, ETA, missing and failed
+frames and the last error; the terminal is left clean."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from ..daemon.bus import BusError, request
+from .exit_codes import ExitCode
+
+#: Seconds over which frames/s is measured.
+RATE_WINDOW_S = 5.0
+ACTIVE = ("waiting", "acquiring", "queued")
+
+
+class Rates:
+    """frames/s of each scan over the last :data:`RATE_WINDOW_S` seconds of polls."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, deque[tuple[float, int]]] = {}
+
+    def update(self, scan: str, now: float, frames: int) -> float | None:
+        points = self._seen.setdefault(scan, deque())
+        points.append((now, frames))
+        while len(points) > 2 and now - points[0][0] > RATE_WINDOW_S:
+            points.popleft()
+        (t0, f0), (t1, f1) = points[0], points[-1]
+        return (f1 - f0) / (t1 - t0) if t1 > t0 else None
+
+
+def _eta(remaining: int, rate: float | None) -> str:
+    if not remaining:
+        return "-"
+    if not rate or rate <= 0:
+        return "?"
+    seconds = int(remaining / rate)
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def render(status: dict[str, Any], rates: Rates, now: float, endpoint: str) -> Any:
+    """The view of one status reply (a rich renderable)."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    table = Table(title=f"flyprep at {endpoint}: up {status.get('uptime_s', 0):.0f} s",
+                  expand=True)
+    for column in ("scan", "state", "progress", "frames", "frames/s", "ETA", "missing",
+                   "failed", "last error"):
+        table.add_column(column, overflow="fold")
+    shown = 0
+    for scan in status.get("scans", []):
+        if scan.get("state") not in ACTIVE:
+            continue
+        shown += 1
+        written, total = int(scan.get("frames_written") or 0), scan.get("num_frames")
+        rate = rates.update(scan["scan"], now, written)
+        bar = ProgressBar(total=float(total or 1), completed=float(written if total else 0),
+                          width=30)
+        table.add_row(scan["scan"], "paused" if scan.get("paused") else scan["state"], bar,
+                      f"{written}/{total if total is not None else '?'}",
+                      "-" if rate is None else f"{rate:,.0f}",
+                      _eta((total or 0) - written, rate) if total else "?",
+                      str(scan.get("frames_missing", 0)), str(scan.get("frames_failed", 0)),
+                      scan.get("error") or "")
+    ended = [s for s in status.get("scans", []) if s.get("state") not in ACTIVE]
+    footer = f"{shown} active scan(s), {len(ended)} ended; Ctrl-C leaves"
+    return Group(table, footer)
+
+
+def watch(endpoint: str, *, interval_s: float, timeout_s: float) -> int:
+    """Poll ``status`` every ``interval_s`` (at most 1 s) and redraw until Ctrl-C."""
+    from rich.console import Console
+    from rich.live import Live
+
+    interval_s = min(max(interval_s, 0.1), 1.0)
+    rates = Rates()
+    console = Console()
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            now = time.monotonic()
+            try:
+                reply = request(endpoint, "status", timeout_s=timeout_s)
+            except BusError as exc:
+                live.update(f"[red]flyprep at {endpoint}: {exc}[/red]")
+            else:
+                if reply.get("ok"):
+                    live.update(render(reply["result"], rates, now, endpoint))
+                else:
+                    live.update(f"[red]status refused: {reply.get('error')}[/red]")
+            time.sleep(max(0.0, interval_s - (time.monotonic() - now)))
+    return ExitCode.OK  # pragma: no cover - left by Ctrl-C (exit 130)

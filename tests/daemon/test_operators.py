@@ -1,0 +1,91 @@
+"""The operators' command line against the real daemon: every client command finds the
+daemon from its config file, ``status --watch`` draws a live scan's progress in a
+pseudo-terminal and leaves it clean on Ctrl-C, ``events`` prints events as they come."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from daemon_helpers import wait_for
+from test_e2e import Simulation
+
+FLYPREP = [sys.executable, "-m", "flyprep.cli"]
+
+
+def read_for(fd: int, seconds: float) -> bytes:
+    out = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.05)
+        if ready:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+    return out
+
+
+def test_status_watch_draws_a_live_scan_and_leaves_the_terminal_clean(tmp_path, daemon_dirs,
+                                                                      daemon_process):
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": 20})
+    daemon.start()
+    master, slave = pty.openpty()
+    os.set_blocking(master, False)
+    env = dict(os.environ, COLUMNS="160", LINES="30", TERM="xterm-256color")
+    watch = subprocess.Popen([*FLYPREP, "status", "--watch", "--config", str(daemon.config),
+                              "--interval", "0.2"], stdin=slave, stdout=slave, stderr=slave,
+                             env=env, close_fds=True)
+    os.close(slave)
+    try:
+        sim = Simulation(root / "scan_w", num_frames=400, rate_hz=100)
+        sim.start()
+        seen = read_for(master, 2.5).decode(errors="replace")
+        assert "scan_w" in seen and "acquiring" in seen
+        assert "/400" in seen and "ETA" in seen and "frames/s" in seen
+        assert "\x1b[" in seen  # drawn in place, not printed line after line
+        watch.send_signal(signal.SIGINT)
+        rest = read_for(master, 1.5).decode(errors="replace")
+        assert watch.wait(10) == 130
+        assert "\x1b[?25h" in seen + rest  # the cursor is shown again
+        sim.finish()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        os.close(master)
+    daemon.stop()
+
+
+def test_client_commands_find_the_daemon_from_its_config(tmp_path, daemon_dirs,
+                                                         daemon_process):
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": 20})
+    daemon.start()
+    events = subprocess.Popen([*FLYPREP, "events", "--config", str(daemon.config), "--json",
+                               "--topic", "scan.", "--topic", "chunk.written"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # subscribed
+    Simulation(root / "scan_v", num_frames=60, rate_hz=0).start()
+    wait_for(lambda: (daemon.scan("scan_v") or {}).get("state") == "complete", 60,
+             "the scan complete")
+    status = subprocess.run([*FLYPREP, "status", "--config", str(daemon.config)],
+                            capture_output=True, text=True, timeout=30)
+    assert status.returncode == 0 and "scan_v: complete, 60/60 frames" in status.stdout
+    refused = subprocess.run([*FLYPREP, "end-scan", "scan_v", "--config", str(daemon.config)],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "no running scan named 'scan_v'" in refused.stderr
+    time.sleep(0.5)
+    events.send_signal(signal.SIGINT)
+    printed, _ = events.communicate(timeout=10)
+    assert events.returncode == 130
+    kinds = [json.loads(line)["kind"] for line in printed.splitlines()]
+    assert kinds[0] == "scan.started" and kinds[-1] == "scan.ended"
+    assert kinds.count("chunk.written") == 3 and "daemon.heartbeat" not in kinds
+    daemon.stop()
