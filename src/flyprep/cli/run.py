@@ -30,6 +30,10 @@ from .exit_codes import ExitCode
 log = logging.getLogger("flyprep")
 
 
+#: The interpreter's thread switch interval in the daemon (Python's default is 5 ms).
+SWITCH_INTERVAL_S = 0.001
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``run`` on an ``add_subparsers()`` object; returns its parser."""
     parser = subparsers.add_parser("run", help="run the daemon: watch, prepare, write, publish")
@@ -80,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"flyprep: error: {exc}", file=sys.stderr)
         return ExitCode.INPUT
     daemon = Daemon(config)
+    # Threads hand the interpreter lock over every 1 ms instead of 5: the control server
+    # and the publishers answer within milliseconds while preparation threads compute.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
