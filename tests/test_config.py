@@ -119,6 +119,9 @@ def test_watch_section_is_required(tmp_path: Path) -> None:
     ('recursive = "yes"', "watch.recursive", "'yes'", "valid boolean"),
     ('[apx]\nfollow = 1', "apx.follow", "1", "valid boolean"),
     ('[bus]\nallow_remote = "true"', "bus.allow_remote", "'true'", "valid boolean"),
+    ('[bus]\nipc_mode = "999"', "bus.ipc_mode", "'999'", "should match pattern"),
+    ('[bus]\nevents = "ipc://@flyprep"', "bus.events", "'ipc://@flyprep'",
+     "abstract ipc socket"),
 ])
 def test_bad_value_names_key_value_reason(tmp_path: Path, root: Path, extra: str, key: str,
                                           value: str, reason: str) -> None:

@@ -238,9 +238,13 @@ def check_endpoint(value: str) -> str:
 
 
 def _bound_port(value: str) -> str:
-    """A daemon's endpoint: clients must find it, so no random port."""
+    """A daemon's endpoint: clients must find it, so no random port; an ipc socket must be
+    a file (an abstract one, ``ipc://@name``, has no mode: anyone could connect)."""
     if value.startswith("tcp://") and value.endswith(":*"):
         raise ValueError("a random port (*) cannot be found by clients; give a port number")
+    if value.startswith("ipc://@"):
+        raise ValueError("an abstract ipc socket has no file mode, so anyone on the machine "
+                         "could connect; give a path")
     return value
 
 
@@ -422,6 +426,10 @@ class BusConfig(Section):
                                    description="larger control requests are refused unread")
     heartbeat_s: float = Field(1.0, gt=0, le=3600,
                                description="daemon.heartbeat interval on the events socket")
+    ipc_mode: str = Field("0660", pattern=r"^0?[0-7]{3}$",
+                          description="mode of the daemon's ipc socket files (octal): who "
+                                      "may connect, control commands included")
+    ipc_group: Optional[str] = Field(None, description="group of the ipc socket files")
 
     @field_validator("events", "control")
     @classmethod

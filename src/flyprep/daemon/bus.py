@@ -16,9 +16,11 @@ thread creates and owns its sockets; other threads talk to it through a queue
 from __future__ import annotations
 
 import collections
+import grp
 import itertools
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -76,11 +78,34 @@ def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
     return endpoint
 
 
-def _bind(sock: zmq.Socket, endpoint: str) -> str:
+@dataclass(frozen=True)
+class IpcAccess:
+    """Who may connect to an ipc socket of the daemon: the socket file's mode and group
+    (the file system is the authentication of ipc peers)."""
+
+    mode: int = 0o660
+    group: str | None = None
+
+
+def _bind(sock: zmq.Socket, endpoint: str, access: IpcAccess | None = None) -> str:
+    if endpoint.startswith("ipc://@"):
+        raise BusError(f"{endpoint}: an abstract ipc socket has no file, so anyone on the "
+                       "machine could connect; use an ipc path")
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
         raise BusError(f"cannot bind {endpoint}: {exc}") from exc
+    if endpoint.startswith("ipc://") and access is not None:
+        path = endpoint[len("ipc://"):]
+        try:
+            os.chmod(path, access.mode)
+            if access.group is not None:
+                os.chown(path, -1, grp.getgrnam(access.group).gr_gid)
+        except (OSError, KeyError) as exc:
+            sock.close(linger=0)
+            raise BusError(f"{endpoint}: cannot give the socket mode {access.mode:o}"
+                           f"{'' if access.group is None else ' and group ' + access.group}: "
+                           f"{exc}") from exc
     last = sock.getsockopt(zmq.LAST_ENDPOINT)
     return last.decode() if isinstance(last, bytes) else str(last)
 
@@ -203,8 +228,10 @@ class EventPublisher(Worker):
     def __init__(self, endpoint: str = DEFAULT_EVENTS_ENDPOINT, *, allow_remote: bool = False,
                  queue_size: int = 10_000, sndhwm: int = 1_000,
                  context: zmq.Context | None = None, run: str = "",
-                 on_sequenced: Callable[[Event, int], Any] | None = None) -> None:
+                 on_sequenced: Callable[[Event, int], Any] | None = None,
+                 ipc_access: IpcAccess | None = IpcAccess()) -> None:
         super().__init__("events")
+        self.ipc_access = ipc_access
         self.run = run  # the daemon run's id, in every body
         # Told of each event with its seq, in seq order, under the publisher's lock: what
         # a snapshot reflects (docs/protocol.md, catching up).
@@ -321,7 +348,7 @@ class EventPublisher(Worker):
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self._sndhwm)
-            self.endpoint = _bind(sock, self.requested_endpoint)
+            self.endpoint = _bind(sock, self.requested_endpoint, self.ipc_access)
         except BaseException:  # handed to start()
             sock.close(linger=0)
             raise
@@ -380,7 +407,8 @@ class ControlServer(Worker):
 
     def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, handlers: Mapping[str, Handler] | None = None,
                  *, allow_remote: bool = False, context: zmq.Context | None = None,
-                 max_errors_kept: int = 20, max_request_bytes: int = 1 << 20) -> None:
+                 max_errors_kept: int = 20, max_request_bytes: int = 1 << 20,
+                 ipc_access: IpcAccess | None = IpcAccess()) -> None:
         super().__init__("control")
         self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
         self.endpoint: str | None = None
@@ -392,6 +420,7 @@ class ControlServer(Worker):
         self._pipe_name = f"inproc://flyprep-control-{id(self):x}"
         #: ZMQ_MAXMSGSIZE: a peer sending a larger request is disconnected, unread
         self.max_request_bytes = max_request_bytes
+        self.ipc_access = ipc_access
         self._closed = False
         self._lock = threading.Lock()
         self._requests = 0
@@ -517,7 +546,7 @@ class ControlServer(Worker):
             rep.setsockopt(zmq.LINGER, 0)
             rep.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes)
             rep.setsockopt(zmq.ROUTER_MANDATORY, 0)
-            self.endpoint = _bind(rep, self.requested_endpoint)
+            self.endpoint = _bind(rep, self.requested_endpoint, self.ipc_access)
         except BaseException:  # handed to start()
             rep.close(linger=0)
             pipe.close(linger=0)

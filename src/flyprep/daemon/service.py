@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import __version__
 from ..apx.stream import ApxStreamer
-from .bus import PROTOCOL_VERSION, ControlServer, EventPublisher
+from .bus import PROTOCOL_VERSION, ControlServer, EventPublisher, IpcAccess
 from .catalog import Catalog
 from .requests import (ApxHeaderRequest, EndScanRequest, NoParams, ScanRequest,
                        parse)
@@ -101,23 +101,26 @@ class Daemon:
         for root in cfg.watch.roots:
             if not Path(root).is_dir():  # e.g. a network mount not there yet
                 raise InputError(root, "watched root does not exist or is not a directory")
+        access = IpcAccess(int(cfg.bus.ipc_mode, 8), cfg.bus.ipc_group)
         try:
             if self._publish:
                 self._events = EventPublisher(cfg.bus.events, allow_remote=cfg.bus.allow_remote,
                                               sndhwm=cfg.bus.send_hwm, run=self.run_id,
-                                              on_sequenced=self._catalog.apply).start()
+                                              on_sequenced=self._catalog.apply,
+                                              ipc_access=access).start()
                 self._sink.add(self._events)
                 self._control = ControlServer(cfg.bus.control, self._handlers(),
                                               allow_remote=cfg.bus.allow_remote,
-                                              max_request_bytes=cfg.bus.max_request_bytes
-                                              ).start()
+                                              max_request_bytes=cfg.bus.max_request_bytes,
+                                              ipc_access=access).start()
             if cfg.apx.follow:
                 publish = self._publish_apx
                 if self._publish:
                     self._apx_stream = EventPublisher(cfg.apx.stream,
                                                       allow_remote=cfg.bus.allow_remote,
                                                       sndhwm=cfg.bus.send_hwm,
-                                                      run=self.run_id).start()
+                                                      run=self.run_id,
+                                                      ipc_access=access).start()
                 self._apx = ApxStreamer(publish, events=self._sink, records=True,
                                         hits=cfg.apx.hits, durable=True,
                                         finish_quiet_s=cfg.apx.finish_quiet_s)
