@@ -462,6 +462,8 @@ class LimitsConfig(Section):
                                                            "the output's file system, scans "
                                                            "pause until space returns")
     disk_check_s: float = Field(1.0, gt=0, le=60, description="free space checked this often")
+    ended_kept_s: float = Field(86400.0, gt=0, description="ended scans stay in status this "
+                                                           "long (seconds)")
 
 
 class ApxConfig(Section):

@@ -89,3 +89,22 @@ def test_client_commands_find_the_daemon_from_its_config(tmp_path, daemon_dirs,
     assert kinds[0] == "scan.started" and kinds[-1] == "scan.ended"
     assert kinds.count("chunk.written") == 3 and "daemon.heartbeat" not in kinds
     daemon.stop()
+
+
+def test_status_keeps_real_totals_across_a_restart_and_ages_ended_scans_out(
+        tmp_path, daemon_dirs, daemon_process):
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": 20}, limits={"ended_kept_s": 3.0})
+    daemon.start()
+    Simulation(root / "scan_u", num_frames=60, rate_hz=0, partial_fraction=0).start()
+    wait_for(lambda: (daemon.scan("scan_u") or {}).get("state") == "complete", 60,
+             "the scan complete")
+    daemon.stop()
+    daemon.start()  # a new run: the scan was finished by the earlier one
+    scan = wait_for(lambda: daemon.scan("scan_u"), 20, "the scan in status")
+    wait_for(lambda: (daemon.scan("scan_u") or {}).get("end_reason"), 20, "its end")
+    scan = daemon.scan("scan_u")
+    assert scan is not None and scan["state"] == "complete"
+    assert (scan["num_frames"], scan["frames_written"], scan["chunks_written"]) == (60, 60, 3)
+    wait_for(lambda: daemon.scan("scan_u") is None, 20, "the ended scan aged out of status")
+    daemon.stop()

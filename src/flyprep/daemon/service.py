@@ -311,8 +311,12 @@ class Daemon:
                         self._catalog.known(session.name, session.output)
                     while len(self._finished) > FINISHED_KEPT:
                         self._finished.popitem(last=False)
+                    session.ended_at = time.monotonic()
                     if self._apx is not None and session.state != SessionState.STOPPED:
                         self._finish_apx(scan_dir)
+            old = time.monotonic() - self.config.limits.ended_kept_s
+            while self._finished and next(iter(self._finished.values())).ended_at < old:
+                self._finished.popitem(last=False)  # aged out of status
             running = sum(1 for s in self._sessions.values() if s.alive)
             while self._queued and running < self.config.limits.max_scans:
                 self._sessions[self._queued.pop(0)].start()

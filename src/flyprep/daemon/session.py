@@ -49,6 +49,7 @@ from ..events import ErrorReported, EventSink, ScanContinued, ScanEnded, ScanPau
 from ..pipeline import ScanEnd, ScanRun, effective_config, load_calibration, require_geometry
 from ..pipeline.frame_order import FrameItem, FrameOrder
 from ..pipeline.resume import apply_resume, plan_resume
+from ..ptyd.reader import open_ptyd
 from ..ptyd.resume import finished_state
 from ..ptyd.writer import OutputMode
 from ..sources.live import LiveFrames
@@ -158,6 +159,7 @@ class ScanSession(Worker):
         self.resumed_at: int | None = None
         self.end_reason: str | None = None
         self.started_at = time.time()
+        self.ended_at = float("inf")  # monotonic, set when the daemon files it as ended
         self._inbox: queue.Queue[Any] = queue.Queue()
         self._lock = threading.Lock()
         self._end: _End | None = None
@@ -223,6 +225,19 @@ class ScanSession(Worker):
                 "ignored_files": (self._final["ignored_files"] if live is None else
                                   [f"{p}: {why}" for p, why in live.ignored]),
             }
+
+    def _take_totals_of_output(self) -> None:
+        """A scan finished by an earlier run: its real totals, as its master says them."""
+        try:
+            ptyd = open_ptyd(self.output)
+            missing = len(ptyd.provenance.get("missing_indices", []))
+            frames, chunks, num = ptyd.n_frames, len(ptyd.chunks), ptyd.meta.num_frames
+        except FlyprepError as exc:
+            log.warning("%s: finished output unreadable for its totals: %s", self.name, exc)
+            return
+        with self._lock:
+            self.num_frames, self.frames_done, self.frames_written = num, frames, frames
+            self.chunks_written, self.frames_missing = chunks, missing
 
     def brief(self) -> dict[str, Any]:
         """The heartbeat's line for this scan: state, frames readable, num_frames."""
@@ -336,6 +351,7 @@ class ScanSession(Worker):
         finished = finished_state(self.output)
         if finished is not None:
             # Made by an earlier run, maybe with other settings: never redone on its own.
+            self._take_totals_of_output()
             with self._lock:
                 self.end_reason = FINISHED_BEFORE
             self._set_state(SessionState(finished))
