@@ -108,3 +108,36 @@ def test_status_keeps_real_totals_across_a_restart_and_ages_ended_scans_out(
     assert (scan["num_frames"], scan["frames_written"], scan["chunks_written"]) == (60, 60, 3)
     wait_for(lambda: daemon.scan("scan_u") is None, 20, "the ended scan aged out of status")
     daemon.stop()
+
+
+def test_the_scan_command_says_which_frames_are_missing_and_why(tmp_path, daemon_dirs,
+                                                                daemon_process):
+    import shutil
+
+    from flyprep.daemon.bus import request
+    from flyprep.sim.simulate import simulate_scan
+
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": 20}, watch={"frame_timeout_s": 2.0})
+    daemon.start()
+    staging = tmp_path / "staging" / "scan_t"
+    simulate_scan(staging, num_frames=40, frame_side=32, rate_hz=0, partial_fraction=0)
+    (staging / "ccd" / "diffraction_0007.npy").unlink()
+    (staging / "ccd" / "diffraction_0011.npy").write_bytes(b"junk")
+    shutil.move(str(staging), root / "scan_t")
+    wait_for(lambda: (daemon.scan("scan_t") or {}).get("state") == "complete", 60,
+             "the scan complete")
+    reply = request(daemon.control, "scan", params={"scan": "scan_t"})
+    assert reply["ok"], reply
+    detail = reply["result"]
+    assert detail["status"]["frames_missing"] == 1 and detail["status"]["frames_failed"] == 1
+    runs = {(r["kind"], r["first"], r["count"]) for r in detail["published"]["frame_runs"]}
+    assert runs == {("missing", 7, 1), ("failed", 11, 1)}
+    assert all(r["reason"] and r["path"] for r in detail["published"]["frame_runs"])
+    assert detail["published"]["master"].endswith("scan_t.ptyd")
+    nack = request(daemon.control, "scan", params={"scan": "nope"})
+    assert not nack["ok"] and "no scan named 'nope'" in nack["error"]
+    assert daemon.status()["events"]["sent"] > 0
+    assert request(daemon.control, "reset_stats")["ok"]
+    assert daemon.status()["events"]["sent"] == 0
+    daemon.stop()

@@ -324,6 +324,12 @@ class EventPublisher(Worker):
             else:
                 self._accepted += 1
 
+    def reset_stats(self) -> None:
+        """Counters back to 0 (the queue and the sequence numbers go on)."""
+        with self._lock:
+            self._counts = dict.fromkeys(self._counts, 0)
+            self._last_error = None
+
     def stats(self) -> dict[str, Any]:
         """Counters: emitted, sent, dropped (queue full or closed), errors; queued now."""
         with self._lock:
@@ -472,6 +478,12 @@ class ControlServer(Worker):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def reset_stats(self) -> None:
+        """Requests and errors back to 0."""
+        with self._lock:
+            self._requests = self._n_errors = 0
+            self._errors.clear()
 
     def status(self) -> dict[str, Any]:
         """Requests answered, errors (count and the latest messages), endpoint."""

@@ -9,15 +9,18 @@ so a snapshot and the events after it fit together exactly.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
-from ..events import ChunkWritten, ErrorReported, Event, ScanEnded, ScanStarted
+from ..events import (ChunkWritten, ErrorReported, Event, FrameFailed, FrameMissing, ScanEnded,
+                      ScanStarted)
 from ..errors import FlyprepError
 from ..ptyd.format import ChunkGrid
 from ..ptyd.reader import open_ptyd
 
+#: Runs of missing or failed frames kept per scan for the ``scan`` command.
+FRAME_RUNS_KEPT = 100
 #: Ended scans kept in the snapshot (the oldest are forgotten first).
 ENDED_KEPT = 200
 
@@ -33,6 +36,8 @@ class Catalog:
         self._seq = -1
         self._scans: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._errors: dict[str, str] = {}  # scan -> last error, until it ends
+        # scan -> its latest runs of missing or failed frames, and why (the scan command)
+        self._frame_runs: dict[str, deque[dict[str, Any]]] = {}
 
     def apply(self, event: Event, seq: int) -> None:
         """Take ``event``, the one numbered ``seq``."""
@@ -54,6 +59,11 @@ class Catalog:
                     scan["state"] = event.state
                     scan["error"] = event.error
                     self._forget_ended()
+            elif isinstance(event, (FrameMissing, FrameFailed)):
+                runs = self._frame_runs.setdefault(event.scan, deque(maxlen=FRAME_RUNS_KEPT))
+                runs.append({"kind": "missing" if isinstance(event, FrameMissing) else "failed",
+                             "first": event.index, "count": event.count, "path": event.path,
+                             "reason": event.reason})
             elif isinstance(event, ErrorReported) and event.scan is not None:
                 scan = self._scans.get(event.scan)
                 if scan is not None:
@@ -81,6 +91,15 @@ class Catalog:
                 "frames_available": start, "error": None, "chunks": chunks}
             self._forget_ended()
 
+    def scan(self, name: str) -> dict[str, Any] | None:
+        """One scan's entry with its latest runs of missing or failed frames and why."""
+        with self._lock:
+            entry = self._scans.get(name)
+            runs = list(self._frame_runs.get(name, ()))
+            if entry is None and not runs:
+                return None
+            return {**(entry or {"scan": name}), "frame_runs": runs}
+
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data: ``v``, ``run``, ``seq`` and ``scans`` (see docs/protocol.md)."""
         with self._lock:
@@ -104,3 +123,4 @@ class Catalog:
         ended = [name for name, s in self._scans.items() if s["state"] != "acquiring"]
         for name in ended[:max(0, len(ended) - self.ended_kept)]:
             del self._scans[name]
+            self._frame_runs.pop(name, None)

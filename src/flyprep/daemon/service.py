@@ -358,7 +358,29 @@ class Daemon:
     def _handlers(self) -> dict[str, Any]:
         return {"status": self._status, "end_scan": self._end_scan,
                 "abort_scan": self._abort_scan, "version": self._version,
+                "scan": self._scan, "reset_stats": self._reset_stats,
                 "snapshot": self._snapshot, "apx_header": self._apx_header}
+
+    def _scan(self, params: dict[str, Any]) -> dict[str, Any]:
+        """One scan in detail: its status, where its output is, its latest runs of
+        missing or failed frames and why."""
+        name = parse(ScanRequest, params).scan
+        with self._lock:
+            found = [s for s in (*self._finished.values(), *self._sessions.values())
+                     if s.name == name]
+        status = found[-1].status() if found else None
+        published = self._catalog.scan(name)
+        if status is None and published is None:
+            raise ValueError(f"no scan named {name!r} in this run")
+        return {"scan": name, "status": status, "published": published}
+
+    def _reset_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Counters of the publishers and of the control server back to 0."""
+        parse(NoParams, params)
+        for part in (self._events, self._apx_stream, self._control):
+            if part is not None:
+                part.reset_stats()
+        return {"reset": True}
 
     def _version(self, params: dict[str, Any]) -> dict[str, Any]:
         parse(NoParams, params)
