@@ -141,3 +141,23 @@ def test_the_scan_command_says_which_frames_are_missing_and_why(tmp_path, daemon
     assert request(daemon.control, "reset_stats")["ok"]
     assert daemon.status()["events"]["sent"] == 0
     daemon.stop()
+
+
+def test_apx_listen_shows_live_readout_and_hit_rates(tmp_path, daemon_dirs, daemon_process):
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(apx={"follow": True, "stream": f"ipc://{sockets}/apx"})
+    daemon.start()
+    listen = subprocess.Popen([*FLYPREP, "apx", "listen", "--config", str(daemon.config),
+                               "--seconds", "4"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    time.sleep(0.7)
+    sim = Simulation(root / "scan_l", num_frames=150, rate_hz=60, apx=True,
+                     readouts_per_frame=20)
+    sim.start()
+    printed, _ = listen.communicate(timeout=30)
+    sim.finish()
+    assert listen.returncode == 0
+    lines = [ln for ln in printed.splitlines() if ln.startswith("astropix.apx:")]
+    assert lines and any(" 0 readouts/s" not in ln for ln in lines)
+    assert "hits/s" in lines[-1] and "so far" in lines[-1]
+    daemon.stop()

@@ -25,6 +25,7 @@ from ..apx.convert import (CSV_COLUMNS, FORMATS, StreamDecoder, convert_file, cs
 from ..apx.decode import HIT_DTYPE
 from ..apx.format import PREAMBLE_SIZE, ReadoutBatch
 from ..errors import InputError
+from . import daemon_address
 from .exit_codes import ExitCode
 
 _FORMAT_BY_SUFFIX = {".csv": "csv", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
@@ -47,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
 def add_apx_commands(parser: argparse.ArgumentParser) -> None:
     """Add the ``apx`` sub-commands to ``parser`` (the ``flyprep apx`` parser)."""
     sub = parser.add_subparsers(dest="apx_command", required=True, metavar="COMMAND")
+
+    listen = sub.add_parser("listen", help="live readout and hit rates of a running daemon's "
+                                           ".apx stream, a line a second, until Ctrl-C")
+    daemon_address.add_options(listen, "apx")
+    listen.add_argument("--seconds", type=float, default=None,
+                        help="stop after this many seconds (default: until Ctrl-C)")
 
     dump = sub.add_parser("dump", help="print the header and the raw readouts of an .apx file")
     dump.add_argument("file", type=Path)
@@ -91,6 +98,50 @@ def _carry_option(parser: argparse.ArgumentParser) -> None:
                              "recover split hits (the reference does not)")
 
 
+def run_listen(args: argparse.Namespace) -> int:
+    """``flyprep apx listen``: readouts/s and hits/s of each file on the daemon's ``.apx``
+    stream, one line a second."""
+    import zmq
+
+    endpoint = daemon_address.endpoint(args, "apx")
+    if endpoint is None:
+        return ExitCode.INPUT
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, b"apx.records")
+    sock.setsockopt(zmq.SUBSCRIBE, b"apx.readouts")
+    sock.connect(endpoint)
+    print(f"flyprep: .apx stream of {endpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    start = time.monotonic()
+    end = None if args.seconds is None else start + args.seconds
+    counts: dict[str, list[int]] = {}  # file -> [readouts, hits] this second
+    totals: dict[str, list[int]] = {}
+    next_line = start + 1.0
+    try:
+        while end is None or time.monotonic() < end:
+            if sock.poll(max(1, int((next_line - time.monotonic()) * 1000))):
+                frames = sock.recv_multipart()
+                body = json.loads(frames[1])
+                name = body.get("file") or body.get("path") or "?"
+                mine = counts.setdefault(name, [0, 0])
+                if body["kind"] == "apx.records":
+                    mine[0] += int(body["count"])
+                elif body.get("n_hits") is not None:
+                    mine[1] += int(body["n_hits"])
+            if time.monotonic() >= next_line:
+                for name, (readouts, hits) in sorted(counts.items()):
+                    total = totals.setdefault(name, [0, 0])
+                    total[0] += readouts
+                    total[1] += hits
+                    print(f"{Path(name).name}: {readouts:,} readouts/s, {hits:,} hits/s "
+                          f"({total[0]:,} readouts, {total[1]:,} hits so far)", flush=True)
+                counts = {name: [0, 0] for name in counts}
+                next_line += 1.0
+    finally:
+        sock.close(linger=0)
+    return ExitCode.OK
+
+
 def run_apx(args: argparse.Namespace) -> int:
     """Run the ``flyprep apx`` sub-command chosen in ``args``."""
     if args.apx_command == "dump":
@@ -102,6 +153,8 @@ def run_apx(args: argparse.Namespace) -> int:
         return run_convert(args.file, fmt=args.fmt, output=args.output,
                            overwrite=args.overwrite, allow_truncated=args.allow_truncated,
                            carry_extra=args.carry_extra)
+    if args.apx_command == "listen":
+        return run_listen(args)
     if args.apx_command == "tail":
         return run_tail(args.file, timeout_s=args.timeout_s, interval_s=args.interval_s,
                         carry_extra=args.carry_extra)
