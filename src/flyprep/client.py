@@ -344,30 +344,28 @@ class _ScanFollower:
             self.listed = max(self.listed, self._count_listed())
 
     def _count_listed(self) -> int:
-        from .ptyd.reader import open_ptyd
+        from .ptyd.reader import count_listed
 
         assert self.master is not None
         try:
-            return len(open_ptyd(self.master).chunks)
+            return count_listed(self.master)
         except FlyprepError:
             return 0
 
     def _read_listed(self) -> Iterator[Chunk]:
-        if self.master is None or self.next_key >= self.listed:
+        """The chunks listed and not yet yielded, each read by its key: the master is not
+        listed whole for every new chunk (683 ms for 1,000 chunks)."""
+        if self.master is None:
             return
-        from .ptyd.reader import open_ptyd
+        from .ptyd.reader import read_chunk_at
 
-        try:
-            ptyd = open_ptyd(self.master)
-        except FlyprepError:
-            if self.ended == "failed":
-                return  # its output may be gone with it: ScanFailed says why
-            raise
-        frame_start = 0
-        for entry in ptyd.chunks:
-            if entry.key >= self.next_key and entry.key < self.listed:
-                arrays = ptyd.read_chunk(entry, frame_start=frame_start)
-                yield Chunk(self.scan, entry.key, frame_start, arrays.data, arrays.weights,
-                            arrays.positions, self.master)
-                self.next_key = entry.key + 1
-            frame_start += entry.n_frames
+        while self.next_key < self.listed:
+            try:
+                arrays = read_chunk_at(self.master, self.next_key)
+            except FlyprepError:
+                if self.ended == "failed":
+                    return  # its output may be gone with it: ScanFailed says why
+                raise
+            yield Chunk(self.scan, arrays.key, arrays.frame_start, arrays.data,
+                        arrays.weights, arrays.positions, self.master)
+            self.next_key += 1

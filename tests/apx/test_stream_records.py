@@ -18,7 +18,7 @@ from flyprep.apx.format import ApxStreamParser
 from flyprep.apx.stream import ApxStreamer
 from flyprep.apx.stream_state import load_offset, save_offset, state_path
 from flyprep.apx.tail import ApxTailer
-from flyprep.events import ApxHeaderRead, ApxReadouts, ApxRecords
+from flyprep.events import ApxHeaderRead, ApxReadouts, ApxRecords, ErrorReported, MemorySink
 
 HERE = Path(__file__).resolve().parent
 FIXTURE = HERE.parents[0] / "data" / "apx" / "fixture.apx"
@@ -178,3 +178,17 @@ def test_after_the_end_a_file_still_written_is_followed_until_quiet(tmp_path: Pa
         status = streamer.status()
     assert status["truncated"] == 0 and status["files"][str(dst)]["error"] is None
     assert rebuild(got) == FIXTURE.read_bytes()
+
+
+def test_a_file_that_breaks_the_format_is_an_error_event(tmp_path: Path) -> None:
+    raw = FIXTURE.read_bytes()
+    dst = tmp_path / "run.apx"
+    dst.write_bytes(raw[:5000] + b"\x00" * 64 + raw[5000:])  # junk where a record starts
+    sink = MemorySink()
+    with ApxStreamer(Captured(), events=sink, records=True, poll_interval_s=0.02) as streamer:
+        streamer.follow(dst, scan="scan_z")
+        wait_until(lambda: streamer.status()["files"][str(dst)]["state"] == "failed",
+                   "the file failed")
+    errors = sink.of_kind(ErrorReported)
+    assert len(errors) == 1 and errors[0].where == "apx" and errors[0].scan == "scan_z"
+    assert str(dst) in errors[0].message and "offset" in errors[0].message

@@ -189,6 +189,7 @@ def test_the_apx_records_rebuild_the_file_byte_for_byte_across_a_restart(daemon_
     assert covered.all() and bytes(image) == raw
     records = [e for e in received if e.kind == "apx.records"]
     assert records[-1].end == len(raw)
+    assert client.apx_header(result.apx_path) == raw[:records[0].start]  # control socket
     sent_twice = sum(e.count for e in records) - result.apx_records
     if how == "kill9":
         assert 0 <= sent_twice <= 60 * 40  # the last moments before the kill (DURABLE_LAG_S)

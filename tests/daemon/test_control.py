@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from flyprep.config import parse_daemon_config
 from flyprep.daemon.bus import ControlTimeout, request
 from flyprep.daemon.service import Daemon
+from flyprep.events import ErrorReported, MemorySink
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -86,6 +87,8 @@ def test_hostile_requests_each_get_a_nack_and_the_daemon_goes_on(daemon: DaemonP
             (b"\xff\xfe", "not JSON")):
         reply = raw_request(daemon.control, body)
         assert not reply["ok"] and reason in reply["error"], (body, reply)
+    version = request(daemon.control, "version")["result"]
+    assert version["protocol"] == 1 and version["version"] and len(version["run"]) == 16
     assert alive(daemon)
 
 
@@ -140,7 +143,8 @@ def test_a_control_server_that_dies_anyway_stops_the_daemon_non_zero(tmp_path: P
     root, out, sockets = tmp_path / "root", tmp_path / "out", tmp_path / "s"
     for d in (root, out, sockets):
         d.mkdir()
-    daemon = Daemon(parse_daemon_config(daemon_settings(root, out, sockets)))
+    sink = MemorySink()
+    daemon = Daemon(parse_daemon_config(daemon_settings(root, out, sockets)), sinks=[sink])
     daemon.startup()
     loop = threading.Thread(target=daemon.main_loop, daemon=True)
     loop.start()
@@ -155,6 +159,8 @@ def test_a_control_server_that_dies_anyway_stops_the_daemon_non_zero(tmp_path: P
             request(control, "die", timeout_s=1)
         loop.join(10)
         assert not loop.is_alive() and "control server stopped" in (daemon.failure or "")
+        errors = sink.of_kind(ErrorReported)
+        assert [(e.where, e.message) for e in errors] == [("daemon", daemon.failure)]
     finally:
         daemon.should_exit.set()
         loop.join(10)

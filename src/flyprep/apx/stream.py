@@ -36,7 +36,7 @@ import numpy as np
 from typing_extensions import Self
 
 from ..errors import InputError
-from ..events import ApxHeaderRead, ApxReadouts, ApxRecords, EventSink
+from ..events import ApxHeaderRead, ApxReadouts, ApxRecords, ErrorReported, EventSink
 from ..workers import Worker
 from .decode import decode_batch
 from .format import PREFIX_SIZE, ApxFormatError, ReadoutBatch, Truncation
@@ -461,8 +461,9 @@ class ApxStreamer(Worker):
         """After :meth:`close`, once the publisher has sent what it was given (a clean
         shutdown): keep every file's offset as streamed, so the next start sends nothing
         twice."""
-        if self.alive:
-            raise RuntimeError("keep_offsets() is for after close()")
+        if self.alive:  # close() timed out: what is still queued may never go out
+            log.warning("apx stream still running: offsets kept only as far as sent")
+            return
         if self.durable:
             for f in list(self._files.values()):
                 self._keep_offset(f, final=True)
@@ -515,6 +516,11 @@ class ApxStreamer(Worker):
                 f.bytes_read, f.offset = tailer.bytes_read, tailer.offset
             self._counts["failed"] += 1
         log.error("apx stream: %s (file given up after %d readouts)", text, f.readouts)
+        if self._events is not None:
+            try:
+                self._events.emit(ErrorReported(where="apx", message=text, scan=f.scan))
+            except Exception:  # noqa: BLE001 - a sink must not stop the stream
+                log.exception("apx stream: error event not emitted")
         self._close_tailer(f)
 
     @staticmethod

@@ -37,7 +37,7 @@ from .requests import (ApxHeaderRequest, EndScanRequest, NoParams, ScanRequest,
                        parse)
 from ..config import DaemonConfig
 from ..errors import InputError
-from ..events import ApxReadouts, DaemonHeartbeat, EventSink, FanoutSink
+from ..events import ApxReadouts, DaemonHeartbeat, ErrorReported, EventSink, FanoutSink
 from ..ptyd.resume import finished_state
 from ..workers import Ticker
 from .session import (FINISHED_BEFORE, RestartRequested, ScanSession, SessionState,
@@ -295,12 +295,14 @@ class Daemon:
                          running)
 
     def _housekeeping(self) -> None:
+        known: list[ScanSession] = []  # finished by an earlier run: read outside the lock
         control = self._control
         if control is not None and not control.alive and not self.should_exit.is_set():
             # It cannot die from a request; if it stops anyway, say so and exit non-zero
             # so that systemd starts the service again.
             self.failure = f"the control server stopped: {control.thread_error!r}"
             log.critical("%s; the daemon stops", self.failure)
+            self._sink.emit(ErrorReported(where="daemon", message=self.failure))
             self.should_exit.set()
         with self._lock:
             for scan_dir, session in list(self._sessions.items()):
@@ -308,7 +310,7 @@ class Daemon:
                     del self._sessions[scan_dir]
                     self._finished[scan_dir] = session
                     if session.end_reason == FINISHED_BEFORE:
-                        self._catalog.known(session.name, session.output)
+                        known.append(session)
                     while len(self._finished) > FINISHED_KEPT:
                         self._finished.popitem(last=False)
                     session.ended_at = time.monotonic()
@@ -321,6 +323,8 @@ class Daemon:
             while self._queued and running < self.config.limits.max_scans:
                 self._sessions[self._queued.pop(0)].start()
                 running += 1
+        for session in known:
+            self._catalog.known(session.name, session.output)
 
     # ---- .apx files
 

@@ -232,12 +232,16 @@ class PtydFile:
         self.refresh()
 
     def _open(self) -> h5py.File:
+        return self._open_path(self.path)
+
+    @staticmethod
+    def _open_path(path: Path) -> h5py.File:
         try:
-            return h5py.File(self.path, "r")
+            return h5py.File(path, "r")
         except FileNotFoundError as exc:
-            raise PtydError(self.path, "/", "file not found") from exc
+            raise PtydError(path, "/", "file not found") from exc
         except OSError as exc:
-            raise PtydError(self.path, "/", f"not a readable HDF5 file: {exc}") from exc
+            raise PtydError(path, "/", f"not a readable HDF5 file: {exc}") from exc
 
     def refresh(self) -> None:
         """Re-read meta, the chunk list and flyprep's provenance from the master."""
@@ -287,23 +291,7 @@ class PtydFile:
     def read_chunk(self, entry: ChunkEntry, *, frame_start: int = 0) -> ChunkArrays:
         """The arrays of one chunk, numbered from ``frame_start`` as the caller says."""
         with self._open() as f:
-            where = f"/chunks/{entry.key}"
-            group = f.get(where)
-            if group is None:
-                raise PtydError(self.path, where, "chunk disappeared or its link dangles")
-            try:
-                data = group["data"][()]
-                positions = group["positions"][()] if "positions" in group else None
-                weights = group["weights"][()] if "weights" in group else None
-                indices = group["indices"][()] if "indices" in group else None
-            except (OSError, KeyError) as exc:
-                raise PtydError(self.path, where, f"unreadable chunk: {exc}") from exc
-        if positions is None:
-            raise PtydError(self.path, f"{where}/positions", "missing")
-        if positions.shape != (data.shape[0], 2):
-            raise PtydError(self.path, f"{where}/positions",
-                            f"shape {positions.shape}, expected ({data.shape[0]}, 2)")
-        return ChunkArrays(entry.key, frame_start, data, positions, weights, indices)
+            return _read_chunk(f, self.path, entry.key, frame_start)
 
     def iter_chunks(self) -> Iterator[ChunkArrays]:
         """Every resolved chunk in PtyPy's order, with its global first frame index.
@@ -335,6 +323,48 @@ class PtydFile:
             for i in range(chunk.data.shape[0]):
                 w = None if chunk.weights is None else chunk.weights[i]
                 yield chunk.frame_start + i, chunk.data[i], chunk.positions[i], w
+
+
+def _read_chunk(f: h5py.File, path: Path, key: int, frame_start: int | None) -> ChunkArrays:
+    """Chunk ``key`` of the open master; ``frame_start`` None: from its stored indices."""
+    where = f"/chunks/{key}"
+    group = f.get(where)
+    if group is None:
+        raise PtydError(path, where, "chunk disappeared or its link dangles")
+    try:
+        data = group["data"][()]
+        positions = group["positions"][()] if "positions" in group else None
+        weights = group["weights"][()] if "weights" in group else None
+        indices = group["indices"][()] if "indices" in group else None
+    except (OSError, KeyError) as exc:
+        raise PtydError(path, where, f"unreadable chunk: {exc}") from exc
+    if positions is None:
+        raise PtydError(path, f"{where}/positions", "missing")
+    if positions.shape != (data.shape[0], 2):
+        raise PtydError(path, f"{where}/positions",
+                        f"shape {positions.shape}, expected ({data.shape[0]}, 2)")
+    if frame_start is None:
+        if indices is None or not len(indices):
+            raise PtydError(path, f"{where}/indices", "missing: the chunk's frames are unknown")
+        frame_start = int(indices[0])
+    return ChunkArrays(key, frame_start, data, positions, weights, indices)
+
+
+def read_chunk_at(master: str | os.PathLike[str], key: int) -> ChunkArrays:
+    """Chunk ``key`` of a master, without listing the others (their number does not slow
+    it: what a live reader following new chunks needs); frames numbered from the chunk's
+    stored indices."""
+    path = Path(master)
+    with PtydFile._open_path(path) as f:
+        return _read_chunk(f, path, key, None)
+
+
+def count_listed(master: str | os.PathLike[str]) -> int:
+    """How many chunk keys the master lists now (without opening the chunks)."""
+    path = Path(master)
+    with PtydFile._open_path(path) as f:
+        group = f.get("chunks")
+        return 0 if group is None else len(group)
 
 
 def open_ptyd(path: str | os.PathLike[str]) -> PtydFile:

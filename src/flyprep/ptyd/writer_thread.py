@@ -32,6 +32,16 @@ class Listed:
 OnListed = Callable[[PreparedChunk, Listed], None]
 
 
+def tell_listed(writer: PtydWriter, unlisted: list[tuple[PreparedChunk, Path]],
+                on_written: OnListed | None) -> list[tuple[PreparedChunk, Path]]:
+    """The master just published lists every chunk written: tell ``on_written`` of the
+    ``unlisted`` ones; returns what is left to tell (nothing)."""
+    if on_written is not None:
+        for chunk, target in unlisted:
+            on_written(chunk, Listed(target, writer.generation, writer.frames_written))
+    return []
+
+
 class WriterThread(Worker):
     """Owns a writer while it runs: at most ``max_queued`` chunks wait to be written
     besides the one being written (parts of the chunk being filled do not count: their frames already sit in that
@@ -123,13 +133,7 @@ class WriterThread(Worker):
             self._tell_listed()
 
     def _tell_listed(self) -> None:
-        """The master just published lists every chunk written: tell of those not told."""
-        told, self._unlisted = self._unlisted, []
-        if self.on_written is None or not told:
-            return
-        listed = self.writer.frames_written
-        for chunk, target in told:
-            self.on_written(chunk, Listed(target, self.writer.generation, listed))
+        self._unlisted = tell_listed(self.writer, self._unlisted, self.on_written)
 
     def _stop(self) -> None:
         self.stop_and_join()
@@ -242,4 +246,5 @@ class InlineWriter:
         if self.writer.save == "link":
             self._tell_listed()
 
-    _tell_listed = WriterThread._tell_listed
+    def _tell_listed(self) -> None:
+        self._unlisted = tell_listed(self.writer, self._unlisted, self.on_written)
