@@ -181,8 +181,10 @@ def test_wildcard_bind_refused_unless_allow_remote(tmp_path: Path, root: Path) -
     message = bad(root, tmp_path, '[apx]\nstream = "tcp://*:5572"')
     assert "apx.stream = 'tcp://*:5572': not a loopback" in message
     ok = minimal(root, '[bus]\nallow_remote = true\nevents = "tcp://0.0.0.0:5570"\n'
+                       'curve_server_key = "server.key"\ncurve_readers = "any"\n'
                        '[apx]\nstream = "tcp://*:5572"\n')
     cfg = load_daemon_config(write(tmp_path, ok), env={})
+    assert cfg.bus.curve_server_key == tmp_path / "server.key"  # from the config's directory
     assert cfg.bus.events == "tcp://0.0.0.0:5570" and cfg.apx.stream == "tcp://*:5572"
 
 

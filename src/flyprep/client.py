@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import zmq
 
+from .daemon.bus import BusError, ControlTimeout
+from .daemon.bus import request as control_request
+from .daemon.curve import ClientKeys, Handshake
 from .errors import FlyprepError
 
 PROTOCOL_VERSION = 1
@@ -85,20 +88,27 @@ class Chunk:
 
 
 class Client:
-    """A connection to one daemon: ``config`` (its TOML file) gives the endpoints, or
-    ``events`` and ``control`` do. ``heartbeat_timeout_s``: silence after which the daemon
-    counts as gone; ``timeout_s``: how long a control request may take."""
+    """A connection to one daemon: ``config`` (its TOML file) gives the endpoints and, for
+    a daemon that uses CURVE, the keys (the server's public key, and this user's secret
+    key: ``client_key``, else ``FLYPREP_CLIENT_KEY``, else ``bus.curve_client_key``); or
+    ``events``, ``control`` and ``keys`` do. ``heartbeat_timeout_s``: silence after which
+    the daemon counts as gone; ``timeout_s``: how long a control request may take."""
 
     def __init__(self, *, config: str | os.PathLike[str] | None = None,
                  events: str | None = None, control: str | None = None,
                  apx: str | None = None, heartbeat_timeout_s: float = 5.0,
-                 timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
+                 timeout_s: float = 5.0, context: zmq.Context | None = None,
+                 keys: ClientKeys | None = None,
+                 client_key: str | os.PathLike[str] | None = None) -> None:
         if config is not None:
             from .config import load_daemon_config
+            from .daemon.curve import client_keys
 
-            loaded = load_daemon_config(Path(config))
+            loaded = load_daemon_config(Path(config), require_roots=False)
             events, control = events or loaded.bus.events, control or loaded.bus.control
             apx = apx or loaded.apx.stream
+            keys = keys or client_keys(loaded.bus, key_file=client_key)
+        self.keys = keys
         self.events_endpoint = events or DEFAULT_EVENTS
         self.control_endpoint = control or DEFAULT_CONTROL
         self.apx_endpoint = apx or DEFAULT_APX
@@ -106,6 +116,7 @@ class Client:
         self.timeout_s = timeout_s
         self._ctx = context or zmq.Context.instance()
         self._sub: zmq.Socket | None = None
+        self._handshakes: dict[int, Handshake] = {}  # per SUB socket
 
     def __enter__(self) -> Client:
         return self
@@ -116,7 +127,7 @@ class Client:
     def close(self) -> None:
         """Close the sockets."""
         if self._sub is not None:
-            self._sub.close(linger=0)
+            self._close_sub(self._sub)
             self._sub = None
 
     # ---- control
@@ -124,20 +135,14 @@ class Client:
     def request(self, command: str, **params: Any) -> Any:
         """Send one control request; its result. ClientError when the daemon says no,
         DaemonGone when it does not answer within ``timeout_s``."""
-        sock = self._ctx.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
         try:
-            sock.connect(self.control_endpoint)
-            sock.send(json.dumps({**params, "command": command}).encode())
-            if not sock.poll(int(self.timeout_s * 1000)):
-                raise DaemonGone(f"{self.control_endpoint}: no answer to {command!r} within "
-                                 f"{self.timeout_s:g} s")
-            reply = json.loads(sock.recv())
-        except (zmq.ZMQError, ValueError) as exc:
-            raise ClientError(f"{self.control_endpoint}: {command!r} failed: {exc}") from exc
-        finally:
-            sock.close(linger=0)
-        if not isinstance(reply, dict) or not reply.get("ok"):
+            reply = control_request(self.control_endpoint, command, params=params,
+                                    timeout_s=self.timeout_s, context=self._ctx, keys=self.keys)
+        except ControlTimeout as exc:
+            raise DaemonGone(str(exc)) from None
+        except BusError as exc:
+            raise ClientError(f"{self.control_endpoint}: {command!r} failed: {exc}") from None
+        if not reply.get("ok"):
             error = reply.get("error") if isinstance(reply, dict) else reply
             raise ClientError(f"{command}: {error}")
         return reply.get("result")
@@ -208,33 +213,49 @@ class Client:
         return base64.b64decode(self.request("apx_header", file=os.fspath(file))["header"])
 
     def _apx(self, topics: tuple[bytes, ...], timeout_s: float | None) -> Iterator[Event]:
-        sub = self._ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 0)
-        sub.setsockopt(zmq.RECONNECT_IVL, 20)
-        for topic in topics:
-            sub.setsockopt(zmq.SUBSCRIBE, topic)
-        sub.connect(self.apx_endpoint)
+        sub = self._sub_socket(self.apx_endpoint, topics)
         try:
             while sub.poll(None if timeout_s is None else int(timeout_s * 1000)):
                 event = decode(sub.recv_multipart())
                 if event is not None:
                     yield event
+            self._check_refused(sub, self.apx_endpoint)
         finally:
-            sub.close(linger=0)
+            self._close_sub(sub)
 
     # ---- internals
 
     def _subscribe(self) -> zmq.Socket:
         if self._sub is None:
-            sub = self._ctx.socket(zmq.SUB)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.RCVHWM, 0)
-            sub.setsockopt(zmq.RECONNECT_IVL, 20)  # back soon after a daemon restart
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            sub.connect(self.events_endpoint)
-            self._sub = sub
+            self._sub = self._sub_socket(self.events_endpoint, (b"",))
         return self._sub
+
+    def _sub_socket(self, endpoint: str, topics: tuple[bytes, ...]) -> zmq.Socket:
+        sub = self._ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 0)
+        sub.setsockopt(zmq.RECONNECT_IVL, 20)  # back soon after a daemon restart
+        for topic in topics:
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        if self.keys is not None:
+            self.keys.apply(sub, endpoint)
+        if endpoint.startswith("tcp://"):
+            self._handshakes[id(sub)] = Handshake(sub)
+        sub.connect(endpoint)
+        return sub
+
+    def _check_refused(self, sub: zmq.Socket, endpoint: str) -> None:
+        """ClientError when the daemon turned ``sub`` down (CURVE)."""
+        handshake = self._handshakes.get(id(sub))
+        refused = handshake.failure(endpoint, self.keys) if handshake else None
+        if refused is not None:
+            raise ClientError(refused)
+
+    def _close_sub(self, sub: zmq.Socket) -> None:
+        handshake = self._handshakes.pop(id(sub), None)
+        if handshake is not None:
+            handshake.close()
+        sub.close(linger=0)
 
     def _receive(self, sub: zmq.Socket, *, until: float | None = None) -> Event | None:
         """The next event; None when ``until`` passes first; DaemonGone on silence."""
@@ -247,6 +268,7 @@ class Client:
                     return None
                 wait = min(wait, until - now)
             if wait <= 0:
+                self._check_refused(sub, self.events_endpoint)
                 raise DaemonGone(f"{self.events_endpoint}: no message, not even a heartbeat, "
                                  f"for {self.heartbeat_timeout_s:g} s")
             if sub.poll(max(1, int(wait * 1000))):

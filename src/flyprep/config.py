@@ -430,6 +430,35 @@ class BusConfig(Section):
                           description="mode of the daemon's ipc socket files (octal): who "
                                       "may connect, control commands included")
     ipc_group: Optional[str] = Field(None, description="group of the ipc socket files")
+    curve_server_key: Optional[Path] = Field(
+        None, description="the daemon's CURVE public key file (flyprep keys server); its "
+                          "secret is the .key_secret file beside it. Set: every tcp "
+                          "endpoint needs CURVE")
+    curve_clients: Optional[Path] = Field(
+        None, description="directory of the public keys (*.key) of clients authorised to "
+                          "end, abort and reset, as well as to query and subscribe")
+    curve_readers: Optional[str] = Field(
+        None, description='clients that may only query and subscribe: "any" (whoever knows '
+                          "the server's public key) or a directory of their public keys; "
+                          "unset: the authorised clients alone")
+    curve_client_key: Path = Field(
+        Path("~/.config/flyprep/client.key_secret"),
+        description="the secret key client commands use (each user's own: ~ is the home "
+                    "of whoever runs them; FLYPREP_CLIENT_KEY overrides it)")
+
+    @field_validator("curve_server_key", "curve_clients")
+    @classmethod
+    def _key_path(cls, v: Optional[Path], info: ValidationInfo) -> Optional[Path]:
+        return None if v is None else _resolve(v, info)
+
+    @field_validator("curve_readers")
+    @classmethod
+    def _readers(cls, v: Optional[str], info: ValidationInfo) -> Optional[str]:
+        if v is None or v == "any":
+            return v
+        if not v.strip():
+            raise ValueError('expected "any" or a directory of public keys')
+        return str(_resolve(Path(v), info))
 
     @field_validator("events", "control")
     @classmethod
@@ -442,12 +471,32 @@ class BusConfig(Section):
 
     @model_validator(mode="after")
     def _different(self) -> "BusConfig":
+        if self.curve_server_key is None:
+            for key in ("events", "control"):
+                if not is_local_endpoint(getattr(self, key)):
+                    raise _remote_without_curve(f"bus.{key}", getattr(self, key))
+            if self.curve_clients is not None or self.curve_readers is not None:
+                raise PydanticCustomError("flyprep_key", "{reason}", {
+                    "key": "bus.curve_server_key", "value": None,
+                    "reason": "curve_clients and curve_readers need the server's key"})
+        elif self.curve_clients is None and self.curve_readers is None:
+            raise PydanticCustomError("flyprep_key", "{reason}", {
+                "key": "bus.curve_clients", "value": None,
+                "reason": "with CURVE, name the authorised clients' key directory "
+                          "(curve_clients) or who may read (curve_readers)"})
         if self.control == self.events:  # defaults included
             raise PydanticCustomError("flyprep_key", "{reason}", {
                 "key": "bus.control", "value": self.control,
                 "reason": f"the same endpoint as bus.events ({self.events}); each socket "
                           "needs its own"})
         return self
+
+
+def _remote_without_curve(key: str, value: str) -> PydanticCustomError:
+    return PydanticCustomError("flyprep_key", "{reason}", {
+        "key": key, "value": value,
+        "reason": "a remote endpoint needs CURVE authentication: set bus.curve_server_key "
+                  "and bus.curve_clients (flyprep keys writes the keys)"})
 
 
 class LimitsConfig(Section):
@@ -516,6 +565,8 @@ class DaemonConfig(Section):
                 "key": "apx.stream", "value": stream,
                 "reason": "not a loopback or ipc endpoint; set bus.allow_remote = true "
                           "to listen on other interfaces"})
+        if self.bus.curve_server_key is None and not is_local_endpoint(stream):
+            raise _remote_without_curve("apx.stream", stream)
         return self
 
 

@@ -68,8 +68,9 @@ def master_state(path: Path) -> str | None:
 class DaemonProcess:
     """``flyprep run --config`` as a child process."""
 
-    def __init__(self, config: Path, control: str, log: Path) -> None:
+    def __init__(self, config: Path, control: str, log: Path, keys: Any = None) -> None:
         self.config, self.control, self.log = config, control, log
+        self.keys = keys  # ClientKeys for a daemon that wants CURVE on its tcp control
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -89,12 +90,12 @@ class DaemonProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()}")
         try:
-            return bool(request(self.control, "ping", timeout_s=0.5)["ok"])
+            return bool(request(self.control, "ping", timeout_s=0.5, keys=self.keys)["ok"])
         except BusError:
             return False
 
     def status(self) -> dict[str, Any]:
-        reply = request(self.control, "status", timeout_s=5)
+        reply = request(self.control, "status", timeout_s=5, keys=self.keys)
         assert reply["ok"], reply
         return reply["result"]
 

@@ -372,7 +372,7 @@ def test_status_command_unreachable_daemon(capsys: pytest.CaptureFixture[str]) -
     assert status_command.run(parse("status", "--endpoint", "localhost:5571")) == 2
     from flyprep.cli import daemon_address
 
-    assert daemon_address.endpoint(parse("status"), "control") == "tcp://127.0.0.1:5571"
+    assert daemon_address.resolve(parse("status"), "control").endpoint == "tcp://127.0.0.1:5571"
 
 
 def test_memory_sink_keeps_only_the_most_recent_events_when_bounded():

@@ -101,16 +101,18 @@ def _carry_option(parser: argparse.ArgumentParser) -> None:
 def run_listen(args: argparse.Namespace) -> int:
     """``flyprep apx listen``: readouts/s and hits/s of each file on the daemon's ``.apx``
     stream, one line a second."""
-    import zmq
+    from ..daemon.bus import BusError, Subscriber
 
-    endpoint = daemon_address.endpoint(args, "apx")
-    if endpoint is None:
+    address = daemon_address.resolve(args, "apx")
+    if address is None:
         return ExitCode.INPUT
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"apx.records")
-    sock.setsockopt(zmq.SUBSCRIBE, b"apx.readouts")
-    sock.connect(endpoint)
+    endpoint = address.endpoint
+    try:
+        sub = Subscriber(endpoint, keys=address.keys,
+                         topics=(b"apx.records", b"apx.readouts"))
+    except BusError as exc:
+        print(f"flyprep: error: {exc}", file=sys.stderr)
+        return ExitCode.INPUT
     print(f"flyprep: .apx stream of {endpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     start = time.monotonic()
     end = None if args.seconds is None else start + args.seconds
@@ -119,9 +121,12 @@ def run_listen(args: argparse.Namespace) -> int:
     next_line = start + 1.0
     try:
         while end is None or time.monotonic() < end:
-            if sock.poll(max(1, int((next_line - time.monotonic()) * 1000))):
-                frames = sock.recv_multipart()
-                body = json.loads(frames[1])
+            frames = sub.receive_frames(max(0.001, next_line - time.monotonic()))
+            if frames is None and sub.refused() is not None:
+                print(f"flyprep: error: {sub.refused()}", file=sys.stderr)
+                return ExitCode.FAILED
+            if frames is not None:
+                body = json.loads(frames[1].bytes)
                 name = body.get("file") or body.get("path") or "?"
                 mine = counts.setdefault(name, [0, 0])
                 if body["kind"] == "apx.records":
@@ -138,7 +143,7 @@ def run_listen(args: argparse.Namespace) -> int:
                 counts = {name: [0, 0] for name in counts}
                 next_line += 1.0
     finally:
-        sock.close(linger=0)
+        sub.close()
     return ExitCode.OK
 
 

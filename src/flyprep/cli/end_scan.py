@@ -2,8 +2,10 @@
 
 Frames that have not arrived are written as missing (weight 0), so readers still reach
 ``num_frames``; the master says ``complete`` (``aborted`` with ``--abort``).
+Only an authorised peer may end a scan: over ipc whoever may open the socket file, over
+tcp a CURVE key in the daemon's ``bus.curve_clients`` (give ``--config``).
 Exit codes: 0 the daemon is ending the scan, 1 no daemon answered or it refused (no such
-running scan), 2 the endpoint or the config is not usable.
+running scan, or this user is not authorised), 2 the endpoint or the config is not usable.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Send ``end_scan``; see the module doc for exit codes."""
-    endpoint = daemon_address.endpoint(args, "control")
-    if endpoint is None:
+    address = daemon_address.resolve(args, "control")
+    if address is None:
         return ExitCode.INPUT
     try:
-        reply = request(endpoint, "end_scan", params={"scan": args.scan, "abort": args.abort},
-                        timeout_s=args.timeout_s)
+        reply = request(address.endpoint, "end_scan",
+                        params={"scan": args.scan, "abort": args.abort},
+                        timeout_s=args.timeout_s, keys=address.keys)
     except BusError as exc:
         print(f"flyprep: error: {exc}", file=sys.stderr)
         return ExitCode.FAILED

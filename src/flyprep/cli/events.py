@@ -1,8 +1,8 @@
 """``flyprep events``: print the daemon's events as they come, one line each (or their
 JSON bodies with ``--json``), until Ctrl-C.
 
-Exit codes: 0 never (it runs until interrupted: 130), 2 the endpoint or the config is not
-usable.
+Exit codes: 0 never (it runs until interrupted: 130), 1 the daemon refused this client
+(CURVE), 2 the endpoint or the config is not usable.
 """
 
 from __future__ import annotations
@@ -36,21 +36,28 @@ def line(body: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Subscribe and print until interrupted."""
-    import zmq
+    from ..daemon.bus import BusError, Subscriber
 
-    endpoint = daemon_address.endpoint(args, "events")
-    if endpoint is None:
+    address = daemon_address.resolve(args, "events")
+    if address is None:
         return ExitCode.INPUT
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    for topic in args.topic or [""]:
-        sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-    sock.connect(endpoint)
-    print(f"flyprep: events of {endpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        sub = Subscriber(address.endpoint, keys=address.keys,
+                         topics=[t.encode() for t in args.topic or [""]])
+    except BusError as exc:
+        print(f"flyprep: error: {exc}", file=sys.stderr)
+        return ExitCode.INPUT
+    print(f"flyprep: events of {address.endpoint} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         while True:
-            frames = sock.recv_multipart()
-            body = json.loads(frames[1])
+            frames = sub.receive_frames(1.0)
+            if frames is None:
+                refused = sub.refused()
+                if refused is not None:
+                    print(f"flyprep: error: {refused}", file=sys.stderr)
+                    return ExitCode.FAILED
+                continue
+            body = json.loads(frames[1].bytes)
             print(json.dumps(body) if args.json else line(body), flush=True)
     finally:
-        sock.close(linger=0)
+        sub.close()

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "events": "flyprep.cli.events",
     "end-scan": "flyprep.cli.end_scan",
     "check-config": "flyprep.cli.check_config",
+    "keys": "flyprep.cli.keys",
     "apx": "flyprep.cli.apx",
     "simulate": "flyprep.cli.simulate",
     "example": "flyprep.cli.example",

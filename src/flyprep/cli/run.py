@@ -6,7 +6,8 @@ crash-safe either way: the next start reconciles it). Under systemd (``Type=noti
 daemon reports ``READY=1`` once its sockets are bound and its watcher runs, and
 ``STOPPING=1`` when it begins to stop.
 
-Exit codes: 0 stopped cleanly, 2 bad configuration (not retried by the systemd unit),
+Exit codes: 0 stopped cleanly, 2 bad configuration, CURVE keys included (not retried by
+the systemd unit),
 3 could not start (an endpoint in use, a watched root missing: e.g. a network mount not
 there yet; retried), 130/143 forced stop by a second signal.
 """
@@ -100,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     try:
         daemon.startup()
+    except ConfigError as exc:  # e.g. a CURVE key the config names: not worth retrying
+        print(f"flyprep: error: could not start: {exc}", file=sys.stderr)
+        return ExitCode.INPUT
     except (FlyprepError, OSError) as exc:
         print(f"flyprep: error: could not start: {exc}", file=sys.stderr)
         return ExitCode.OUTPUT

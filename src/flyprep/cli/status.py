@@ -34,15 +34,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Query the daemon and print its status; see the module doc for exit codes."""
-    endpoint = daemon_address.endpoint(args, "control")
-    if endpoint is None:
+    address = daemon_address.resolve(args, "control")
+    if address is None:
         return ExitCode.INPUT
+    endpoint = address.endpoint
     if getattr(args, "watch", False):
         from .status_watch import watch
 
-        return watch(endpoint, interval_s=args.interval, timeout_s=args.timeout_s)
+        return watch(address, interval_s=args.interval, timeout_s=args.timeout_s)
     try:
-        reply = request(endpoint, "status", timeout_s=getattr(args, "timeout_s", 2.0))
+        reply = request(endpoint, "status", timeout_s=getattr(args, "timeout_s", 2.0),
+                        keys=address.keys)
     except BusError as exc:
         print(f"flyprep: error: {exc}", file=sys.stderr)
         return ExitCode.FAILED

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..daemon.bus import BusError, request
 from .exit_codes import ExitCode
+from .daemon_address import Address
 
 #: Seconds over which frames/s is measured.
 RATE_WINDOW_S = 5.0
@@ -71,8 +72,9 @@ def render(status: dict[str, Any], rates: Rates, now: float, endpoint: str) -> A
     return Group(table, footer)
 
 
-def watch(endpoint: str, *, interval_s: float, timeout_s: float) -> int:
+def watch(address: Address, *, interval_s: float, timeout_s: float) -> int:
     """Poll ``status`` every ``interval_s`` (at most 1 s) and redraw until Ctrl-C."""
+    endpoint = address.endpoint
     from rich.console import Console
     from rich.live import Live
 
@@ -83,7 +85,7 @@ def watch(endpoint: str, *, interval_s: float, timeout_s: float) -> int:
         while True:
             now = time.monotonic()
             try:
-                reply = request(endpoint, "status", timeout_s=timeout_s)
+                reply = request(endpoint, "status", timeout_s=timeout_s, keys=address.keys)
             except BusError as exc:
                 live.update(f"[red]flyprep at {endpoint}: {exc}[/red]")
             else:

@@ -1,6 +1,6 @@
 """ZeroMQ transport of the daemon: the event publisher and the control server.
 
-The only module of flyprep that imports zmq. Following pyzmq's own threads, each
+With :mod:`.curve` (who may connect), the daemon's only module that imports zmq. Following pyzmq's own threads, each
 thread creates and owns its sockets; other threads talk to it through a queue
 (:class:`EventPublisher`) or an ``inproc://`` pipe (:class:`ControlServer`).
 
@@ -8,7 +8,8 @@ thread creates and owns its sockets; other threads talk to it through a queue
   blocks. Messages are multipart ``[topic, json_body, *array_buffers]`` (``docs/protocol.md``).
 * :class:`ControlServer` answers JSON requests ``{"command": ..., ...}`` from a table of
   handlers with ack/nack envelopes ``{"ok": true, "result": ...}`` /
-  ``{"ok": false, "error": ...}``; a failing handler is reported, never fatal.
+  ``{"ok": false, "error": ...}``; a failing handler is reported, never fatal. Commands
+  that change a scan are answered only for peers the :class:`~.curve.Guard` authorises.
 * :func:`request` is the client: a dead daemon gives :class:`ControlTimeout`, never a hang.
 * :func:`check_endpoint` refuses to bind TCP on non-loopback addresses unless allowed.
 """
@@ -36,6 +37,7 @@ from ..config import is_local_endpoint
 from ..errors import ConfigError, FlyprepError
 from ..events import Event, event_from_dict
 from ..workers import STOP, Worker
+from .curve import ClientKeys, Guard, Handshake
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,10 @@ class IpcAccess:
     group: str | None = None
 
 
-def _bind(sock: zmq.Socket, endpoint: str, access: IpcAccess | None = None) -> str:
+def _bind(sock: zmq.Socket, endpoint: str, access: IpcAccess | None = None,
+          guard: Guard | None = None) -> str:
+    if guard is not None:
+        guard.secure(sock, endpoint)
     if endpoint.startswith("ipc://@"):
         raise BusError(f"{endpoint}: an abstract ipc socket has no file, so anyone on the "
                        "machine could connect; use an ipc path")
@@ -183,27 +188,47 @@ class Subscriber:
     """
 
     def __init__(self, endpoint: str, *, topics: Sequence[bytes] = (b"",),
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, keys: ClientKeys | None = None) -> None:
+        self.endpoint = endpoint
+        self._keys = keys
         self._ctx = context or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(self._sock, endpoint)
         for topic in topics:
             self._sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self._handshake = Handshake(self._sock) if endpoint.startswith("tcp://") else None
         try:
             self._sock.connect(endpoint)
         except zmq.ZMQError as exc:
-            self._sock.close(0)
+            self.close()
             raise BusError(f"cannot connect to {endpoint}: {exc}") from exc
 
     def receive(self, timeout_s: float | None = None) -> Received | None:
         """The next message, waiting up to ``timeout_s`` (None: forever); None on timeout."""
+        frames = self.receive_frames(timeout_s)
+        return None if frames is None else decode_message(frames)
+
+    def receive_frames(self, timeout_s: float | None = None) -> list[zmq.Frame] | None:
+        """The next message's frames undecoded (``[topic, body, *raw]``); None on timeout."""
         timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
         if not self._sock.poll(timeout_ms):
             return None
-        return decode_message(self._sock.recv_multipart(copy=False))
+        return self._sock.recv_multipart(copy=False)
+
+    def refused(self) -> str | None:
+        """Why the daemon turned this subscriber down (a CURVE key it does not know, or
+        keys it wants and this side lacks); None while nothing says so."""
+        if self._handshake is None:
+            return None
+        return self._handshake.failure(self.endpoint, self._keys)
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
+        if self._handshake is not None:
+            self._handshake.close()
+            self._handshake = None
         self._sock.close(0)
 
     def __enter__(self) -> Subscriber:
@@ -229,8 +254,11 @@ class EventPublisher(Worker):
                  queue_size: int = 10_000, sndhwm: int = 1_000,
                  context: zmq.Context | None = None, run: str = "",
                  on_sequenced: Callable[[Event, int], Any] | None = None,
-                 ipc_access: IpcAccess | None = IpcAccess()) -> None:
+                 ipc_access: IpcAccess | None = IpcAccess(), guard: Guard | None = None) -> None:
         super().__init__("events")
+        self.guard = guard
+        if guard is not None:
+            context = guard.context
         self.ipc_access = ipc_access
         self.run = run  # the daemon run's id, in every body
         # Told of each event with its seq, in seq order, under the publisher's lock: what
@@ -267,21 +295,23 @@ class EventPublisher(Worker):
             raise
         return self
 
-    def close(self, *, timeout_s: float = 5.0, linger_s: float = 0.0) -> None:
-        """Send what is queued, stop the thread, close the socket. Idempotent.
+    def close(self, *, timeout_s: float = 5.0, linger_s: float = 0.0) -> bool:
+        """Send what is queued, stop the thread, close the socket. Idempotent. False when
+        the thread did not stop in time (its socket is then left open).
 
         With ``linger_s = 0`` messages still in ZeroMQ's buffers are discarded; give a
         short linger to let a final ``ScanEnded`` reach connected subscribers.
         """
         with self._lock:
             if self._closing:
-                return
+                return not self.alive
             self._closing = True
         self._linger_ms = int(linger_s * 1000)
         if not self.stop_and_join(timeout_s):  # pragma: no cover
             log.warning("event publisher thread did not stop within %s s", timeout_s)
-            return
+            return False
         self._term()
+        return True
 
     def wake(self) -> None:
         try:
@@ -354,7 +384,7 @@ class EventPublisher(Worker):
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self._sndhwm)
-            self.endpoint = _bind(sock, self.requested_endpoint, self.ipc_access)
+            self.endpoint = _bind(sock, self.requested_endpoint, self.ipc_access, self.guard)
         except BaseException:  # handed to start()
             sock.close(linger=0)
             raise
@@ -409,13 +439,23 @@ class ControlServer(Worker):
     is the request without its ``"command"``. Handlers run on the server thread: they
     must only read snapshots or take the daemon's lock. ``ping`` is built in unless given.
     Every request gets an envelope; errors are counted into :meth:`status`.
+
+    ``mutating``: the commands that change a scan. The socket's peers may send them only
+    when ``guard.may_change`` says so (over tcp: an authorised CURVE key; without a
+    guard, the rules of a guard without CURVE).
     """
 
     def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, handlers: Mapping[str, Handler] | None = None,
                  *, allow_remote: bool = False, context: zmq.Context | None = None,
                  max_errors_kept: int = 20, max_request_bytes: int = 1 << 20,
-                 ipc_access: IpcAccess | None = IpcAccess()) -> None:
+                 ipc_access: IpcAccess | None = IpcAccess(), guard: Guard | None = None,
+                 mutating: Sequence[str] = ()) -> None:
         super().__init__("control")
+        self.guard = guard
+        self._gatekeeper = guard if guard is not None else Guard()
+        self.mutating = frozenset(mutating)
+        if guard is not None:
+            context = guard.context
         self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
         self.endpoint: str | None = None
         self.handlers: dict[str, Handler] = {"ping": lambda params: {"pong": True, "time": time.time()}}
@@ -432,6 +472,7 @@ class ControlServer(Worker):
         self._requests = 0
         self._errors: collections.deque[str] = collections.deque(maxlen=max_errors_kept)
         self._n_errors = 0
+        self._refused = 0  # commands that change a scan, from peers not authorised
 
     def start(self, timeout_s: float = 5.0) -> ControlServer:
         """Start the thread and bind; BusError if the endpoint cannot be bound."""
@@ -451,15 +492,17 @@ class ControlServer(Worker):
             raise
         return self
 
-    def close(self, *, timeout_s: float = 5.0) -> None:
-        """Stop the thread and close the sockets. Idempotent."""
+    def close(self, *, timeout_s: float = 5.0) -> bool:
+        """Stop the thread and close the sockets. Idempotent. False when the thread did
+        not stop in time (its socket is then left open)."""
         if self._closed:
-            return
+            return not self.alive
         self._closed = True
         if not self.stop_and_join(timeout_s):  # pragma: no cover
             log.warning("control server thread did not stop within %s s", timeout_s)
-            return
+            return False
         self._shutdown()
+        return True
 
     def wake(self) -> None:
         if self.alive and self._pipe is not None:
@@ -482,17 +525,23 @@ class ControlServer(Worker):
     def reset_stats(self) -> None:
         """Requests and errors back to 0."""
         with self._lock:
-            self._requests = self._n_errors = 0
+            self._requests = self._n_errors = self._refused = 0
             self._errors.clear()
 
     def status(self) -> dict[str, Any]:
-        """Requests answered, errors (count and the latest messages), endpoint."""
+        """Requests answered, errors (count and the latest messages), refused changes,
+        endpoint."""
         with self._lock:
             return {"endpoint": self.endpoint, "requests": self._requests,
-                    "errors": self._n_errors, "recent_errors": list(self._errors)}
+                    "errors": self._n_errors, "refused": self._refused,
+                    "recent_errors": list(self._errors)}
 
-    def handle(self, message: bytes) -> dict[str, Any]:
-        """The reply envelope for one raw request; never raises (the logic, without sockets)."""
+    def handle(self, message: bytes, *,
+               refusal: Callable[[], str | None] | None = None) -> dict[str, Any]:
+        """The reply envelope for one raw request; never raises (the logic, without sockets).
+
+        ``refusal``: asked before a command that changes a scan runs; a reason refuses
+        it (None: the sender is in-process, so trusted)."""
         command: Any = None
         try:
             try:
@@ -505,6 +554,12 @@ class ControlServer(Worker):
             handler = self.handlers.get(command)
             if handler is None:
                 raise ValueError(f"unknown command {command!r}; known: {', '.join(sorted(self.handlers))}")
+            if command in self.mutating and refusal is not None:
+                why = refusal()
+                if why is not None:
+                    with self._lock:
+                        self._refused += 1
+                    raise ValueError(f"{command} refused: {why}")
             params = {k: v for k, v in request.items() if k != "command"}
             try:
                 result = handler(params)
@@ -531,12 +586,16 @@ class ControlServer(Worker):
         """Read one message from the ROUTER socket and reply to its sender: ``[peer, b"",
         request]`` from a REQ client (``[peer, request]`` from a DEALER is taken too);
         any other shape gets a nack."""
-        frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+        received = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        frames = [frame.bytes for frame in received]
         peer, rest = frames[0], frames[1:]
         envelope = [b""] if rest[:1] == [b""] else []
         body = rest[len(envelope):]
         if len(body) == 1:
-            reply = self.handle(body[0])
+            assert self.endpoint is not None
+            endpoint, last = self.endpoint, received[-1]
+            reply = self.handle(body[0], refusal=lambda: self._gatekeeper.may_change(
+                endpoint, last))
         else:
             reply = _reply(None, ok=False, error=f"expected one request frame, got {len(body)}")
             with self._lock:
@@ -558,7 +617,7 @@ class ControlServer(Worker):
             rep.setsockopt(zmq.LINGER, 0)
             rep.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes)
             rep.setsockopt(zmq.ROUTER_MANDATORY, 0)
-            self.endpoint = _bind(rep, self.requested_endpoint, self.ipc_access)
+            self.endpoint = _bind(rep, self.requested_endpoint, self.ipc_access, self.guard)
         except BaseException:  # handed to start()
             rep.close(linger=0)
             pipe.close(linger=0)
@@ -584,18 +643,23 @@ class ControlServer(Worker):
 
 
 def request(endpoint: str, command: str, *, params: Mapping[str, Any] | None = None,
-            timeout_s: float = 2.0, context: zmq.Context | None = None) -> dict[str, Any]:
+            timeout_s: float = 2.0, context: zmq.Context | None = None,
+            keys: ClientKeys | None = None) -> dict[str, Any]:
     """Send one control request; the reply envelope ``{"ok": ..., "result"|"error": ...}``.
 
     Raises :class:`ControlTimeout` when nothing answers within ``timeout_s`` and
     :class:`BusError` for an endpoint that cannot be connected or a reply that is not JSON.
-    A nack (``ok`` false) is returned, not raised.
+    A nack (``ok`` false) is returned, not raised. ``keys``: this client's CURVE keys
+    (used on tcp); a daemon that refuses them gives a BusError that says so.
     """
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     timeout_ms = max(1, int(timeout_s * 1000))
     sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+    if keys is not None:
+        keys.apply(sock, endpoint)
+    handshake = Handshake(sock) if endpoint.startswith("tcp://") else None
     try:
         try:
             sock.connect(endpoint)
@@ -608,10 +672,15 @@ def request(endpoint: str, command: str, *, params: Mapping[str, Any] | None = N
             raise ControlTimeout(f"no flyprep daemon at {endpoint}: request {command!r} not "
                                  f"accepted within {timeout_s:g} s") from None
         if not sock.poll(timeout_ms, zmq.POLLIN):
+            refused = handshake.failure(endpoint, keys) if handshake is not None else None
+            if refused is not None:
+                raise BusError(refused)
             raise ControlTimeout(f"no reply from {endpoint} to {command!r} within {timeout_s:g} s: "
                                  f"is the flyprep daemon running there?")
         raw = sock.recv()
     finally:
+        if handshake is not None:
+            handshake.close()
         sock.close(linger=0)
     try:
         reply = json.loads(raw)

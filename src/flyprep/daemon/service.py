@@ -32,6 +32,7 @@ import numpy as np
 from .. import __version__
 from ..apx.stream import ApxStreamer
 from .bus import PROTOCOL_VERSION, ControlServer, EventPublisher, IpcAccess
+from .curve import Guard
 from .catalog import Catalog
 from .requests import (ApxHeaderRequest, EndScanRequest, NoParams, ScanRequest,
                        parse)
@@ -54,6 +55,8 @@ from ..sources.watch import (
 
 log = logging.getLogger(__name__)
 
+#: Control commands that change a scan: only from peers the config authorises.
+MUTATING = ("end_scan", "abort_scan", "reset_stats")
 #: Finished scans kept for ``status`` (the oldest are forgotten beyond it).
 FINISHED_KEPT = 200
 #: Main loop tick: starting queued scans, forgetting finished ones.
@@ -75,6 +78,7 @@ class Daemon:
         self._sink = FanoutSink(sinks)
         self._events: EventPublisher | None = None
         self._control: ControlServer | None = None
+        self._guard: Guard | None = None
         self._apx_stream: EventPublisher | None = None
         self._apx: ApxStreamer | None = None
         self._watcher: ScanWatcher | None = None
@@ -104,15 +108,17 @@ class Daemon:
         access = IpcAccess(int(cfg.bus.ipc_mode, 8), cfg.bus.ipc_group)
         try:
             if self._publish:
+                self._guard = guard = Guard.from_config(cfg.bus).start()
                 self._events = EventPublisher(cfg.bus.events, allow_remote=cfg.bus.allow_remote,
                                               sndhwm=cfg.bus.send_hwm, run=self.run_id,
                                               on_sequenced=self._catalog.apply,
-                                              ipc_access=access).start()
+                                              ipc_access=access, guard=guard).start()
                 self._sink.add(self._events)
                 self._control = ControlServer(cfg.bus.control, self._handlers(),
                                               allow_remote=cfg.bus.allow_remote,
                                               max_request_bytes=cfg.bus.max_request_bytes,
-                                              ipc_access=access).start()
+                                              ipc_access=access, guard=guard,
+                                              mutating=MUTATING).start()
             if cfg.apx.follow:
                 publish = self._publish_apx
                 if self._publish:
@@ -120,7 +126,8 @@ class Daemon:
                                                       allow_remote=cfg.bus.allow_remote,
                                                       sndhwm=cfg.bus.send_hwm,
                                                       run=self.run_id,
-                                                      ipc_access=access).start()
+                                                      ipc_access=access,
+                                                      guard=self._guard).start()
                 self._apx = ApxStreamer(publish, events=self._sink, records=True,
                                         hits=cfg.apx.hits, durable=True,
                                         finish_quiet_s=cfg.apx.finish_quiet_s)
@@ -181,16 +188,23 @@ class Daemon:
             if self._apx_stream is None or self._apx_stream.flush(2.0):
                 self._apx.keep_offsets()  # all handed to ZeroMQ: nothing is sent twice
             self._apx = None
+        closed = True  # every socket closed: the context may end
         if self._apx_stream is not None:
-            self._apx_stream.close(linger_s=0.5)
+            closed &= self._apx_stream.close(linger_s=0.5)
             self._apx_stream = None
         if self._control is not None:
-            self._control.close(timeout_s=2.0)  # never waits long on a stuck handler
+            closed &= self._control.close(timeout_s=2.0)  # never waits long on a stuck handler
             self._control = None
         if self._events is not None:
             self._events.flush(2.0)
-            self._events.close(linger_s=0.5)
+            closed &= self._events.close(linger_s=0.5)
             self._events = None
+        if self._guard is not None:
+            if closed:
+                self._guard.close()
+            else:  # ending the context would wait for the socket still open, for ever
+                log.warning("a socket thread did not stop: its ZeroMQ context is left open")
+            self._guard = None
 
     def run(self) -> None:
         """startup, main_loop, shutdown."""
@@ -435,8 +449,12 @@ class Daemon:
         }
         if self._events is not None:
             out["events"] = self._events.stats()
+        if self._control is not None:
+            out["control"] = self._control.status()
         if self._apx is not None:
             out["apx"] = self._apx.status()
+        if self._apx_stream is not None:
+            out["apx_stream"] = self._apx_stream.stats()
         return out
 
     def _abort_scan(self, params: dict[str, Any]) -> dict[str, Any]:
