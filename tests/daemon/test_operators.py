@@ -134,12 +134,56 @@ def test_the_scan_command_says_which_frames_are_missing_and_why(tmp_path, daemon
     runs = {(r["kind"], r["first"], r["count"]) for r in detail["published"]["frame_runs"]}
     assert runs == {("missing", 7, 1), ("failed", 11, 1)}
     assert all(r["reason"] and r["path"] for r in detail["published"]["frame_runs"])
+    status = detail["status"]
+    assert status["files_quarantined"] == 1  # the junk file (frame 7 never had one)
+    assert "frame 11 failed" in status["last_problem"] and "diffraction_0011" in \
+        status["last_problem"]
     assert detail["published"]["master"].endswith("scan_t.ptyd")
     nack = request(daemon.control, "scan", params={"scan": "nope"})
     assert not nack["ok"] and "no scan named 'nope'" in nack["error"]
     assert daemon.status()["events"]["sent"] > 0
     assert request(daemon.control, "reset_stats")["ok"]
     assert daemon.status()["events"]["sent"] == 0
+    daemon.stop()
+
+
+def test_status_shows_each_stage_its_rates_queues_and_subscribers(tmp_path, daemon_dirs,
+                                                                  daemon_process):
+    from flyprep.daemon.bus import Subscriber
+
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": 20})
+    daemon.start()
+    status = daemon.status()
+    assert status["state"] == "running" and status["uptime_s"] >= 0
+    with Subscriber(f"ipc://{sockets}/ev") as sub:
+        sim = Simulation(root / "scan_r", num_frames=600, rate_hz=100)
+        sim.start()
+        assert sub.receive(10.0) is not None
+        scan = wait_for(lambda: (s := daemon.scan("scan_r")) and (s["rates"] or {}).get(
+            "published", 0) > 0 and s, 30, "rates of a live scan")
+        assert scan["state"] == "acquiring"
+        assert scan["frames_received"] >= scan["frames_prepared"] >= scan["frames_written"]
+        assert scan["frames_published"] <= scan["frames_written"] + 20
+        rates = scan["rates"]
+        assert set(rates) == {"received", "prepared", "written", "published"}
+        assert 20 < rates["received"] < 400, rates  # the detector writes 100 frames/s
+        assert set(scan["queues"]) == {"files", "frames", "chunks"}
+        assert all(isinstance(v, int) and v >= 0 for v in scan["queues"].values())
+        status = daemon.status()
+        assert status["events"]["subscribers"] >= 1
+        assert status["events"]["sent"] > 0 and status["events"]["dropped"] == 0
+        assert status["control"]["requests"] > 0 and status["control"]["errors"] == 0
+        text = subprocess.run([*FLYPREP, "status", "--config", str(daemon.config)],
+                              capture_output=True, text=True, timeout=30).stdout
+        assert "scan_r: acquiring" in text and "received " in text and "/s)" in text
+        sim.finish()
+    done = wait_for(lambda: (s := daemon.scan("scan_r")) and s["state"] == "complete" and s,
+                    60, "the scan complete")
+    assert done["frames_published"] == done["frames_written"] == 600
+    assert done["rates"] is None
+    wait_for(lambda: daemon.status()["events"]["subscribers"] == 0, 10,
+             "the subscriber's disconnection counted")
     daemon.stop()
 
 

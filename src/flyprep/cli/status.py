@@ -70,13 +70,40 @@ def _progress(scan: dict[str, Any]) -> str:
     return f"{done} frames"
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _pipeline(scan: dict[str, Any]) -> str:
+    """Frames stage by stage, their rates, the queues: one line (empty without them)."""
+    stages = [(name, scan.get(f"frames_{name}"))
+              for name in ("received", "prepared", "written", "published")]
+    if all(value is None for _, value in stages):
+        return ""
+    rates = scan.get("rates") or {}
+    parts = []
+    for name, value in stages:
+        rate = rates.get(name)
+        parts.append(f"{name} {value}" + ("" if rate is None else f" ({rate:,.0f}/s)"))
+    queues = scan.get("queues") or {}
+    if queues:
+        parts.append("waiting: " + ", ".join(f"{v} {k}" for k, v in queues.items()))
+    if scan.get("files_quarantined"):
+        parts.append(f"{scan['files_quarantined']} file(s) quarantined")
+    return "; ".join(parts)
+
+
 def print_status(status: Any, *, endpoint: str, file: TextIO | None = None) -> None:
     """A readable rendering of a status dict: its scans, then its other entries."""
     out = file or sys.stdout
-    print(f"flyprep daemon at {endpoint}", file=out)
     if not isinstance(status, dict):
-        print(f"  {status!r}", file=out)
+        print(f"flyprep daemon at {endpoint}\n  {status!r}", file=out)
         return
+    up = status.get("uptime_s")
+    print(f"flyprep daemon at {endpoint}: {status.get('state', '?')}"
+          + ("" if up is None else f", up {_duration(float(up))}"), file=out)
     scans = status.get("scans")
     if isinstance(scans, dict):  # {name: info} is accepted as well as a list
         scans = [{"scan": name, **(info if isinstance(info, dict) else {"state": info})}
@@ -98,6 +125,9 @@ def print_status(status: Any, *, endpoint: str, file: TextIO | None = None) -> N
             if end and scan.get("state") in ("complete", "aborted"):
                 parts.append(f"ended by {end}")
             print(f"  {scan.get('scan', '?')}: {', '.join(p for p in parts if p)}", file=out)
+            pipeline = _pipeline(scan)
+            if pipeline:
+                print(f"    {pipeline}", file=out)
             if scan.get("paused"):
                 print(f"    paused: {scan['paused']}", file=out)
             if scan.get("files_unmatched"):
@@ -106,8 +136,10 @@ def print_status(status: Any, *, endpoint: str, file: TextIO | None = None) -> N
                       f"read: {names}", file=out)
             if scan.get("error"):
                 print(f"    error: {scan['error']}", file=out)
+            elif scan.get("last_problem"):
+                print(f"    last problem: {scan['last_problem']}", file=out)
     for key, value in status.items():
-        if key == "scans":
+        if key in ("scans", "state", "uptime_s"):
             continue
         if isinstance(value, dict):
             inner = ", ".join(f"{k}={len(v) if isinstance(v, (dict, list)) else v}"

@@ -58,7 +58,8 @@ def render(status: dict[str, Any], rates: Rates, now: float, endpoint: str) -> A
             continue
         shown += 1
         written, total = int(scan.get("frames_written") or 0), scan.get("num_frames")
-        rate = rates.update(scan["scan"], now, written)
+        measured = rates.update(scan["scan"], now, written)
+        rate = (scan.get("rates") or {}).get("written", measured)  # the daemon's, once known
         bar = ProgressBar(total=float(total or 1), completed=float(written if total else 0),
                           width=30)
         table.add_row(scan["scan"], "paused" if scan.get("paused") else scan["state"], bar,
@@ -66,7 +67,7 @@ def render(status: dict[str, Any], rates: Rates, now: float, endpoint: str) -> A
                       "-" if rate is None else f"{rate:,.0f}",
                       _eta((total or 0) - written, rate) if total else "?",
                       str(scan.get("frames_missing", 0)), str(scan.get("frames_failed", 0)),
-                      scan.get("error") or "")
+                      scan.get("error") or scan.get("last_problem") or "")
     ended = [s for s in status.get("scans", []) if s.get("state") not in ACTIVE]
     footer = f"{shown} active scan(s), {len(ended)} ended; Ctrl-C leaves"
     return Group(table, footer)

@@ -274,6 +274,7 @@ class EventPublisher(Worker):
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._counts = {"emitted": 0, "sent": 0, "dropped": 0, "errors": 0}
+        self._subscribers = 0  # peers connected now (the socket monitor's count)
         self._last_error: str | None = None
         self._linger_ms = 0
         self._accepted = 0  # put into the queue
@@ -361,10 +362,12 @@ class EventPublisher(Worker):
             self._last_error = None
 
     def stats(self) -> dict[str, Any]:
-        """Counters: emitted, sent, dropped (queue full or closed), errors; queued now."""
+        """Counters: emitted, sent, dropped (queue full or closed), errors; queued now and
+        subscribers connected now. What ZeroMQ discards for a slow subscriber is not told to
+        a PUB socket: that subscriber sees a gap in ``seq``."""
         with self._lock:
             return {**self._counts, "queued": self._queue.qsize(), "endpoint": self.endpoint,
-                    "last_error": self._last_error}
+                    "subscribers": self._subscribers, "last_error": self._last_error}
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued event has been handed to ZeroMQ; False on timeout."""
@@ -388,9 +391,15 @@ class EventPublisher(Worker):
         except BaseException:  # handed to start()
             sock.close(linger=0)
             raise
+        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.mark_ready()
+        counted_at = 0.0
         try:
             while True:
+                now = time.monotonic()
+                if now - counted_at >= 0.1:
+                    counted_at = now
+                    self._count_subscribers(monitor)
                 try:
                     item = self._queue.get(timeout=0.05)
                 except queue.Empty:
@@ -401,7 +410,20 @@ class EventPublisher(Worker):
                     break
                 self._send(sock, *item)
         finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=self._linger_ms)
+
+    def _count_subscribers(self, monitor: zmq.Socket) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        change = 0
+        while monitor.poll(0):
+            event = recv_monitor_message(monitor)["event"]
+            change += 1 if event == zmq.EVENT_ACCEPTED else -1
+        if change:
+            with self._lock:
+                self._subscribers = max(0, self._subscribers + change)
 
     def _send(self, sock: zmq.Socket, event: Event, seq: int, emit_time: float,
               arrays: Sequence[np.ndarray]) -> None:

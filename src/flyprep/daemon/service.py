@@ -34,6 +34,7 @@ from ..apx.stream import ApxStreamer
 from .bus import PROTOCOL_VERSION, ControlServer, EventPublisher, IpcAccess
 from .curve import Guard
 from .catalog import Catalog
+from .rates import RateWindow
 from .requests import (ApxHeaderRequest, EndScanRequest, NoParams, ScanRequest,
                        parse)
 from ..config import DaemonConfig
@@ -61,6 +62,9 @@ MUTATING = ("end_scan", "abort_scan", "reset_stats")
 FINISHED_KEPT = 200
 #: Main loop tick: starting queued scans, forgetting finished ones.
 TICK_S = 0.1
+#: Status rates: over this many seconds, sampled this often.
+RATE_WINDOW_S = 5.0
+RATE_SAMPLE_S = 0.5
 
 
 class Daemon:
@@ -92,6 +96,8 @@ class Daemon:
         self.run_id = uuid.uuid4().hex[:16]
         self._catalog = Catalog(self.run_id, protocol=PROTOCOL_VERSION)
         self._heartbeat: Ticker | None = None
+        self._rates = RateWindow(window_s=RATE_WINDOW_S)
+        self._sampled_at = 0.0
         #: Why the service stopped on its own (a part of it died), for a non-zero exit.
         self.failure: str | None = None
         self._apx_files: dict[Path, Path] = {}  # .apx file -> its scan directory
@@ -323,6 +329,7 @@ class Daemon:
                 if session.started and session.state.finished and not session.alive:
                     del self._sessions[scan_dir]
                     self._finished[scan_dir] = session
+                    self._rates.forget(scan_dir)
                     if session.end_reason == FINISHED_BEFORE:
                         known.append(session)
                     while len(self._finished) > FINISHED_KEPT:
@@ -339,6 +346,7 @@ class Daemon:
                 running += 1
         for session in known:
             self._catalog.known(session.name, session.output)
+        self._sample_rates()
 
     # ---- .apx files
 
@@ -435,13 +443,20 @@ class Daemon:
     def _status(self, params: dict[str, Any]) -> dict[str, Any]:
         parse(NoParams, params)
         with self._lock:
-            scans = [s.status() for s in self._finished.values()]
-            for scan_dir, session in self._sessions.items():
-                info = session.status()
-                if scan_dir in self._queued:
-                    info["state"] = "queued"
-                scans.append(info)
+            sessions = [*self._finished.items(), *self._sessions.items()]
+            queued = set(self._queued)
+        scans = []
+        for scan_dir, session in sessions:
+            info = session.status()
+            if scan_dir in queued:
+                info["state"] = "queued"
+            published = self._catalog.frames_available(session.name)
+            info["frames_published"] = info["frames_written"] if published is None \
+                else published
+            info["rates"] = None if session.state.finished else self._rates.rates(scan_dir)
+            scans.append(info)
         out: dict[str, Any] = {
+            "state": "stopping" if self.should_exit.is_set() else "running",
             "version": __version__, "run": self.run_id,
             "uptime_s": round(time.time() - self._started, 3),
             "roots": [str(r) for r in self.config.watch.roots], "scans": scans,
@@ -456,6 +471,18 @@ class Daemon:
         if self._apx_stream is not None:
             out["apx_stream"] = self._apx_stream.stats()
         return out
+
+    def _sample_rates(self) -> None:
+        now = time.monotonic()
+        if now - self._sampled_at < RATE_SAMPLE_S:
+            return
+        self._sampled_at = now
+        with self._lock:
+            running = [(d, s) for d, s in self._sessions.items() if s.alive]
+        for scan_dir, session in running:
+            counts = session.counts()
+            counts["published"] = self._catalog.frames_available(session.name) or 0
+            self._rates.sample(scan_dir, now, counts)
 
     def _abort_scan(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._end(parse(ScanRequest, params).scan, abort=True)

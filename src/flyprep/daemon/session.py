@@ -173,7 +173,8 @@ class ScanSession(Worker):
         self._next_disk_check = 0.0
         self._unmatched: list[str] = []
         self.files_unmatched = 0
-        self._final: dict[str, Any] = {"pending_frames": 0, "ignored_files": []}
+        self._final: dict[str, Any] = {"pending_frames": 0, "ignored_files": [],
+                                       "placed": 0, "quarantined": 0, "last_problem": None}
         self._output_lock: Any = None
         self._described = False
         self._files_seen = 0
@@ -210,8 +211,22 @@ class ScanSession(Worker):
         """A JSON-ready snapshot for ``flyprep status``."""
         self._sync_progress()
         with self._lock:
-            live = self._live
+            live, run, order = self._live, self._scan_run, self._order
+            placed = self._final["placed"] if live is None else live.placed
             return {
+                # the pipeline, stage by stage (docs/daemon.md, status): frames whose
+                # files arrived, through preparation, in chunks on disk; missing ones count
+                # from preparation on (as zero-weight frames)
+                "frames_received": self.frames_done - self.frames_missing + placed,
+                "frames_prepared": self.frames_done,
+                "files_quarantined": (self._final["quarantined"] if live is None
+                                      else live.quarantine.listed),
+                "last_problem": (self._final["last_problem"] if order is None
+                                 else order.last_problem),
+                "queues": {"files": self._inbox.qsize(),
+                           "frames": self._final["pending_frames"] if live is None
+                           else live.pending,
+                           "chunks": 0 if run is None else run.chunks_queued},
                 "scan": self.name, "directory": str(self.scan_dir), "output": str(self.output),
                 "state": self.state.value, "num_frames": self.num_frames,
                 "frames_done": self.frames_done, "frames_written": self.frames_written,
@@ -238,6 +253,15 @@ class ScanSession(Worker):
         with self._lock:
             self.num_frames, self.frames_done, self.frames_written = num, frames, frames
             self.chunks_written, self.frames_missing = chunks, missing
+
+    def counts(self) -> dict[str, int]:
+        """Frames received, prepared and written so far (cheap: for rates)."""
+        self._sync_progress()
+        with self._lock:
+            live = self._live
+            placed = self._final["placed"] if live is None else live.placed
+            return {"received": self.frames_done - self.frames_missing + placed,
+                    "prepared": self.frames_done, "written": self.frames_written}
 
     def brief(self) -> dict[str, Any]:
         """The heartbeat's line for this scan: state, frames readable, num_frames."""
@@ -323,7 +347,10 @@ class ScanSession(Worker):
             live, self._live = self._live, None
             if live is not None:
                 self._final = {"pending_frames": live.pending,
-                               "ignored_files": [f"{p}: {why}" for p, why in live.ignored]}
+                               "ignored_files": [f"{p}: {why}" for p, why in live.ignored],
+                               "placed": live.placed, "quarantined": live.quarantine.listed,
+                               "last_problem": (self._order.last_problem
+                                                if self._order is not None else None)}
             self._scan_run = None  # its buffers go with it
             self._order = None  # and the scan's file tables (LiveFrames) with this
             self.paused = None

@@ -70,6 +70,8 @@ class FrameOrder:
             self.fix_type((tuple(shape), np.dtype(dtype)), "as the scan's settings declare")
         self.failed = 0  # frames handed on as failed
         self.missing = 0  # frames handed on as missing
+        #: the latest run of missing or failed frames reported, as its log line says it
+        self.last_problem: str | None = None
         self._run: _Run | None = None
 
     def fix_type(self, kind: FrameType, source: str) -> None:
@@ -175,6 +177,7 @@ class FrameOrder:
         last = run.first + run.count - 1
         frames = f"frame {run.first}" if run.count == 1 else f"frames {run.first}-{last}"
         log.warning("%s: %s %s: %s: %s", self.scan, frames, run.kind, run.path, run.reason)
+        self.last_problem = f"{frames} {run.kind}: {run.path}: {run.reason}"
         cls = FrameFailed if run.kind == "failed" else FrameMissing
         self.events.emit(cls(scan=self.scan, index=run.first, count=run.count, path=run.path,
                              reason=run.reason))

@@ -211,6 +211,12 @@ class ScanRun:
         with self._lock:
             return self._frames_written, self._chunks_written
 
+    @property
+    def chunks_queued(self) -> int:
+        """Prepared chunks waiting for the writer; any thread."""
+        writer = self._writer
+        return 0 if writer is None else writer.queued
+
     # ---- internals
 
     def _finish(self, state: ScanState) -> PrepareSummary:

@@ -73,6 +73,12 @@ class WriterThread(Worker):
         self._unlisted: list[tuple[PreparedChunk, Path]] = []  # written, master not yet new
         self.start()
 
+    @property
+    def queued(self) -> int:
+        """Chunks submitted and not yet taken up for writing."""
+        with self._count_lock:
+            return self._chunks_queued
+
     def submit(self, chunk: PreparedChunk) -> None:
         """Compress ``chunk``'s frames here, in the caller's thread, and queue it for writing;
         blocks while the queue is full (back-pressure). The chunk's buffers go back to
@@ -197,6 +203,11 @@ class InlineWriter:
         self.writer = writer
         self.on_written = on_written
         self._unlisted: list[tuple[PreparedChunk, Path]] = []
+
+    @property
+    def queued(self) -> int:
+        """Chunks waiting to be written: none, each is written at once."""
+        return 0
 
     def submit(self, chunk: PreparedChunk) -> None:
         """Write ``chunk`` and publish the master; its buffers go back to their pool."""

@@ -219,6 +219,11 @@ class LiveFrames:
         return None
 
     @property
+    def placed(self) -> int:
+        """Frames of finished files placed and not yet consumed."""
+        return len(self._frames)
+
+    @property
     def pending(self) -> int:
         """Frames placed but not consumed, plus files waiting to be placed."""
         return len(self._frames) + len(self._waiting) + len(self._early) + len(self._held)

@@ -24,6 +24,8 @@ class Quarantine:
     def __init__(self, scan_dir: Path, directory: str) -> None:
         self.scan_dir = Path(scan_dir)
         self.directory = self.scan_dir / directory
+        #: entries in the list: those read at a restart and those added since
+        self.listed = 0
 
     @property
     def listing(self) -> Path:
@@ -64,6 +66,7 @@ class Quarantine:
                  "reserved": bool(reserved), **extra}
         with open(self.listing, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        self.listed += 1
 
     def entries(self) -> list[dict[str, Any]]:
         """Every entry of the list, in order; lines that are not entries are logged and
@@ -85,6 +88,7 @@ class Quarantine:
                 log.warning("%s: line %d is not a quarantine entry", self.listing, lineno)
                 continue
             found.append(entry)
+        self.listed = len(found)
         return found
 
     def _target_for(self, path: Path) -> Path:
