@@ -24,8 +24,14 @@ import numpy as np
 import zmq
 
 from flyprep.config import to_toml
+from flyprep.daemon.bus import Subscriber
 from flyprep.ptyd.reader import open_ptyd
 from flyprep.sim.simulate import simulate_scan
+
+
+SLOW_S = 0.005
+#: when (seconds since the clients started) round trips took longer than SLOW_S
+slow_at: list[tuple[float, float]] = []
 
 
 def round_trips(endpoint: str, command: bytes, stop: threading.Event, out: list[float]) -> None:
@@ -40,9 +46,14 @@ def round_trips(endpoint: str, command: bytes, stop: threading.Event, out: list[
                 raise RuntimeError("no answer within 10 s")
             sock.recv()
             out.append(time.perf_counter() - t0)
+            if out[-1] > SLOW_S:
+                slow_at.append((t0 - BEGIN[0], out[-1]))
             time.sleep(0.002)
     finally:
         sock.close(linger=0)
+
+
+BEGIN = [0.0]
 
 
 def figures(samples: list[float]) -> str:
@@ -54,6 +65,10 @@ def figures(samples: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=3000)
+    ap.add_argument("--commands", default="status,ping",
+                    help="the commands sent, one client each (default: status,ping)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="when the slow round trips happened, per quarter second")
     args = ap.parse_args()
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="flyprep-control-") as tmp:
@@ -74,10 +89,13 @@ def main() -> None:
             proc = subprocess.Popen([sys.executable, "-m", "flyprep.cli", "run", "--config",
                                      str(config)], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
+            events = Subscriber(f"ipc://{work}/ev-{transport}", topics=(b"scan.ended",))
             try:
                 time.sleep(1.5)
                 for name, busy in (("idle", False), ("draining", True)):
-                    stop, samples = threading.Event(), {"status": [], "ping": []}
+                    stop, samples = threading.Event(), {c: [] for c in args.commands.split(",")}
+                    BEGIN[0] = time.perf_counter()
+                    slow_at.clear()
                     clients = [threading.Thread(target=round_trips, args=(
                         control, b'{"command": "%s"}' % c.encode(), stop, samples[c]))
                         for c in samples]
@@ -87,22 +105,33 @@ def main() -> None:
                         scan = root / f"scan_{transport}"
                         shutil.copytree(work / "staging" / "scan", work / f"copy_{transport}")
                         os.replace(work / f"copy_{transport}", scan)
-                        master = out / f"scan_{transport}.ptyd"
-                        deadline = time.time() + 600
-                        while not (master.exists() and open_ptyd(master).state == "complete"):
-                            assert time.time() < deadline
-                            time.sleep(0.1)
+                        # The end is awaited on the events socket (not by opening the
+                        # master with h5py, which would hold this process's GIL for
+                        # milliseconds and delay the clients' own measurements).
+                        while True:
+                            got = events.receive(600.0)
+                            assert got is not None, "no scan.ended within 600 s"
+                            if got.event.kind == "scan.ended":
+                                break
+                        assert open_ptyd(out / f"scan_{transport}.ptyd").state == "complete"
                     else:
                         time.sleep(3)
                     stop.set()
                     for c in clients:
                         c.join()
+                    if busy and args.timeline:
+                        span = time.perf_counter() - BEGIN[0]
+                        bins = np.histogram([t for t, _ in slow_at], bins=int(span * 4) + 1,
+                                            range=(0, span))[0]
+                        print(f"{transport}: round trips > {SLOW_S * 1e3:g} ms per 0.25 s of "
+                              f"the drain: {' '.join(str(b) for b in bins)}")
                     for command, got in samples.items():
                         goal = ("met" if np.percentile(got, 99) * 1e3 < 10 else "NOT met") \
                             if busy else "-"
                         print(f"{transport} {name:>8} {command:>6}: {figures(got)}"
                               f"{'' if not busy else f'; goal p99 < 10 ms: {goal}'}")
             finally:
+                events.close()
                 proc.terminate()
                 proc.wait(30)
 
