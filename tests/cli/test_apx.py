@@ -147,7 +147,9 @@ def final_counts(out: str) -> tuple[int, int, int, str]:
 
 def test_tail_follows_a_file_written_in_pieces(tmp_path: Path) -> None:
     dst = tmp_path / "growing.apx"
-    writer = start_writer(dst, "--seed", 5, "--max-piece", 1500, "--max-pause-s", 0.02)
+    # Pieces over about 3 s: the tail (a new interpreter, slow to start on a loaded
+    # machine) must see the file grow, not only its end.
+    writer = start_writer(dst, "--seed", 5, "--max-piece", 1500, "--max-pause-s", 0.08)
     deadline = time.monotonic() + 10
     while not dst.exists() and writer.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

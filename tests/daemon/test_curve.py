@@ -243,3 +243,23 @@ def test_any_reader_may_read_with_readers_any(tmp_path, daemon_dirs, keyring):
         assert request(daemon.control, "reset_stats", keys=daemon.keys)["ok"]
     finally:
         assert daemon.stop() == 0
+
+
+def test_the_apx_stream_is_a_curve_server_too(tmp_path, daemon_dirs, keyring):
+    apx = f"tcp://127.0.0.1:{free_port()}"
+    daemon = curve_daemon(tmp_path, daemon_dirs, keyring)
+    data = load_daemon_config(daemon.config).model_dump(mode="json")
+    data["apx"].update({"follow": True, "stream": apx})
+    write_toml(daemon.config, data)
+    daemon.start()
+    try:
+        bob = keys_of(keyring["server"], keyring["bob_secret"])
+        mallory = keys_of(keyring["server"], keyring["mallory_secret"])
+        with Subscriber(apx, keys=mallory) as sub:
+            assert sub.receive(2.0) is None
+            assert "refused this client's CURVE key" in (sub.refused() or "")
+        with Subscriber(apx, keys=bob):
+            wait_for(lambda: request(daemon.control, "status", keys=daemon.keys)["result"]
+                     ["apx_stream"]["subscribers"] == 1, 10, "the reader connected")
+    finally:
+        assert daemon.stop() == 0

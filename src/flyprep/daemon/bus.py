@@ -1,6 +1,7 @@
 """ZeroMQ transport of the daemon: the event publisher and the control server.
 
-With :mod:`.curve` (who may connect), the daemon's only module that imports zmq. Following pyzmq's own threads, each
+With :mod:`.curve` (who may connect) and :mod:`.held_io`, the daemon's only modules that
+import zmq. Following pyzmq's own threads, each
 thread creates and owns its sockets; other threads talk to it through a queue
 (:class:`EventPublisher`) or an ``inproc://`` pipe (:class:`ControlServer`).
 
@@ -38,6 +39,7 @@ from ..errors import ConfigError, FlyprepError
 from ..events import Event, event_from_dict
 from ..workers import STOP, Worker
 from .curve import ClientKeys, Guard, Handshake
+from .held_io import HeldIO, held_io
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ DEFAULT_EVENTS_ENDPOINT = "tcp://127.0.0.1:5570"
 DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5571"
 
 Handler = Callable[[dict[str, Any]], Any]
+#: Control requests answered per wake-up of the control thread at most.
+CONTROL_BATCH = 64
 
 
 class BusError(FlyprepError):
@@ -471,9 +475,12 @@ class ControlServer(Worker):
                  *, allow_remote: bool = False, context: zmq.Context | None = None,
                  max_errors_kept: int = 20, max_request_bytes: int = 1 << 20,
                  ipc_access: IpcAccess | None = IpcAccess(), guard: Guard | None = None,
-                 mutating: Sequence[str] = ()) -> None:
+                 mutating: Sequence[str] = (), hold_lock: bool = True) -> None:
         super().__init__("control")
         self.guard = guard
+        #: read and answer requests with the interpreter lock held (:mod:`.held_io`);
+        #: False: through pyzmq's calls, which let go of it for each frame
+        self.hold_lock = hold_lock
         self._gatekeeper = guard if guard is not None else Guard()
         self.mutating = frozenset(mutating)
         if guard is not None:
@@ -604,30 +611,54 @@ class ControlServer(Worker):
             self._requests += 1
         return reply
 
-    def _answer(self, sock: zmq.Socket) -> None:
-        """Read one message from the ROUTER socket and reply to its sender: ``[peer, b"",
-        request]`` from a REQ client (``[peer, request]`` from a DEALER is taken too);
-        any other shape gets a nack."""
-        received = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-        frames = [frame.bytes for frame in received]
+    def _answer_all(self, sock: zmq.Socket, io: HeldIO | None) -> None:
+        """Answer the requests waiting on the ROUTER socket (a bounded batch: a flood
+        cannot keep the thread from seeing that it should stop)."""
+        for _ in range(CONTROL_BATCH):
+            if io is None:
+                try:
+                    received = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                frames = [frame.bytes for frame in received]
+                user = _user_id(received[-1])
+            else:
+                message = io.recv_message()
+                if message is None:
+                    return
+                frames, user = message
+            self._answer(frames, user, lambda out: self._send(sock, io, out))
+
+    @staticmethod
+    def _send(sock: zmq.Socket, io: HeldIO | None, frames: list[bytes]) -> None:
+        if io is not None:
+            if not io.send(frames):
+                log.warning("control reply not sent: the peer is gone or not reading")
+            return
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the peer is gone or not reading: its loss
+            log.warning("control reply not sent: %s", exc)
+
+    def _answer(self, frames: list[bytes], user: str | None,
+                send: Callable[[list[bytes]], None]) -> None:
+        """Reply to one message of the ROUTER socket: ``[peer, b"", request]`` from a REQ
+        client (``[peer, request]`` from a DEALER is taken too); any other shape gets a
+        nack. ``user``: the sender's ZAP User-Id (its CURVE key), if any."""
         peer, rest = frames[0], frames[1:]
         envelope = [b""] if rest[:1] == [b""] else []
         body = rest[len(envelope):]
         if len(body) == 1:
             assert self.endpoint is not None
-            endpoint, last = self.endpoint, received[-1]
+            endpoint = self.endpoint
             reply = self.handle(body[0], refusal=lambda: self._gatekeeper.may_change(
-                endpoint, last))
+                endpoint, user))
         else:
             reply = _reply(None, ok=False, error=f"expected one request frame, got {len(body)}")
             with self._lock:
                 self._n_errors += 1
                 self._requests += 1
-        try:
-            sock.send_multipart([peer, *envelope, json.dumps(reply).encode()],
-                                flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # the peer is gone or not reading: its loss
-            log.warning("control reply not sent: %s", exc)
+        send([peer, *envelope, json.dumps(reply).encode()])
 
     def loop(self) -> None:
         assert self._ctx is not None
@@ -644,6 +675,7 @@ class ControlServer(Worker):
             rep.close(linger=0)
             pipe.close(linger=0)
             raise
+        io = held_io(rep) if self.hold_lock else None
         self.mark_ready()
         poller = zmq.Poller()
         poller.register(pipe, zmq.POLLIN)
@@ -656,12 +688,21 @@ class ControlServer(Worker):
                     break
                 if rep in ready:
                     try:
-                        self._answer(rep)
+                        self._answer_all(rep, io)
                     except Exception:  # noqa: BLE001 - logged; the server goes on serving
                         log.exception("control: a request could not be answered")
         finally:
             rep.close(linger=0)
             pipe.close(linger=0)
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP User-Id of a received frame's sender (its CURVE key), None without one."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        return None
+    return user if isinstance(user, str) else None
 
 
 def request(endpoint: str, command: str, *, params: Mapping[str, Any] | None = None,

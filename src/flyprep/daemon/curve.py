@@ -24,7 +24,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
@@ -230,20 +230,16 @@ class Guard:
             sock.curve_publickey = self.server.public
             sock.curve_secretkey = self.server.secret
 
-    def may_change(self, endpoint: str, frame: Any) -> str | None:
-        """None when the sender of ``frame`` (a received :class:`zmq.Frame`) on the socket
-        bound to ``endpoint`` may change a scan; else why not."""
+    def may_change(self, endpoint: str, user_id: str | None) -> str | None:
+        """None when a peer of the socket bound to ``endpoint`` whose ZAP ``User-Id`` (the
+        z85 CURVE key; None without one) is ``user_id`` may change a scan; else why not."""
         if not is_tcp(endpoint):
             return None  # ipc: the socket file's mode and group decided who connects
         if self.server is None:
             return ("over tcp without CURVE nobody may change a scan: the daemon's config "
                     "needs bus.curve_server_key and bus.curve_clients (flyprep keys), or "
                     "an ipc control endpoint")
-        try:
-            user = frame.get("User-Id")
-        except (zmq.ZMQError, AttributeError):
-            user = None
-        key = user.encode() if isinstance(user, str) else user
+        key = None if user_id is None else user_id.encode()
         try:
             if self.authorised is not None and key in self.authorised:
                 return None

@@ -451,10 +451,11 @@ class ScanSession(Worker):
 
     def _sync_progress(self) -> None:
         """Take the run's figures (frames and chunks on disk) into the session's."""
-        with self._lock:
-            run = self._scan_run
-            if run is not None:
-                self.frames_written, self.chunks_written = run.progress()
+        run = self._scan_run
+        if run is not None:
+            frames, chunks = run.progress()
+            if chunks >= self.chunks_written:  # two threads may sync: never go back
+                self.frames_written, self.chunks_written = frames, chunks
 
     def _emit_end(self, state: str, *, error: str | None = None) -> None:
         self.events.emit(ScanEnded(scan=self.name, state=state,
@@ -597,10 +598,11 @@ class ScanSession(Worker):
                     continue
                 assert self._end is not None
                 item = order.gap(index, self._end.reason)
-            with self._lock:
-                self.frames_done = index + 1
-                self.frames_failed = self._failed_before + order.failed
-                self.frames_missing = self._missing_before + order.missing
+            # Plain stores, no lock: status reads them at any time and must never wait
+            # for this thread (a figure may be a frame behind another for a moment).
+            self.frames_done = index + 1
+            self.frames_failed = self._failed_before + order.failed
+            self.frames_missing = self._missing_before + order.missing
             self._last_news = self.clock()  # handing frames on is activity too
             live.consume(index)
             yield item

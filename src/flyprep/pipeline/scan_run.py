@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,9 +121,10 @@ class ScanRun:
         self._part_bytes = part_bytes
         self._part_frames = 0  # frames per part; 0 until the preparation is fixed
         self._arrivals: dict[int, float] = {}  # the pushing thread's only
-        self._lock = threading.Lock()  # guards the progress figures the writer updates
-        self._frames_written = 0 if resume is None else resume.next_frame
-        self._chunks_written = 0 if resume is None else resume.next_key
+        # (frames, chunks) on disk, replaced whole by the writer's thread: read without a
+        # lock by any thread (status must not wait on the threads doing the work)
+        self._written_so_far = (0, 0) if resume is None else (resume.next_frame,
+                                                               resume.next_key)
         self.summary: PrepareSummary | None = None
         #: ``scan.started`` was sent (once the preparation is fixed: its meta goes with it)
         self.announced = not announce
@@ -208,8 +208,7 @@ class ScanRun:
 
     def progress(self) -> tuple[int, int]:
         """(frames, chunks) on disk so far; any thread."""
-        with self._lock:
-            return self._frames_written, self._chunks_written
+        return self._written_so_far
 
     @property
     def chunks_queued(self) -> int:
@@ -296,9 +295,8 @@ class ScanRun:
 
     def _written(self, chunk: PreparedChunk, listed: Listed) -> None:
         """The master lists ``chunk`` now: progress, and ``chunk.written``."""
-        with self._lock:
-            self._frames_written = chunk.frame_start + chunk.n_frames
-            self._chunks_written += 1
+        self._written_so_far = (chunk.frame_start + chunk.n_frames,
+                                self._written_so_far[1] + 1)
         if self.events is None:
             return
         latency = None if chunk.last_arrival is None else self.clock() - chunk.last_arrival
