@@ -71,7 +71,11 @@ def test_client_commands_find_the_daemon_from_its_config(tmp_path, daemon_dirs,
     events = subprocess.Popen([*FLYPREP, "events", "--config", str(daemon.config), "--json",
                                "--topic", "scan.", "--topic", "chunk.written"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # subscribed
+    # Connected once it says so (a new interpreter is slow to start on a loaded machine),
+    # subscribed a moment later (ZeroMQ's slow joiner)
+    ready, _, _ = select.select([events.stderr], [], [], 30)
+    assert ready and "Ctrl-C to stop" in events.stderr.readline()
+    time.sleep(1.0)
     Simulation(root / "scan_v", num_frames=60, rate_hz=0).start()
     wait_for(lambda: (daemon.scan("scan_v") or {}).get("state") == "complete", 60,
              "the scan complete")
@@ -194,7 +198,9 @@ def test_apx_listen_shows_live_readout_and_hit_rates(tmp_path, daemon_dirs, daem
     listen = subprocess.Popen([*FLYPREP, "apx", "listen", "--config", str(daemon.config),
                                "--seconds", "4"], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    time.sleep(0.7)
+    ready, _, _ = select.select([listen.stderr], [], [], 30)
+    assert ready and "Ctrl-C to stop" in listen.stderr.readline()
+    time.sleep(0.5)
     sim = Simulation(root / "scan_l", num_frames=150, rate_hz=60, apx=True,
                      readouts_per_frame=20)
     sim.start()

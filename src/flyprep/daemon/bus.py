@@ -368,10 +368,11 @@ class EventPublisher(Worker):
     def stats(self) -> dict[str, Any]:
         """Counters: emitted, sent, dropped (queue full or closed), errors; queued now and
         subscribers connected now. What ZeroMQ discards for a slow subscriber is not told to
-        a PUB socket: that subscriber sees a gap in ``seq``."""
-        with self._lock:
-            return {**self._counts, "queued": self._queue.qsize(), "endpoint": self.endpoint,
-                    "subscribers": self._subscribers, "last_error": self._last_error}
+        a PUB socket: that subscriber sees a gap in ``seq``. Read without the lock that
+        every ``emit()`` takes (a copy of a dict of ints is one step for Python): ``status``
+        must not wait for the threads that publish."""
+        return {**self._counts, "queued": self._queue.qsize(), "endpoint": self.endpoint,
+                "subscribers": self._subscribers, "last_error": self._last_error}
 
     def flush(self, timeout_s: float = 5.0) -> bool:
         """Wait until every queued event has been handed to ZeroMQ; False on timeout."""
@@ -705,6 +706,24 @@ def _user_id(frame: zmq.Frame) -> str | None:
     return user if isinstance(user, str) else None
 
 
+def _wait_reply(sock: zmq.Socket, handshake: Handshake | None, timeout_ms: int,
+                endpoint: str, keys: ClientKeys | None) -> bool:
+    """True once a reply is there, False after ``timeout_ms``; BusError as soon as the
+    daemon turns the handshake down (a refused key is told at once, not at the timeout)."""
+    if handshake is None:
+        return bool(sock.poll(timeout_ms, zmq.POLLIN))
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        step = min(50, max(1, int((deadline - time.monotonic()) * 1000)))
+        if sock.poll(step, zmq.POLLIN):
+            return True
+        refused = handshake.failure(endpoint, keys)
+        if refused is not None:
+            raise BusError(refused)
+        if time.monotonic() >= deadline:
+            return False
+
+
 def request(endpoint: str, command: str, *, params: Mapping[str, Any] | None = None,
             timeout_s: float = 2.0, context: zmq.Context | None = None,
             keys: ClientKeys | None = None) -> dict[str, Any]:
@@ -734,10 +753,7 @@ def request(endpoint: str, command: str, *, params: Mapping[str, Any] | None = N
         except zmq.Again:
             raise ControlTimeout(f"no flyprep daemon at {endpoint}: request {command!r} not "
                                  f"accepted within {timeout_s:g} s") from None
-        if not sock.poll(timeout_ms, zmq.POLLIN):
-            refused = handshake.failure(endpoint, keys) if handshake is not None else None
-            if refused is not None:
-                raise BusError(refused)
+        if not _wait_reply(sock, handshake, timeout_ms, endpoint, keys):
             raise ControlTimeout(f"no reply from {endpoint} to {command!r} within {timeout_s:g} s: "
                                  f"is the flyprep daemon running there?")
         raw = sock.recv()

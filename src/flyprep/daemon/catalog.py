@@ -102,10 +102,10 @@ class Catalog:
 
     def frames_available(self, name: str) -> int | None:
         """Frames of scan ``name`` that published ``chunk.written`` events name; None for
-        a scan not in the catalog."""
-        with self._lock:
-            entry = self._scans.get(name)
-            return None if entry is None else int(entry["frames_available"])
+        a scan not in the catalog. Read without the lock (one dict look-up, one int):
+        ``status`` must not wait for the threads that publish."""
+        entry = self._scans.get(name)
+        return None if entry is None else int(entry["frames_available"])
 
     def snapshot(self) -> dict[str, Any]:
         """Plain JSON data: ``v``, ``run``, ``seq`` and ``scans`` (see docs/protocol.md)."""
