@@ -79,16 +79,17 @@ class HeldIO:
 
 
 def _loaded_libzmq() -> str | None:
-    """The path of the libzmq this process loaded (pyzmq's), from /proc/self/maps."""
+    """The path of the libzmq this process loaded (pyzmq's), from /proc/self/maps; None
+    unless exactly one is mapped (with two, which one pyzmq's sockets belong to is not
+    known, and a socket must only be handed to its own library)."""
     try:
         with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.rsplit(None, 1)[-1]
-                if "libzmq" in os.path.basename(path) and ".so" in path:
-                    return path
+            found = {line.rsplit(None, 1)[-1] for line in maps
+                     if "libzmq" in os.path.basename(line.rsplit(None, 1)[-1])
+                     and ".so" in line}
     except OSError:
         return None
-    return None
+    return found.pop() if len(found) == 1 else None
 
 
 def held_io(sock: zmq.Socket) -> HeldIO | None:
@@ -100,6 +101,10 @@ def held_io(sock: zmq.Socket) -> HeldIO | None:
         lib = ctypes.PyDLL(path)
     except OSError:
         return None
+    major, minor, patch = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    lib.zmq_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
+    if (major.value, minor.value, patch.value) != zmq.zmq_version_info():
+        return None  # not the library pyzmq was built with
     lib.zmq_msg_init.argtypes = [ctypes.c_void_p]
     lib.zmq_msg_recv.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     lib.zmq_msg_data.argtypes = [ctypes.c_void_p]
