@@ -262,6 +262,9 @@ class Daemon:
     def _session_for(self, scan_dir: Path) -> ScanSession | None:
         """The scan's session, created (and started or queued) on first sight; None for
         files directly in a root and for scans finished in this run."""
+        session = self._sessions.get(scan_dir)  # every file of a scan but its first
+        if session is not None:
+            return session
         if scan_dir in self.config.watch.roots:
             return None
         out = self.config.output.directory
