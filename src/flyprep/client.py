@@ -107,7 +107,9 @@ class Client:
             loaded = load_daemon_config(Path(config), require_roots=False)
             events, control = events or loaded.bus.events, control or loaded.bus.control
             apx = apx or loaded.apx.stream
-            keys = keys or client_keys(loaded.bus, key_file=client_key)
+            if keys is None and any((e or "").startswith("tcp://")
+                                    for e in (events, control, apx)):
+                keys = client_keys(loaded.bus, key_file=client_key)  # ipc needs none
         self.keys = keys
         self.events_endpoint = events or DEFAULT_EVENTS
         self.control_endpoint = control or DEFAULT_CONTROL
@@ -140,7 +142,7 @@ class Client:
                                     timeout_s=self.timeout_s, context=self._ctx, keys=self.keys)
         except ControlTimeout as exc:
             raise DaemonGone(str(exc)) from None
-        except BusError as exc:
+        except (BusError, zmq.ZMQError) as exc:
             raise ClientError(f"{self.control_endpoint}: {command!r} failed: {exc}") from None
         if not reply.get("ok"):
             error = reply.get("error") if isinstance(reply, dict) else reply

@@ -203,8 +203,42 @@ def test_key_files_and_directories(tmp_path, keyring):
     (keyring["clients"] / "alice.key").unlink()
     time.sleep(0.01)
     assert alice not in directory
+    # a key file replaced in place (the directory itself unchanged) counts at once too
+    shutil.copy(keyring["mallory"], keyring["clients"] / "carol.key")
+    mallory = load_key(keyring["mallory"], secret=False).public
+    assert mallory in directory and carol not in directory
     with pytest.raises(ConfigError, match="key directory"):
         KeyDirectory(tmp_path / "missing")
+
+
+def test_refusals_say_what_would_authorise(keyring):
+    server = load_key(keyring["server_secret"], secret=True)
+    none_named = Guard(server=server, readers="any")
+    why = none_named.may_change("tcp://127.0.0.1:1", "somekey")
+    assert "names no authorised clients (bus.curve_clients)" in why
+    clients = KeyDirectory(keyring["clients"])
+    guard = Guard(server=server, authorised=clients)
+    alice = load_key(keyring["alice"], secret=False).public.decode()
+    assert guard.may_change("tcp://127.0.0.1:1", alice) is None
+    assert "not authorised" in guard.may_change("tcp://127.0.0.1:1", None)
+    assert guard.may_change("ipc:///run/x", None) is None
+    shutil.rmtree(keyring["clients"])
+    assert "cannot read its authorised keys" in guard.may_change("tcp://127.0.0.1:1", alice)
+
+
+def test_ipc_clients_need_no_key_of_their_own(tmp_path, keyring):
+    from flyprep.cli.daemon_address import resolve
+    from flyprep.cli.main import build_parser
+
+    config = write_toml(tmp_path / "d.toml", {
+        "watch": {"roots": [str(tmp_path)]},
+        "bus": {"control": f"ipc://{tmp_path}/ctl", "curve_server_key": str(keyring["server"]),
+                "curve_readers": "any", "curve_client_key": str(tmp_path / "none.key_secret")}})
+    args = build_parser().parse_args(["status", "--config", str(config)])
+    address = resolve(args, "control")
+    assert address is not None and address.keys is None
+    events = build_parser().parse_args(["events", "--config", str(config)])
+    assert resolve(events, "events") is None  # tcp events: the missing key is said
 
 
 def test_config_rules_for_curve(tmp_path, keyring):

@@ -49,13 +49,14 @@ def resolve(args: argparse.Namespace, name: str) -> Address | None:
 
         try:
             config = load_daemon_config(args.config, require_roots=False)
-            keys = client_keys(config.bus)
+            if value is None:
+                value = {"control": config.bus.control, "events": config.bus.events,
+                         "apx": config.apx.stream}[name]
+            if value.startswith("tcp://"):  # ipc needs no key: none is asked for
+                keys = client_keys(config.bus)
         except ConfigError as exc:
             print(f"flyprep: error: {exc}", file=sys.stderr)
             return None
-        if value is None:
-            value = {"control": config.bus.control, "events": config.bus.events,
-                     "apx": config.apx.stream}[name]
     value = value or DEFAULTS[name]
     if "://" not in value:
         print(f"flyprep: error: endpoint {value!r}: expected tcp://host:port or ipc://path",

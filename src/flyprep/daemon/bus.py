@@ -739,10 +739,11 @@ def request(endpoint: str, command: str, *, params: Mapping[str, Any] | None = N
     sock.setsockopt(zmq.LINGER, 0)
     timeout_ms = max(1, int(timeout_s * 1000))
     sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
-    if keys is not None:
-        keys.apply(sock, endpoint)
-    handshake = Handshake(sock) if endpoint.startswith("tcp://") else None
+    handshake = None
     try:
+        if keys is not None:
+            keys.apply(sock, endpoint)
+        handshake = Handshake(sock) if endpoint.startswith("tcp://") else None
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:

@@ -82,24 +82,27 @@ def secret_beside(public_file: str | os.PathLike[str]) -> Path:
 
 
 class KeyDirectory:
-    """The public keys (``*.key``) in a directory, read again whenever the directory
-    changes: adding or removing a file takes effect without a restart."""
+    """The public keys (``*.key``) in a directory, read again whenever a key file is
+    added, removed or changed (replaced or rewritten in place): no restart needed."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: frozenset[tuple[str, int, int, int]] | None = None
         self._keys: frozenset[bytes] = frozenset()
         self.keys()  # a missing directory is an error now, at start
 
     def keys(self) -> frozenset[bytes]:
         """The z85 public keys it holds now."""
         try:
-            st = self.path.stat()
+            with os.scandir(self.path) as entries:
+                stamp = frozenset(
+                    (e.name, st.st_ino, st.st_mtime_ns, st.st_size)
+                    for e in entries if e.name.endswith(".key")
+                    for st in (e.stat(),))
         except OSError as exc:
             raise ConfigError(f"{self.path}: cannot read the CURVE key directory: "
                               f"{exc.strerror}") from None
-        stamp = (st.st_mtime_ns, st.st_ino)
         with self._lock:
             if stamp != self._stamp:
                 try:
@@ -239,12 +242,17 @@ class Guard:
             return ("over tcp without CURVE nobody may change a scan: the daemon's config "
                     "needs bus.curve_server_key and bus.curve_clients (flyprep keys), or "
                     "an ipc control endpoint")
+        if self.authorised is None:
+            return ("the daemon's config names no authorised clients (bus.curve_clients): "
+                    "over tcp nobody may change a scan")
         key = None if user_id is None else user_id.encode()
         try:
-            if self.authorised is not None and key in self.authorised:
+            if key in self.authorised:
                 return None
         except ConfigError as exc:
             log.error("CURVE: %s", exc)
+            return (f"the daemon cannot read its authorised keys now ({exc}); nothing may "
+                    f"change a scan over tcp until it can")
         return ("this client's CURVE key is not authorised to change a scan (it may "
                 "query and subscribe): add its .key file to the daemon's "
                 "bus.curve_clients directory")

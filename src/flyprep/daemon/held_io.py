@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import zmq
 
 _MSG_BYTES = 64  # sizeof(zmq_msg_t)
+_EINTR = 4
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,9 @@ class HeldIO:
         lib, msg = self._lib, self._msg
         lib.zmq_msg_init(msg)
         try:
-            if lib.zmq_msg_recv(msg, self._handle, zmq.DONTWAIT) < 0:
-                return None
+            while lib.zmq_msg_recv(msg, self._handle, zmq.DONTWAIT) < 0:
+                if lib.zmq_errno() != _EINTR:  # a signal: try again, as pyzmq does
+                    return None
             data = ctypes.string_at(lib.zmq_msg_data(msg), lib.zmq_msg_size(msg))
             user = lib.zmq_msg_gets(msg, b"User-Id")
             return Frame(data, bool(lib.zmq_msg_more(msg)),
@@ -73,8 +75,9 @@ class HeldIO:
         lib, last = self._lib, len(frames) - 1
         for i, frame in enumerate(frames):
             flags = zmq.DONTWAIT | (0 if i == last else zmq.SNDMORE)
-            if lib.zmq_send(self._handle, frame, len(frame), flags) < 0:
-                return False
+            while lib.zmq_send(self._handle, frame, len(frame), flags) < 0:
+                if lib.zmq_errno() != _EINTR:
+                    return False
         return True
 
 

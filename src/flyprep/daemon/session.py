@@ -451,11 +451,10 @@ class ScanSession(Worker):
 
     def _sync_progress(self) -> None:
         """Take the run's figures (frames and chunks on disk) into the session's."""
-        run = self._scan_run
-        if run is not None:
-            frames, chunks = run.progress()
-            if chunks >= self.chunks_written:  # two threads may sync: never go back
-                self.frames_written, self.chunks_written = frames, chunks
+        with self._lock:  # several threads sync (the scan's own no longer per frame)
+            run = self._scan_run
+            if run is not None:
+                self.frames_written, self.chunks_written = run.progress()
 
     def _emit_end(self, state: str, *, error: str | None = None) -> None:
         self.events.emit(ScanEnded(scan=self.name, state=state,
