@@ -418,7 +418,7 @@ class BusConfig(Section):
 
     allow_remote: StrictBool = Field(False, description="allow tcp endpoints on non-loopback addresses")
     events: str = Field("tcp://127.0.0.1:5570", description="PUB socket: progress and scan events")
-    control: str = Field("tcp://127.0.0.1:5571", description="REP socket: control commands")
+    control: str = Field("tcp://127.0.0.1:5571", description="ROUTER socket: control commands")
     send_hwm: int = Field(1000, ge=1, le=10_000_000,
                           description="messages queued per slow subscriber before dropping")
     control_timeout_s: float = Field(5.0, gt=0, le=3600)

@@ -5,31 +5,13 @@ frames and the last error; the terminal is left clean."""
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 from ..daemon.bus import BusError, request
 from .exit_codes import ExitCode
 from .daemon_address import Address
 
-#: Seconds over which frames/s is measured.
-RATE_WINDOW_S = 5.0
 ACTIVE = ("waiting", "acquiring", "queued")
-
-
-class Rates:
-    """frames/s of each scan over the last :data:`RATE_WINDOW_S` seconds of polls."""
-
-    def __init__(self) -> None:
-        self._seen: dict[str, deque[tuple[float, int]]] = {}
-
-    def update(self, scan: str, now: float, frames: int) -> float | None:
-        points = self._seen.setdefault(scan, deque())
-        points.append((now, frames))
-        while len(points) > 2 and now - points[0][0] > RATE_WINDOW_S:
-            points.popleft()
-        (t0, f0), (t1, f1) = points[0], points[-1]
-        return (f1 - f0) / (t1 - t0) if t1 > t0 else None
 
 
 def _eta(remaining: int, rate: float | None) -> str:
@@ -41,8 +23,9 @@ def _eta(remaining: int, rate: float | None) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def render(status: dict[str, Any], rates: Rates, now: float, endpoint: str) -> Any:
-    """The view of one status reply (a rich renderable)."""
+def render(status: dict[str, Any], endpoint: str) -> Any:
+    """The view of one status reply (a rich renderable); frames/s is the daemon's rate of
+    written frames over its last 5 s."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -58,8 +41,7 @@ def render(status: dict[str, Any], rates: Rates, now: float, endpoint: str) -> A
             continue
         shown += 1
         written, total = int(scan.get("frames_written") or 0), scan.get("num_frames")
-        measured = rates.update(scan["scan"], now, written)
-        rate = (scan.get("rates") or {}).get("written", measured)  # the daemon's, once known
+        rate = (scan.get("rates") or {}).get("written")  # null for a second at a start
         bar = ProgressBar(total=float(total or 1), completed=float(written if total else 0),
                           width=30)
         table.add_row(scan["scan"], "paused" if scan.get("paused") else scan["state"], bar,
@@ -80,7 +62,6 @@ def watch(address: Address, *, interval_s: float, timeout_s: float) -> int:
     from rich.live import Live
 
     interval_s = min(max(interval_s, 0.1), 1.0)
-    rates = Rates()
     console = Console()
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while True:
@@ -91,7 +72,7 @@ def watch(address: Address, *, interval_s: float, timeout_s: float) -> int:
                 live.update(f"[red]flyprep at {endpoint}: {exc}[/red]")
             else:
                 if reply.get("ok"):
-                    live.update(render(reply["result"], rates, now, endpoint))
+                    live.update(render(reply["result"], endpoint))
                 else:
                     live.update(f"[red]status refused: {reply.get('error')}[/red]")
             time.sleep(max(0.0, interval_s - (time.monotonic() - now)))

@@ -4,7 +4,7 @@ Flow: watchdog observers (:class:`~flyprep.sources.watch.ScanWatcher`) -> the da
 queue -> the main loop, which routes each event to its scan's
 :class:`~flyprep.session.ScanSession` (one thread per scan: read, prepare, write) and
 ``.apx`` files to the :class:`~flyprep.apx.stream.ApxStreamer`. Events go out on the
-ZeroMQ PUB socket; the control REP socket answers ``status``, ``end_scan`` and ``ping``.
+ZeroMQ PUB socket; the control ROUTER socket answers the commands of ``docs/protocol.md``.
 
 Lifecycle (as uvicorn's server): :meth:`Daemon.startup` binds the sockets and starts the
 watcher (errors here are fatal: the service does not half start), :meth:`Daemon.main_loop`
