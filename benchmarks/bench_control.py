@@ -24,7 +24,7 @@ import numpy as np
 import zmq
 
 from flyprep.config import to_toml
-from flyprep.daemon.bus import Subscriber
+from flyprep.daemon.bus import BusError, Subscriber, request
 from flyprep.ptyd.reader import open_ptyd
 from flyprep.sim.simulate import simulate_scan
 
@@ -65,8 +65,9 @@ def figures(samples: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=3000)
-    ap.add_argument("--commands", default="status,ping",
-                    help="the commands sent, one client each (default: status,ping)")
+    ap.add_argument("--commands", default="status,ping,snapshot",
+                    help="the commands sent, one client each (default: status,ping,"
+                         "snapshot; snapshot is relayed to the daemon's main process)")
     ap.add_argument("--timeline", action="store_true",
                     help="when the slow round trips happened, per quarter second")
     args = ap.parse_args()
@@ -91,7 +92,14 @@ def main() -> None:
                                     stderr=subprocess.DEVNULL)
             events = Subscriber(f"ipc://{work}/ev-{transport}", topics=(b"scan.ended",))
             try:
-                time.sleep(1.5)
+                deadline = time.monotonic() + 60
+                while True:  # started: the control socket answers
+                    try:
+                        if request(control, "status", timeout_s=0.2)["ok"]:
+                            break
+                    except BusError:
+                        pass
+                    assert time.monotonic() < deadline, "the daemon did not start"
                 for name, busy in (("idle", False), ("draining", True)):
                     stop, samples = threading.Event(), {c: [] for c in args.commands.split(",")}
                     BEGIN[0] = time.perf_counter()
@@ -127,7 +135,7 @@ def main() -> None:
                               f"the drain: {' '.join(str(b) for b in bins)}")
                     for command, got in samples.items():
                         goal = ("met" if np.percentile(got, 99) * 1e3 < 10 else "NOT met") \
-                            if busy else "-"
+                            if busy and command in ("status", "ping") else "-"
                         print(f"{transport} {name:>8} {command:>6}: {figures(got)}"
                               f"{'' if not busy else f'; goal p99 < 10 ms: {goal}'}")
             finally:

@@ -7,10 +7,8 @@ A TOML file maps onto :class:`PrepareConfig` section by section (``[geometry]``,
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import re
 import sys
 import types
 import typing
@@ -29,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .endpoints import check_endpoint, is_local_endpoint
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -219,24 +218,6 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 ENV_PREFIX = "FLYPREP__"
 
-_TCP_ENDPOINT = re.compile(r"^tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.*-]+):(?P<port>\*|[0-9]+)$")
-
-
-def check_endpoint(value: str) -> str:
-    """Accept ``tcp://HOST:PORT`` (port 1-65535 or ``*``) or ``ipc://PATH``; else ValueError."""
-    if value.startswith("ipc://"):
-        if not value[len("ipc://"):].strip():
-            raise ValueError("ipc:// endpoint needs a path")
-        return value
-    match = _TCP_ENDPOINT.match(value)
-    if match is None:
-        raise ValueError("expected tcp://HOST:PORT or ipc://PATH")
-    port = match["port"]
-    if port != "*" and not 1 <= int(port) <= 65535:
-        raise ValueError(f"port {port} is outside 1-65535")
-    return value
-
-
 def _bound_port(value: str) -> str:
     """A daemon's endpoint: clients must find it, so no random port; an ipc socket must be
     a file (an abstract one, ``ipc://@name``, has no mode: anyone could connect)."""
@@ -246,22 +227,6 @@ def _bound_port(value: str) -> str:
         raise ValueError("an abstract ipc socket has no file mode, so anyone on the machine "
                          "could connect; give a path")
     return value
-
-
-def is_local_endpoint(value: str) -> bool:
-    """True for ``ipc://`` and for tcp on a loopback address (127.0.0.0/8, ::1, localhost)."""
-    if value.startswith("ipc://"):
-        return True
-    match = _TCP_ENDPOINT.match(value)
-    if match is None:
-        return False
-    host = match["host"].strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # "*", interface or host names: may be reachable from outside
-        return False
 
 
 def _plain_name(value: Optional[str]) -> Optional[str]:

@@ -44,20 +44,30 @@ class Worker:
         """Start the thread (once). With ``ready_timeout_s``, wait until the loop says it
         is ready (:meth:`mark_ready`: its sockets bound, say); an error before that is
         raised here, and TimeoutError if it takes longer."""
-        if self._thread is not None:
-            raise RuntimeError(f"{self.worker_name}: started already")
         if ready_timeout_s is None:
             self._ready.set()  # nobody waits: an error at any time is logged
+        self.launch()
+        if ready_timeout_s is not None:
+            self.wait_ready(ready_timeout_s)
+        return self
+
+    def launch(self) -> None:
+        """Start the thread without waiting; :meth:`wait_ready` waits later (other work
+        can be done meanwhile)."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.worker_name}: started already")
         self._thread = threading.Thread(target=self._main, daemon=True,
                                         name=THREAD_PREFIX + self.worker_name)
         self._thread.start()
-        if ready_timeout_s is not None:
-            if not self._ready.wait(ready_timeout_s):
-                raise TimeoutError(f"{self.worker_name}: not ready within {ready_timeout_s} s")
-            if self._startup_error is not None:
-                self._thread.join()
-                raise self._startup_error
-        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the loop says it is ready; an error before that is raised here,
+        TimeoutError if it takes longer than ``timeout_s``."""
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError(f"{self.worker_name}: not ready within {timeout_s} s")
+        if self._startup_error is not None and self._thread is not None:
+            self._thread.join()
+            raise self._startup_error
 
     def stop(self) -> None:
         """Ask the loop to end (:attr:`stopping` turns true, :meth:`wake` is called);

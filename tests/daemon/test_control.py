@@ -5,6 +5,8 @@ process: generated junk, 10,000-deep nesting, a 100 MB request, empty and extra 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -139,7 +141,9 @@ def test_a_burst_of_10000_requests_is_answered_in_full(daemon: DaemonProcess) ->
     assert alive(daemon)
 
 
-def test_a_control_server_that_dies_anyway_stops_the_daemon_non_zero(tmp_path: Path) -> None:
+def test_a_control_process_that_dies_stops_the_daemon_non_zero(tmp_path: Path) -> None:
+    """The control socket is served by a child process: SIGTERM does not stop it (it
+    answers while the daemon stops); if it dies anyway the daemon says so and stops."""
     root, out, sockets = tmp_path / "root", tmp_path / "out", tmp_path / "s"
     for d in (root, out, sockets):
         d.mkdir()
@@ -149,19 +153,41 @@ def test_a_control_server_that_dies_anyway_stops_the_daemon_non_zero(tmp_path: P
     loop = threading.Thread(target=daemon.main_loop, daemon=True)
     loop.start()
     try:
-        def die(params: dict[str, Any]) -> Any:
-            raise SystemExit("a bug that escapes everything")
-
-        daemon._control.handlers["die"] = die  # type: ignore[union-attr]
         control = daemon.endpoints["control"]
         assert control is not None
-        with pytest.raises(ControlTimeout):
-            request(control, "die", timeout_s=1)
+        status = request(control, "status", timeout_s=5)["result"]
+        pid = status["control"]["pid"]
+        assert pid != os.getpid() and pid == daemon._control.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)
+        assert request(control, "ping", timeout_s=5)["ok"]
+        os.kill(pid, signal.SIGKILL)
         loop.join(10)
-        assert not loop.is_alive() and "control server stopped" in (daemon.failure or "")
+        assert not loop.is_alive() and "control process ended" in (daemon.failure or "")
         errors = sink.of_kind(ErrorReported)
         assert [(e.where, e.message) for e in errors] == [("daemon", daemon.failure)]
+        with pytest.raises(ControlTimeout):
+            request(control, "ping", timeout_s=0.5)
     finally:
         daemon.should_exit.set()
         loop.join(10)
         daemon.shutdown()
+
+
+def test_a_daemon_killed_leaves_no_control_process(daemon_process: Any) -> None:
+    """kill -9 of the daemon: its control process sees its stdin end and exits."""
+    proc = daemon_process().start()
+    pid = proc.status()["control"]["pid"]
+    proc.kill9()
+    deadline = time.monotonic() + 10
+    while _running(pid):
+        assert time.monotonic() < deadline, f"control process {pid} still runs"
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

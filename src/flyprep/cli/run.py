@@ -20,11 +20,11 @@ import os
 import signal
 import socket
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, FlyprepError
+from ..logs import configure_logging
 from .exit_codes import ExitCode
 
 
@@ -60,17 +60,6 @@ def notify_systemd(state: str) -> bool:
         log.warning("systemd notify failed: %s", exc)
         return False
     return True
-
-
-def configure_logging(level: str) -> None:
-    """One line per record on stderr (journald adds the time under systemd)."""
-    fmt = ("%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM")
-           else "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.basicConfig(level=getattr(logging, level), format=fmt, stream=sys.stderr)
-    # watchdog's inotify emitter warns when it adds the watch of a new directory twice;
-    # harmless (the second replaces the first), and alarming in a service's journal.
-    warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning,
-                            module="watchdog")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,28 +1,23 @@
-"""ZeroMQ transport of the daemon: the event publisher and the control server.
+"""ZeroMQ transport of the daemon: the event publisher, and the clients of the daemon's
+sockets.
 
-With :mod:`.curve` (who may connect) and :mod:`.held_io`, the daemon's only modules that
-import zmq. Following pyzmq's own threads, each
-thread creates and owns its sockets; other threads talk to it through a queue
-(:class:`EventPublisher`) or an ``inproc://`` pipe (:class:`ControlServer`).
+With :mod:`.control` (the control socket's server), :mod:`.front` (the control process),
+:mod:`.curve` (who may connect) and :mod:`.held_io`, the daemon's only modules that
+import zmq. Following pyzmq's own threads, each thread creates and owns its sockets;
+other threads talk to it through a queue (:class:`EventPublisher`).
 
 * :class:`EventPublisher` is an :class:`~flyprep.events.EventSink`: ``emit()`` never
   blocks. Messages are multipart ``[topic, json_body, *array_buffers]`` (``docs/protocol.md``).
-* :class:`ControlServer` answers JSON requests ``{"command": ..., ...}`` from a table of
-  handlers with ack/nack envelopes ``{"ok": true, "result": ...}`` /
-  ``{"ok": false, "error": ...}``; a failing handler is reported, never fatal. Commands
-  that change a scan are answered only for peers the :class:`~.curve.Guard` authorises.
-* :func:`request` is the client: a dead daemon gives :class:`ControlTimeout`, never a hang.
-* :func:`check_endpoint` refuses to bind TCP on non-loopback addresses unless allowed.
+* :class:`Subscriber` receives them; :func:`decode_message` decodes one.
+* :func:`request` is the control client: a dead daemon gives :class:`ControlTimeout`,
+  never a hang. The server, :class:`~.control.ControlServer`, is re-exported here.
 """
 
 from __future__ import annotations
 
-import collections
-import grp
 import itertools
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -33,90 +28,20 @@ from typing import Any
 import numpy as np
 import zmq
 
-from ..config import check_endpoint as config_endpoint
-from ..config import is_local_endpoint
-from ..errors import ConfigError, FlyprepError
 from ..events import Event, event_from_dict
 from ..workers import STOP, Worker
 from .curve import ClientKeys, Guard, Handshake
-from .held_io import HeldIO, held_io
+from .control import (CONTROL_BATCH, DEFAULT_CONTROL_ENDPOINT, BusError,
+                      ControlServer, ControlTimeout, IpcAccess, bind, check_endpoint)
+
+__all__ = ["CONTROL_BATCH", "DEFAULT_CONTROL_ENDPOINT", "DEFAULT_EVENTS_ENDPOINT",
+           "PROTOCOL_VERSION", "BusError", "ControlServer", "ControlTimeout",
+           "EventPublisher", "IpcAccess", "Received", "Subscriber", "check_endpoint",
+           "decode_message", "encode_message", "request"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EVENTS_ENDPOINT = "tcp://127.0.0.1:5570"
-DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5571"
-
-Handler = Callable[[dict[str, Any]], Any]
-#: Control requests answered per wake-up of the control thread at most.
-CONTROL_BATCH = 64
-
-
-class BusError(FlyprepError):
-    """A socket could not be bound or connected, or a control request failed in transport."""
-
-
-class ControlTimeout(BusError):
-    """No reply from the control server in time (daemon not running, or stuck)."""
-
-
-# ---------------------------------------------------------------------------- endpoints
-
-
-
-def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:
-    """``endpoint`` if it is safe to bind, else ConfigError.
-
-    ``ipc://path`` and ``inproc://name`` are fine; ``tcp://host:port`` only on a loopback
-    address (``127.x.x.x``, ``::1``, ``localhost``) unless ``allow_remote``: ``*``,
-    ``0.0.0.0``, interface names and other addresses expose the daemon to the network.
-    The port is a number 1-65535 or ``*`` (a random free port). The syntax and the
-    loopback rule are the configuration's (:mod:`flyprep.config`).
-    """
-    if endpoint.startswith("inproc://") and len(endpoint) > len("inproc://"):
-        return endpoint
-    try:
-        config_endpoint(endpoint)
-    except ValueError as exc:
-        raise ConfigError(f"endpoint {endpoint!r}: {exc}") from None
-    if not allow_remote and not is_local_endpoint(endpoint):
-        raise ConfigError(f"endpoint {endpoint!r}: not a loopback address; binding it "
-                          f"exposes the daemon to the network (set allow_remote to permit it)")
-    return endpoint
-
-
-@dataclass(frozen=True)
-class IpcAccess:
-    """Who may connect to an ipc socket of the daemon: the socket file's mode and group
-    (the file system is the authentication of ipc peers)."""
-
-    mode: int = 0o660
-    group: str | None = None
-
-
-def _bind(sock: zmq.Socket, endpoint: str, access: IpcAccess | None = None,
-          guard: Guard | None = None) -> str:
-    if guard is not None:
-        guard.secure(sock, endpoint)
-    if endpoint.startswith("ipc://@"):
-        raise BusError(f"{endpoint}: an abstract ipc socket has no file, so anyone on the "
-                       "machine could connect; use an ipc path")
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        raise BusError(f"cannot bind {endpoint}: {exc}") from exc
-    if endpoint.startswith("ipc://") and access is not None:
-        path = endpoint[len("ipc://"):]
-        try:
-            os.chmod(path, access.mode)
-            if access.group is not None:
-                os.chown(path, -1, grp.getgrnam(access.group).gr_gid)
-        except (OSError, KeyError) as exc:
-            sock.close(linger=0)
-            raise BusError(f"{endpoint}: cannot give the socket mode {access.mode:o}"
-                           f"{'' if access.group is None else ' and group ' + access.group}: "
-                           f"{exc}") from exc
-    last = sock.getsockopt(zmq.LAST_ENDPOINT)
-    return last.decode() if isinstance(last, bytes) else str(last)
 
 
 # ---------------------------------------------------------------------------- messages
@@ -392,7 +317,7 @@ class EventPublisher(Worker):
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, self._sndhwm)
-            self.endpoint = _bind(sock, self.requested_endpoint, self.ipc_access, self.guard)
+            self.endpoint = bind(sock, self.requested_endpoint, self.ipc_access, self.guard)
         except BaseException:  # handed to start()
             sock.close(linger=0)
             raise
@@ -451,259 +376,6 @@ class EventPublisher(Worker):
 
 
 # ---------------------------------------------------------------------------- control
-
-
-def _reply(command: Any, *, ok: bool, result: Any = None, error: str = "") -> dict[str, Any]:
-    if ok:
-        return {"ok": True, "command": command, "result": result}
-    return {"ok": False, "command": command, "error": error}
-
-
-class ControlServer(Worker):
-    """Answers control requests on a REP socket owned by a background thread.
-
-    ``handlers`` maps a command name to ``handler(params) -> JSON data``, where ``params``
-    is the request without its ``"command"``. Handlers run on the server thread: they
-    must only read snapshots or take the daemon's lock. ``ping`` is built in unless given.
-    Every request gets an envelope; errors are counted into :meth:`status`.
-
-    ``mutating``: the commands that change a scan. The socket's peers may send them only
-    when ``guard.may_change`` says so (over tcp: an authorised CURVE key; without a
-    guard, the rules of a guard without CURVE).
-    """
-
-    def __init__(self, endpoint: str = DEFAULT_CONTROL_ENDPOINT, handlers: Mapping[str, Handler] | None = None,
-                 *, allow_remote: bool = False, context: zmq.Context | None = None,
-                 max_errors_kept: int = 20, max_request_bytes: int = 1 << 20,
-                 ipc_access: IpcAccess | None = IpcAccess(), guard: Guard | None = None,
-                 mutating: Sequence[str] = (), hold_lock: bool = True) -> None:
-        super().__init__("control")
-        self.guard = guard
-        #: read and answer requests with the interpreter lock held (:mod:`.held_io`);
-        #: False: through pyzmq's calls, which let go of it for each frame
-        self.hold_lock = hold_lock
-        self._gatekeeper = guard if guard is not None else Guard()
-        self.mutating = frozenset(mutating)
-        if guard is not None:
-            context = guard.context
-        self.requested_endpoint = check_endpoint(endpoint, allow_remote=allow_remote)
-        self.endpoint: str | None = None
-        self.handlers: dict[str, Handler] = {"ping": lambda params: {"pong": True, "time": time.time()}}
-        self.handlers.update(handlers or {})
-        self._ctx = context
-        self._own_ctx = context is None
-        self._pipe: zmq.Socket | None = None
-        self._pipe_name = f"inproc://flyprep-control-{id(self):x}"
-        #: ZMQ_MAXMSGSIZE: a peer sending a larger request is disconnected, unread
-        self.max_request_bytes = max_request_bytes
-        self.ipc_access = ipc_access
-        self._closed = False
-        self._lock = threading.Lock()
-        self._requests = 0
-        self._errors: collections.deque[str] = collections.deque(maxlen=max_errors_kept)
-        self._n_errors = 0
-        self._refused = 0  # commands that change a scan, from peers not authorised
-
-    def start(self, timeout_s: float = 5.0) -> ControlServer:
-        """Start the thread and bind; BusError if the endpoint cannot be bound."""
-        if self.started:
-            return self
-        if self._ctx is None:
-            self._ctx = zmq.Context()
-        self._pipe = self._ctx.socket(zmq.PAIR)
-        self._pipe.setsockopt(zmq.LINGER, 0)
-        self._pipe.bind(self._pipe_name)
-        try:
-            Worker.start(self, ready_timeout_s=timeout_s)
-        except TimeoutError as exc:  # pragma: no cover
-            raise BusError(f"control server did not start within {timeout_s} s") from exc
-        except BaseException:
-            self._shutdown()
-            raise
-        return self
-
-    def close(self, *, timeout_s: float = 5.0) -> bool:
-        """Stop the thread and close the sockets. Idempotent. False when the thread did
-        not stop in time (its socket is then left open)."""
-        if self._closed:
-            return not self.alive
-        self._closed = True
-        if not self.stop_and_join(timeout_s):  # pragma: no cover
-            log.warning("control server thread did not stop within %s s", timeout_s)
-            return False
-        self._shutdown()
-        return True
-
-    def wake(self) -> None:
-        if self.alive and self._pipe is not None:
-            self._pipe.send(b"stop")
-
-    def _shutdown(self) -> None:
-        if self._pipe is not None:
-            self._pipe.close(linger=0)
-            self._pipe = None
-        if self._own_ctx and self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-
-    def __enter__(self) -> ControlServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def reset_stats(self) -> None:
-        """Requests and errors back to 0."""
-        with self._lock:
-            self._requests = self._n_errors = self._refused = 0
-            self._errors.clear()
-
-    def status(self) -> dict[str, Any]:
-        """Requests answered, errors (count and the latest messages), refused changes,
-        endpoint."""
-        with self._lock:
-            return {"endpoint": self.endpoint, "requests": self._requests,
-                    "errors": self._n_errors, "refused": self._refused,
-                    "recent_errors": list(self._errors)}
-
-    def handle(self, message: bytes, *,
-               refusal: Callable[[], str | None] | None = None) -> dict[str, Any]:
-        """The reply envelope for one raw request; never raises (the logic, without sockets).
-
-        ``refusal``: asked before a command that changes a scan runs; a reason refuses
-        it (None: the sender is in-process, so trusted)."""
-        command: Any = None
-        try:
-            try:
-                request = json.loads(message)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ValueError(f"request is not JSON: {exc}") from None
-            if not isinstance(request, dict) or not isinstance(request.get("command"), str):
-                raise ValueError('request must be a JSON object with a string "command"')
-            command = request["command"]
-            handler = self.handlers.get(command)
-            if handler is None:
-                raise ValueError(f"unknown command {command!r}; known: {', '.join(sorted(self.handlers))}")
-            if command in self.mutating and refusal is not None:
-                why = refusal()
-                if why is not None:
-                    with self._lock:
-                        self._refused += 1
-                    raise ValueError(f"{command} refused: {why}")
-            params = {k: v for k, v in request.items() if k != "command"}
-            try:
-                result = handler(params)
-            except Exception as exc:
-                raise ValueError(f"{command} failed: {type(exc).__name__}: {exc}") from exc
-            json.dumps(result)  # not serialisable -> a nack now, not a dead socket later
-            reply = _reply(command, ok=True, result=result)
-        except RecursionError:
-            reply = _reply(command, ok=False, error="request is not JSON: nested too deeply")
-            with self._lock:
-                self._n_errors += 1
-                self._errors.append(reply["error"])
-        except Exception as exc:  # noqa: BLE001 - every failure is a nack, never a dead thread
-            reply = _reply(command, ok=False, error=str(exc))
-            with self._lock:
-                self._n_errors += 1
-                self._errors.append(str(exc))
-            log.warning("control request failed: %s", exc)
-        with self._lock:
-            self._requests += 1
-        return reply
-
-    def _answer_all(self, sock: zmq.Socket, io: HeldIO | None) -> None:
-        """Answer the requests waiting on the ROUTER socket (a bounded batch: a flood
-        cannot keep the thread from seeing that it should stop)."""
-        for _ in range(CONTROL_BATCH):
-            if io is None:
-                try:
-                    received = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    return
-                frames = [frame.bytes for frame in received]
-                user = _user_id(received[-1])
-            else:
-                message = io.recv_message()
-                if message is None:
-                    return
-                frames, user = message
-            self._answer(frames, user, lambda out: self._send(sock, io, out))
-
-    @staticmethod
-    def _send(sock: zmq.Socket, io: HeldIO | None, frames: list[bytes]) -> None:
-        if io is not None:
-            if not io.send(frames):
-                log.warning("control reply not sent: the peer is gone or not reading")
-            return
-        try:
-            sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # the peer is gone or not reading: its loss
-            log.warning("control reply not sent: %s", exc)
-
-    def _answer(self, frames: list[bytes], user: str | None,
-                send: Callable[[list[bytes]], None]) -> None:
-        """Reply to one message of the ROUTER socket: ``[peer, b"", request]`` from a REQ
-        client (``[peer, request]`` from a DEALER is taken too); any other shape gets a
-        nack. ``user``: the sender's ZAP User-Id (its CURVE key), if any."""
-        peer, rest = frames[0], frames[1:]
-        envelope = [b""] if rest[:1] == [b""] else []
-        body = rest[len(envelope):]
-        if len(body) == 1:
-            assert self.endpoint is not None
-            endpoint = self.endpoint
-            reply = self.handle(body[0], refusal=lambda: self._gatekeeper.may_change(
-                endpoint, user))
-        else:
-            reply = _reply(None, ok=False, error=f"expected one request frame, got {len(body)}")
-            with self._lock:
-                self._n_errors += 1
-                self._requests += 1
-        send([peer, *envelope, json.dumps(reply).encode()])
-
-    def loop(self) -> None:
-        assert self._ctx is not None
-        pipe = self._ctx.socket(zmq.PAIR)
-        pipe.setsockopt(zmq.LINGER, 0)
-        pipe.connect(self._pipe_name)
-        rep = self._ctx.socket(zmq.ROUTER)  # several clients at once, none can jam it
-        try:
-            rep.setsockopt(zmq.LINGER, 0)
-            rep.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes)
-            rep.setsockopt(zmq.ROUTER_MANDATORY, 0)
-            self.endpoint = _bind(rep, self.requested_endpoint, self.ipc_access, self.guard)
-        except BaseException:  # handed to start()
-            rep.close(linger=0)
-            pipe.close(linger=0)
-            raise
-        io = held_io(rep) if self.hold_lock else None
-        self.mark_ready()
-        poller = zmq.Poller()
-        poller.register(pipe, zmq.POLLIN)
-        poller.register(rep, zmq.POLLIN)
-        try:
-            while True:
-                ready = dict(poller.poll())
-                if pipe in ready:
-                    pipe.recv()
-                    break
-                if rep in ready:
-                    try:
-                        self._answer_all(rep, io)
-                    except Exception:  # noqa: BLE001 - logged; the server goes on serving
-                        log.exception("control: a request could not be answered")
-        finally:
-            rep.close(linger=0)
-            pipe.close(linger=0)
-
-
-def _user_id(frame: zmq.Frame) -> str | None:
-    """The ZAP User-Id of a received frame's sender (its CURVE key), None without one."""
-    try:
-        user = frame.get("User-Id")
-    except zmq.ZMQError:
-        return None
-    return user if isinstance(user, str) else None
 
 
 def _wait_reply(sock: zmq.Socket, handshake: Handshake | None, timeout_ms: int,

@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
     from ..config import BusConfig
 
 log = logging.getLogger(__name__)
@@ -185,20 +186,28 @@ class Guard:
     def from_config(cls, bus: BusConfig) -> Guard:
         """The guard ``bus`` describes; ConfigError naming the file when a key or key
         directory cannot be read, or a secret key is readable by others."""
-        if bus.curve_server_key is None:
+        return cls.from_settings(server_key=bus.curve_server_key, clients=bus.curve_clients,
+                                 readers=bus.curve_readers)
+
+    @classmethod
+    def from_settings(cls, *, server_key: str | os.PathLike[str] | None,
+                      clients: str | os.PathLike[str] | None,
+                      readers: str | os.PathLike[str] | None) -> Guard:
+        """The guard of these ``bus.curve_*`` settings (see :meth:`from_config`)."""
+        if server_key is None:
             return cls()
-        public = load_key(bus.curve_server_key, secret=False)
-        pair = load_key(secret_beside(bus.curve_server_key), secret=True)
+        public = load_key(server_key, secret=False)
+        pair = load_key(secret_beside(server_key), secret=True)
         if pair.public != public.public:
             raise ConfigError(f"{pair.path}: not the secret of {public.path} (the public "
                               f"keys differ)")
-        authorised = KeyDirectory(bus.curve_clients) if bus.curve_clients else None
-        readers: KeyDirectory | str | None = None
-        if bus.curve_readers == ANY_READER:
-            readers = ANY_READER
-        elif bus.curve_readers:
-            readers = KeyDirectory(bus.curve_readers)
-        return cls(server=pair, authorised=authorised, readers=readers)
+        authorised = KeyDirectory(clients) if clients else None
+        reader_keys: KeyDirectory | str | None = None
+        if readers == ANY_READER:
+            reader_keys = ANY_READER
+        elif readers:
+            reader_keys = KeyDirectory(readers)
+        return cls(server=pair, authorised=authorised, readers=reader_keys)
 
     @property
     def curve(self) -> bool:
@@ -215,6 +224,8 @@ class Guard:
     def start(self) -> Guard:
         """Start pyzmq's authenticator (with CURVE); before any socket binds."""
         if self.server is not None and self._auth is None:
+            from zmq.auth.thread import ThreadAuthenticator  # asyncio: only when needed
+
             self._auth = ThreadAuthenticator(self.context, log=logging.getLogger(
                 "flyprep.daemon.curve.zap"))
             self._auth.start()

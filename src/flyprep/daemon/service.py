@@ -31,7 +31,8 @@ import numpy as np
 
 from .. import __version__
 from ..apx.stream import ApxStreamer
-from .bus import PROTOCOL_VERSION, ControlServer, EventPublisher, IpcAccess
+from .bus import PROTOCOL_VERSION, EventPublisher, IpcAccess
+from .front import LOCAL, ControlProcess, settings
 from .curve import Guard
 from .catalog import Catalog
 from .rates import RateWindow
@@ -81,7 +82,7 @@ class Daemon:
         self._publish = publish
         self._sink = FanoutSink(sinks)
         self._events: EventPublisher | None = None
-        self._control: ControlServer | None = None
+        self._control: ControlProcess | None = None
         self._guard: Guard | None = None
         self._apx_stream: EventPublisher | None = None
         self._apx: ApxStreamer | None = None
@@ -114,17 +115,22 @@ class Daemon:
         access = IpcAccess(int(cfg.bus.ipc_mode, 8), cfg.bus.ipc_group)
         try:
             if self._publish:
+                # Started first: the control process loads while the rest starts here.
+                self._control = ControlProcess(settings(
+                    endpoint=cfg.bus.control, allow_remote=cfg.bus.allow_remote,
+                    max_request_bytes=cfg.bus.max_request_bytes, ipc_access=access,
+                    curve_server_key=_text(cfg.bus.curve_server_key),
+                    curve_clients=_text(cfg.bus.curve_clients),
+                    curve_readers=cfg.bus.curve_readers, mutating=MUTATING,
+                    relayed=[c for c in self._handlers() if c not in LOCAL],
+                    version=self._version({})), self._handlers(), self.status)
+                self._control.launch()
                 self._guard = guard = Guard.from_config(cfg.bus).start()
                 self._events = EventPublisher(cfg.bus.events, allow_remote=cfg.bus.allow_remote,
                                               sndhwm=cfg.bus.send_hwm, run=self.run_id,
                                               on_sequenced=self._catalog.apply,
                                               ipc_access=access, guard=guard).start()
                 self._sink.add(self._events)
-                self._control = ControlServer(cfg.bus.control, self._handlers(),
-                                              allow_remote=cfg.bus.allow_remote,
-                                              max_request_bytes=cfg.bus.max_request_bytes,
-                                              ipc_access=access, guard=guard,
-                                              mutating=MUTATING).start()
             if cfg.apx.follow:
                 publish = self._publish_apx
                 if self._publish:
@@ -147,6 +153,9 @@ class Daemon:
             if self._publish:
                 self._heartbeat = Ticker("heartbeat", cfg.bus.heartbeat_s,
                                          self._beat).start()
+            if self._control is not None:
+                self._control.wait_ready()
+                self._control.open()
         except BaseException:
             self.shutdown()
             raise
@@ -199,7 +208,7 @@ class Daemon:
             closed &= self._apx_stream.close(linger_s=0.5)
             self._apx_stream = None
         if self._control is not None:
-            closed &= self._control.close(timeout_s=2.0)  # never waits long on a stuck handler
+            closed &= self._control.close(timeout_s=5.0)  # the process is killed after 2 s
             self._control = None
         if self._events is not None:
             self._events.flush(2.0)
@@ -382,7 +391,7 @@ class Daemon:
         if self._apx_stream is not None:
             self._apx_stream.emit(event, arrays=arrays)
 
-    # ---- control (control server thread)
+    # ---- control (the control process's link thread)
 
     def _handlers(self) -> dict[str, Any]:
         return {"status": self._status, "end_scan": self._end_scan,
@@ -444,6 +453,7 @@ class Daemon:
         return self._status({})
 
     def _status(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The status document (``control`` is added by the control process)."""
         parse(NoParams, params)
         with self._lock:
             sessions = [*self._finished.items(), *self._sessions.items()]
@@ -461,14 +471,12 @@ class Daemon:
         out: dict[str, Any] = {
             "state": "stopping" if self.should_exit.is_set() else "running",
             "version": __version__, "run": self.run_id,
-            "uptime_s": round(time.time() - self._started, 3),
+            "uptime_s": round(time.time() - self._started, 3), "as_of": time.time(),
             "roots": [str(r) for r in self.config.watch.roots], "scans": scans,
             "watcher": {"pending_files": self._watcher.pending_count if self._watcher else 0},
         }
         if self._events is not None:
             out["events"] = self._events.stats()
-        if self._control is not None:
-            out["control"] = self._control.status()
         if self._apx is not None:
             out["apx"] = self._apx.status()
         if self._apx_stream is not None:
@@ -504,3 +512,6 @@ class Daemon:
             session.end("end_scan command", state="aborted" if abort else "complete")
         return {"scan": name, "ending": True, "state": "aborted" if abort else "complete"}
 
+
+def _text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
