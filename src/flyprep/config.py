@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -107,6 +108,18 @@ class OutputConfig(Section):
     chunk_format: str = ".chunk%05d"
     compression: Compression = "none"
     compression_level: int = Field(4, ge=0, le=9, description="gzip level")
+    file_mode: Optional[str] = Field(
+        "0640", description="octal mode of the chunk and master files; null: the umask's")
+    group: Optional[str] = Field(
+        None, description="group given to the output files (readers of the output join it)")
+
+    @field_validator("file_mode")
+    @classmethod
+    def _file_mode(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and (not re.fullmatch(r"0?[0-7]{3}", v) or int(v, 8) & 0o600 != 0o600):
+            raise ValueError("must be an octal mode such as \"0640\" that lets the owner "
+                             "read and write")
+        return v
 
     @field_validator("chunk_format")
     @classmethod
@@ -478,6 +491,10 @@ class LimitsConfig(Section):
     disk_check_s: float = Field(1.0, gt=0, le=60, description="free space checked this often")
     ended_kept_s: float = Field(86400.0, gt=0, description="ended scans stay in status this "
                                                            "long (seconds)")
+    stall_s: float = Field(120.0, gt=0, le=86400,
+                           description="a scan's thread silent, or its writer busy with one "
+                                       "chunk, this long makes the daemon unhealthy: the "
+                                       "systemd watchdog pings stop (seconds)")
 
 
 class ApxConfig(Section):
@@ -505,6 +522,23 @@ class ApxConfig(Section):
         return v
 
 
+class LogConfig(Section):
+    """How the daemon logs (one line per record on stderr)."""
+
+    format: Literal["text", "json"] = Field(
+        "text", description="text, or one JSON object per line (time, level, logger, "
+                            "message, exception)")
+
+
+class MetricsConfig(Section):
+    """Prometheus metrics over HTTP (``/metrics``)."""
+
+    enabled: StrictBool = False
+    address: str = Field("127.0.0.1", description="address the HTTP server binds; not "
+                                                  "loopback only with bus.allow_remote")
+    port: int = Field(9464, ge=1, le=65535)
+
+
 class DaemonConfig(Section):
     """Everything ``flyprep run`` needs. ``scan`` holds defaults a scan file may override."""
 
@@ -517,6 +551,18 @@ class DaemonConfig(Section):
     bus: BusConfig = BusConfig()
     limits: LimitsConfig = LimitsConfig()
     apx: ApxConfig = ApxConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _metrics_address(self) -> "DaemonConfig":
+        if self.metrics.enabled and not self.bus.allow_remote and \
+                not is_local_endpoint(f"tcp://{self.metrics.address}:{self.metrics.port}"):
+            raise PydanticCustomError("flyprep_key", "{reason}", {
+                "key": "metrics.address", "value": self.metrics.address,
+                "reason": "not a loopback address; set bus.allow_remote = true to serve "
+                          "metrics on other interfaces"})
+        return self
 
     @model_validator(mode="after")
     def _apx_stream(self) -> "DaemonConfig":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable, TypeVar
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class Worker:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        #: When the loop last said it makes progress (:meth:`beat`; monotonic seconds).
+        self.last_beat = time.monotonic()
 
     def start(self: W, *, ready_timeout_s: float | None = None) -> W:
         """Start the thread (once). With ``ready_timeout_s``, wait until the loop says it
@@ -111,6 +114,10 @@ class Worker:
 
     def wake(self) -> None:
         """Make a sleeping :meth:`loop` look at :attr:`stopping` (nothing by default)."""
+
+    def beat(self) -> None:
+        """Say the loop is making progress (a health check reads :attr:`last_beat`)."""
+        self.last_beat = time.monotonic()
 
     def mark_ready(self) -> None:
         """Called by :meth:`loop` once set up: :meth:`start` returns."""

@@ -139,3 +139,43 @@ def _zombie(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+def test_a_relayed_request_still_waiting_when_the_server_stops_gets_a_nack(
+        tmp_path: Path) -> None:
+    ctx = zmq.Context.instance()
+    link = ctx.socket(zmq.PAIR)
+    link.setsockopt(zmq.LINGER, 0)
+    link.bind(f"ipc://{tmp_path}/link")
+    server = ControlServer(f"ipc://{tmp_path}/ctl", relay=Relay(
+        f"ipc://{tmp_path}/link", frozenset({"slow"}), lambda kind, body: None)).start()
+    got: dict[str, Any] = {}
+    try:
+        link.send_multipart([b"status", b"{}"])
+        waiter = threading.Thread(target=lambda: got.update(reply=request(
+            f"ipc://{tmp_path}/ctl", "slow", timeout_s=10)))
+        waiter.start()
+        assert link.poll(5000) and link.recv_multipart()[0] == b"request"
+    finally:
+        server.close()
+        link.close(linger=0)
+    waiter.join(10)
+    assert got["reply"] == {"ok": False, "command": "slow",
+                            "error": "slow: the control server is stopping"}
+
+
+def test_the_control_process_does_not_import_from_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    (planted / "zmq.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    monkeypatch.chdir(planted)
+    proc = ControlProcess(_settings(f"ipc://{tmp_path}/ctl", []), {}, dict)
+    proc.start()
+    try:
+        proc.open()
+        assert request(f"ipc://{tmp_path}/ctl", "ping", timeout_s=5)["ok"]
+    finally:
+        assert proc.close()
+    assert not marker.exists()

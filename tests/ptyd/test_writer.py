@@ -227,3 +227,32 @@ def test_full_disk_loses_nothing_already_written(tmp_path, meta):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.ptyd", "scan.ptyd.chunk00000"]
     ptyd = open_ptyd(tmp_path / "scan.ptyd")
     assert ptyd.n_frames == 100 and ptyd.state == "acquiring"
+
+
+@pytest.mark.parametrize("save", ["link", "append"])
+def test_output_files_get_the_configured_mode_and_group(tmp_path, meta, save):
+    import grp
+    import stat
+
+    from flyprep.ptyd.writer import FileAccess
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    path = tmp_path / "scan.ptyd"
+    write_scan(path, meta, save=save, access=FileAccess(0o604, group))
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == (4 if save == "link" else 1)
+    for f in files:
+        st = f.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o604 and st.st_gid == os.getgid(), f
+
+
+def test_the_default_output_mode_is_0640_and_an_unknown_group_fails_the_chunk(tmp_path, meta):
+    import stat
+
+    from flyprep.ptyd.writer import FileAccess
+
+    path = tmp_path / "a.ptyd"
+    write_scan(path, meta)
+    assert {stat.S_IMODE(f.stat().st_mode) for f in tmp_path.iterdir()} == {0o640}
+    with pytest.raises(OutputError, match="no group named 'no-such-group-x'"):
+        write_scan(tmp_path / "b.ptyd", meta, access=FileAccess(None, "no-such-group-x"))

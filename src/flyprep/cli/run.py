@@ -2,9 +2,13 @@
 
 SIGTERM or SIGINT asks for a clean stop: running scans write their whole chunks and stay
 resumable, sockets close, exit code 0. A second signal exits at once (the output is
-crash-safe either way: the next start reconciles it). Under systemd (``Type=notify``) the
-daemon reports ``READY=1`` once its sockets are bound and its watcher runs, and
-``STOPPING=1`` when it begins to stop.
+crash-safe either way: the next start reconciles it). SIGHUP reads the configuration
+again: a bad one is refused (logged) and the running one kept; new settings apply to
+scans that start afterwards, and what needs a restart (endpoints, the watcher) is said.
+Under systemd (``Type=notify``) the daemon reports ``READY=1`` once its sockets are bound
+and its watcher runs, ``RELOADING=1`` then ``READY=1`` around a reload, ``STOPPING=1``
+when it begins to stop, a one-line ``STATUS=``, and ``WATCHDOG=1`` pings while no scan is
+stuck (``WatchdogSec=``; ``limits.stall_s``).
 
 Exit codes: 0 stopped cleanly, 2 bad configuration, CURVE keys included (not retried by
 the systemd unit),
@@ -18,7 +22,6 @@ import argparse
 import logging
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,35 +48,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def notify_systemd(state: str) -> bool:
-    """Send ``state`` (e.g. ``READY=1``) to systemd's notify socket, if there is one."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.warning("systemd notify failed: %s", exc)
-        return False
-    return True
-
-
 def run(args: argparse.Namespace) -> int:
     """Load the config, start the daemon, serve until a signal; see the module doc."""
     configure_logging(args.log_level)
     from ..config import load_daemon_config
     from ..daemon.service import Daemon
+    from ..daemon.systemd import Notifier
+
+    def load() -> Any:
+        return load_daemon_config(args.config, require_roots=False)
 
     try:
-        config = load_daemon_config(args.config, require_roots=False)
+        config = load()
     except ConfigError as exc:
         print(f"flyprep: error: {exc}", file=sys.stderr)
         return ExitCode.INPUT
-    daemon = Daemon(config)
+    configure_logging(args.log_level, config.log.format)
+    notifier = Notifier()
+    daemon = Daemon(config, notifier=notifier, loader=load)
     # Threads hand the interpreter lock over every 1 ms instead of 5: the control server
     # and the publishers answer within milliseconds while preparation threads compute.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -88,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: daemon.request_reload())
     try:
         daemon.startup()
     except ConfigError as exc:  # e.g. a CURVE key the config names: not worth retrying
@@ -96,13 +89,15 @@ def run(args: argparse.Namespace) -> int:
     except (FlyprepError, OSError) as exc:
         print(f"flyprep: error: could not start: {exc}", file=sys.stderr)
         return ExitCode.OUTPUT
-    notify_systemd("READY=1")
+    notifier.send("READY=1", f"STATUS={daemon.status_line()}")
+    metrics = daemon.endpoints["metrics"]
     print(f"flyprep: ready; events {daemon.endpoints['events']}, control "
-          f"{daemon.endpoints['control']}", file=sys.stderr, flush=True)
+          f"{daemon.endpoints['control']}{f', metrics {metrics}' if metrics else ''}",
+          file=sys.stderr, flush=True)
     try:
         daemon.main_loop()
     finally:
-        notify_systemd("STOPPING=1")
+        notifier.send("STOPPING=1", "STATUS=stopping: scans write their whole chunks")
         log.info("stopping: running scans write their whole chunks and stay resumable")
         daemon.shutdown()
     if daemon.failure is not None:

@@ -285,6 +285,7 @@ class ControlServer(Worker):
         self._closed = False
         self._tokens = itertools.count()
         self._waiting: dict[bytes, _Waiting] = {}  # relayed, by token (control thread only)
+        self._link: zmq.Socket | None = None  # the relay's socket (control thread only)
 
     @property
     def mutating(self) -> frozenset[str]:
@@ -346,6 +347,15 @@ class ControlServer(Worker):
         """Requests answered, errors (count and the latest messages), refused changes,
         endpoint, and the process that serves it."""
         return {"endpoint": self.endpoint, "pid": os.getpid(), **self.commands.stats()}
+
+    def tell(self, frames: list[bytes]) -> None:
+        """Send ``frames`` to the relay's process (from a handler: the control thread
+        only); dropped if it is not reading."""
+        if self._link is not None:
+            try:
+                self._link.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def handle(self, message: bytes, *,
                refusal: Callable[[], str | None] | None = None) -> dict[str, Any]:
@@ -444,11 +454,15 @@ class ControlServer(Worker):
                           len(frames))
         return pushed
 
-    def _forget_stale(self) -> None:
-        old = time.monotonic() - RELAY_TIMEOUT_S
-        for token in [t for t, w in self._waiting.items() if w.since < old]:
-            log.warning("control: no answer to a relayed %s within %g s",
-                        self._waiting.pop(token).command, RELAY_TIMEOUT_S)
+    def _give_up(self, send: Callable[[list[bytes]], None], *, older_than: float | None,
+                 why: str) -> None:
+        """Nack the relayed requests waiting since before ``older_than`` (None: all)."""
+        for token in [t for t, w in self._waiting.items()
+                      if older_than is None or w.since < older_than]:
+            waiting = self._waiting.pop(token)
+            reply = self.commands.failed(waiting.command, f"{waiting.command}: {why}",
+                                         count_request=True)
+            send([*waiting.route, json.dumps(reply).encode()])
 
     def loop(self) -> None:
         assert self._ctx is not None
@@ -465,6 +479,7 @@ class ControlServer(Worker):
                 link = self._ctx.socket(zmq.PAIR)
                 link.setsockopt(zmq.LINGER, 0)
                 link.connect(self.relay.link)
+                self._link = link
             self.endpoint = bind(rep, self.requested_endpoint, self.ipc_access, self.guard)
         except BaseException:  # handed to start()
             rep.close(linger=0)
@@ -503,8 +518,11 @@ class ControlServer(Worker):
                         log.exception("control: a message of the relay link was lost")
                 if self._waiting and time.monotonic() - stale_check > 1.0:
                     stale_check = time.monotonic()
-                    self._forget_stale()
+                    self._give_up(send, older_than=stale_check - RELAY_TIMEOUT_S,
+                                  why=f"no answer from the daemon within {RELAY_TIMEOUT_S:g} s")
+            self._give_up(send, older_than=None, why="the control server is stopping")
         finally:
+            self._link = None
             rep.close(linger=0)
             pipe.close(linger=0)
             if link is not None:

@@ -7,9 +7,9 @@ the control socket belongs to a small child process, which loads neither numpy n
 h5py and has a lock of its own:
 
 * ``ping``, ``version`` and ``status`` are answered there at once. ``status`` is the
-  document the daemon pushes every :data:`STATUS_PUSH_S` (and right after a command
-  changed something), so its figures are at most that old plus the time the push waits
-  for the lock; its ``as_of`` field says when it was taken.
+  document the daemon pushes every :data:`STATUS_PUSH_S` while clients ask for it
+  (:data:`ASKED_S` after each request), every :data:`IDLE_PUSH_S` otherwise, and right
+  after a command changed something; its ``as_of`` field says when it was taken.
 * The other commands (``scan``, ``snapshot``, ``apx_header``, ``end_scan``,
   ``abort_scan``, ``reset_stats``) are checked there (JSON, size, who may change a scan)
   and relayed to the daemon over a PAIR socket in a private directory; their replies go
@@ -17,8 +17,8 @@ h5py and has a lock of its own:
 
 Data flows one way: the daemon pushes its state, the control process never asks for it.
 
-Lifecycle: the daemon (:class:`ControlProcess`, a worker thread) starts the child with
-its settings on stdin and keeps stdin open; the child prints ``ready ENDPOINT`` or
+Lifecycle: the daemon (:class:`ControlProcess`, a worker thread) starts the child
+(:data:`LAUNCHER`, in a session of its own) with its settings on stdin and keeps stdin open; the child prints ``ready ENDPOINT`` or
 ``failed REASON`` on stdout. The child ignores SIGINT and SIGTERM (it keeps answering
 while the daemon stops, state ``stopping``) and exits when its stdin ends, that is when
 the daemon closes it or dies, even by SIGKILL. If the child dies, the daemon says so
@@ -50,8 +50,21 @@ from .curve import Guard
 
 log = logging.getLogger(__name__)
 
-#: The daemon pushes its status to the control process this often.
+#: The daemon pushes its status to the control process this often while clients ask for
+#: it (:data:`ASKED_S`), and every :data:`IDLE_PUSH_S` otherwise.
 STATUS_PUSH_S = 0.1
+IDLE_PUSH_S = 1.0
+#: A status request keeps the fast pushes going this long.
+ASKED_S = 5.0
+#: Relayed requests answered per turn of the daemon's side at most (then it pushes the
+#: status and looks at its stop flag: a flood of them cannot starve either).
+RELAYED_BATCH = 16
+#: How the control process is started: signals ignored before anything is imported (a
+#: stop or a Ctrl-C during its start must not kill it), the working directory taken out of
+#: the import path (python -c puts it first: a stray zmq.py there must not be run).
+LAUNCHER = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN); import sys; del sys.path[0]; "
+            "from flyprep.daemon.front import main; sys.exit(main())")
 #: The control process must say it is ready (its socket bound) within this.
 READY_TIMEOUT_S = 30.0
 #: Commands the control process answers itself.
@@ -76,6 +89,10 @@ class ControlProcess(Worker):
         self._proc: subprocess.Popen[bytes] | None = None
         self._reset_pending = False
         self._open = threading.Event()
+        self._asked_until = 0.0  # fast status pushes until then
+        self._next_push = 0.0
+        #: The status document pushed last (what ``status`` answers now), None before.
+        self.last_status: dict[str, Any] | None = None
 
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> ControlProcess:
         """Start it and wait until its socket is bound; BusError if it cannot be."""
@@ -116,7 +133,11 @@ class ControlProcess(Worker):
         link = ctx.socket(zmq.PAIR)
         link.setsockopt(zmq.LINGER, 0)
         try:
-            link.bind(f"ipc://{home}/link")
+            try:
+                link.bind(f"ipc://{home}/link")
+            except zmq.ZMQError as exc:
+                raise BusError(f"cannot bind the control link in {home}: {exc} (a shorter "
+                               f"$TMPDIR helps)") from exc
             self._proc = self._spawn(f"ipc://{home}/link")
             self.endpoint = self._await_ready(self._proc)
             self.mark_ready()
@@ -131,8 +152,9 @@ class ControlProcess(Worker):
     def _spawn(self, link: str) -> subprocess.Popen[bytes]:
         spec = {**self._settings, "link": link,
                 "log_level": logging.getLevelName(logging.getLogger().getEffectiveLevel())}
-        proc = subprocess.Popen([sys.executable, "-m", "flyprep.daemon.front"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        spec.setdefault("log_format", "text")
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, start_new_session=True)
         assert proc.stdin is not None
         proc.stdin.write(json.dumps(spec).encode() + b"\n")
         proc.stdin.flush()
@@ -145,7 +167,9 @@ class ControlProcess(Worker):
         line = b""
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
-            if left <= 0 or self.stopping:
+            if self.stopping:
+                raise BusError("the daemon stopped before its control process was ready")
+            if left <= 0:
                 raise BusError(f"the control process did not start within "
                                f"{READY_TIMEOUT_S:g} s")
             if select.select([proc.stdout], [], [], min(left, 0.1))[0]:
@@ -158,28 +182,39 @@ class ControlProcess(Worker):
             return rest
         if word == "failed":
             raise BusError(rest)
-        code = proc.wait(5)
+        try:
+            code: int | str = proc.wait(5)
+        except subprocess.TimeoutExpired:
+            code = f"none: it said {line[:200]!r}"
         raise BusError(f"the control process ended (exit code {code}) before it was ready")
 
     def _serve(self, link: zmq.Socket, proc: subprocess.Popen[bytes]) -> None:
-        next_push = time.monotonic()
+        self._next_push = time.monotonic()
         while not self.stopping:
-            wait_ms = max(1, int((next_push - time.monotonic()) * 1000))
+            wait_ms = max(1, int((self._next_push - time.monotonic()) * 1000))
             if link.poll(wait_ms if self._open.is_set() else 10, zmq.POLLIN):
                 self._answer(link)
-            if self._open.is_set() and time.monotonic() >= next_push:
-                next_push = time.monotonic() + STATUS_PUSH_S
+            now = time.monotonic()
+            if self._open.is_set() and now >= self._next_push:
+                fast = now < self._asked_until
+                self._next_push = now + (STATUS_PUSH_S if fast else IDLE_PUSH_S)
                 self._push_status(link)
             code = proc.poll()
             if code is not None:
                 raise BusError(f"the control process ended (exit code {code})")
 
     def _answer(self, link: zmq.Socket) -> None:
-        while True:
+        for _ in range(RELAYED_BATCH):
             try:
                 frames = link.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if frames[0] == b"asked":
+                now = time.monotonic()
+                if now >= self._asked_until:  # slow pushes until now: one at once
+                    self._next_push = now
+                self._asked_until = now + ASKED_S
+                continue
             if len(frames) != 3 or frames[0] != b"request":
                 log.error("control link: an unexpected message of %d frames", len(frames))
                 continue
@@ -195,7 +230,9 @@ class ControlProcess(Worker):
 
     def _push_status(self, link: zmq.Socket) -> None:
         try:
-            body = json.dumps(self._status()).encode()
+            status = self._status()
+            body = json.dumps(status).encode()
+            self.last_status = status
         except Exception:  # noqa: BLE001 - the next push may succeed; logged
             log.exception("control: the status could not be made")
             return
@@ -227,7 +264,7 @@ def _send(link: zmq.Socket, frames: list[bytes]) -> None:
 def settings(*, endpoint: str, allow_remote: bool, max_request_bytes: int,
              ipc_access: IpcAccess, curve_server_key: str | None, curve_clients: str | None,
              curve_readers: str | None, mutating: Sequence[str], relayed: Sequence[str],
-             version: dict[str, Any]) -> dict[str, Any]:
+             version: dict[str, Any], log_format: str = "text") -> dict[str, Any]:
     """What the control process needs (JSON): the socket, who may use it, the commands
     it relays, the ``version`` it answers."""
     return {"endpoint": endpoint, "allow_remote": allow_remote,
@@ -235,19 +272,22 @@ def settings(*, endpoint: str, allow_remote: bool, max_request_bytes: int,
             "ipc_mode": ipc_access.mode, "ipc_group": ipc_access.group,
             "curve": {"server_key": curve_server_key, "clients": curve_clients,
                       "readers": curve_readers},
-            "mutating": list(mutating), "relayed": list(relayed), "version": version}
+            "mutating": list(mutating), "relayed": list(relayed), "version": version,
+            "log_format": log_format}
 
 
 # ---------------------------------------------------------------------------- the child
 
 
 class Front:
-    """The control process's own answers: ``version``, and ``status`` as last pushed."""
+    """The control process's own answers: ``version``, and ``status`` as last pushed.
+    ``tell``: sends a message to the daemon (a status request asks for fast pushes)."""
 
     def __init__(self, version: dict[str, Any]) -> None:
         self._version = version
         self._status: dict[str, Any] | None = None
         self.server: ControlServer | None = None
+        self._told_at = float("-inf")
 
     def on_push(self, kind: bytes, body: bytes) -> None:
         if kind == b"status":
@@ -264,6 +304,10 @@ class Front:
         if self._status is None:
             raise ValueError("the daemon is starting; ask again")
         assert self.server is not None
+        now = time.monotonic()
+        if now - self._told_at > 1.0:  # fast pushes while asked: at most a message a second
+            self._told_at = now
+            self.server.tell([b"asked", b""])
         return {**self._status, "control": self.server.status()}
 
 
@@ -290,9 +334,12 @@ def _serve(spec: dict[str, Any]) -> int:
         front.server = server
         server.start()
     except Exception as exc:  # noqa: BLE001 - told to the daemon, which exits with it
-        print(f"failed {exc}", flush=True)
+        _say(f"failed {exc}")
         return 1
-    print(f"ready {server.endpoint}", flush=True)
+    if not _say(f"ready {server.endpoint}"):
+        server.close(timeout_s=2.0)
+        guard.close()
+        return 0  # the daemon stopped before it was ready: nothing to tell
     ended = threading.Event()
 
     def await_eof() -> None:
@@ -309,15 +356,25 @@ def _serve(spec: dict[str, Any]) -> int:
             break
     server.close(timeout_s=2.0)
     guard.close()
+    shutil.rmtree(os.path.dirname(spec["link"][len("ipc://"):]), ignore_errors=True)
     return code
+
+
+def _say(line: str) -> bool:
+    """One line to the daemon on stdout; False if it is gone."""
+    try:
+        print(line, flush=True)
+    except (BrokenPipeError, OSError):
+        return False
+    return True
 
 
 def main() -> int:
     """The control process: settings from the first line of stdin; see the module doc."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when this ends
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (the launcher did so already)
     spec = json.loads(sys.stdin.buffer.readline())
-    configure_logging(spec["log_level"])
+    configure_logging(spec["log_level"], spec["log_format"])
     return _serve(spec)
 
 

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,14 @@ from .bus import PROTOCOL_VERSION, EventPublisher, IpcAccess
 from .front import LOCAL, ControlProcess, settings
 from .curve import Guard
 from .catalog import Catalog
+from .metrics import MetricsServer
 from .rates import RateWindow
+from .reload import plan_reload
+from .systemd import Notifier
 from .requests import (ApxHeaderRequest, EndScanRequest, NoParams, ScanRequest,
                        parse)
 from ..config import DaemonConfig
-from ..errors import InputError
+from ..errors import FlyprepError, InputError
 from ..events import ApxReadouts, DaemonHeartbeat, ErrorReported, EventSink, FanoutSink
 from ..ptyd.resume import finished_state
 from ..workers import Ticker
@@ -76,9 +79,17 @@ class Daemon:
     """
 
     def __init__(self, config: DaemonConfig, *, sinks: Sequence[EventSink] = (),
-                 publish: bool = True) -> None:
+                 publish: bool = True, notifier: Notifier | None = None,
+                 loader: Callable[[], DaemonConfig] | None = None) -> None:
         self.config = config
         self.should_exit = threading.Event()
+        #: systemd's notify socket (READY, STATUS, WATCHDOG); does nothing outside systemd
+        self.notifier = notifier or Notifier(environ={})
+        self._loader = loader  # reads the configuration again (SIGHUP), None: no reload
+        self._reload_requested = threading.Event()
+        self._unhealthy: list[str] = []
+        self._status_line_at = 0.0
+        self._metrics: MetricsServer | None = None
         self._publish = publish
         self._sink = FanoutSink(sinks)
         self._events: EventPublisher | None = None
@@ -123,7 +134,8 @@ class Daemon:
                     curve_clients=_text(cfg.bus.curve_clients),
                     curve_readers=cfg.bus.curve_readers, mutating=MUTATING,
                     relayed=[c for c in self._handlers() if c not in LOCAL],
-                    version=self._version({})), self._handlers(), self.status)
+                    version=self._version({}), log_format=cfg.log.format),
+                    self._handlers(), self.status)
                 self._control.launch()
                 self._guard = guard = Guard.from_config(cfg.bus).start()
                 self._events = EventPublisher(cfg.bus.events, allow_remote=cfg.bus.allow_remote,
@@ -153,6 +165,12 @@ class Daemon:
             if self._publish:
                 self._heartbeat = Ticker("heartbeat", cfg.bus.heartbeat_s,
                                          self._beat).start()
+            if cfg.metrics.enabled:
+                self._metrics = MetricsServer(cfg.metrics.address, cfg.metrics.port,
+                                              status=self._published_status,
+                                              health=self.health,
+                                              disks=self._output_dirs).start()
+                self._sink.add(self._metrics)
             if self._control is not None:
                 self._control.wait_ready()
                 self._control.open()
@@ -164,10 +182,18 @@ class Daemon:
                  self._events.endpoint if self._events else "-",
                  self._control.endpoint if self._control else "-")
 
+    def request_reload(self) -> None:
+        """Read the configuration again at the main loop's next turn (safe in a signal
+        handler: it only sets a flag)."""
+        self._reload_requested.set()
+
     def main_loop(self) -> None:
         """Route watcher events to scans until :attr:`should_exit` is set."""
         next_tick = 0.0
         while not self.should_exit.is_set():
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
             try:
                 event = self._inbox.get(timeout=TICK_S)
             except queue.Empty:
@@ -187,6 +213,9 @@ class Daemon:
         if self._heartbeat is not None:
             self._heartbeat.stop_and_join(5.0)
             self._heartbeat = None
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
@@ -234,7 +263,8 @@ class Daemon:
         """The bound endpoints (random ports resolved)."""
         return {"events": self._events.endpoint if self._events else None,
                 "control": self._control.endpoint if self._control else None,
-                "apx_stream": self._apx_stream.endpoint if self._apx_stream else None}
+                "apx_stream": self._apx_stream.endpoint if self._apx_stream else None,
+                "metrics": self._metrics.url if self._metrics else None}
 
     # ---- routing (main loop thread)
 
@@ -359,6 +389,85 @@ class Daemon:
         for session in known:
             self._catalog.known(session.name, session.output)
         self._sample_rates()
+        self._tell_systemd()
+
+    # ---- health, systemd, reload (main loop thread)
+
+    def health(self) -> list[str]:
+        """What is stuck now (empty: healthy): scans whose thread or writer made no
+        progress for ``limits.stall_s``."""
+        bound = self.config.limits.stall_s
+        now = time.monotonic()
+        with self._lock:
+            sessions = list(self._sessions.values())
+        return [why for s in sessions if (why := s.stalled(bound, now)) is not None]
+
+    def _tell_systemd(self) -> None:
+        problems = self.health()
+        if problems != self._unhealthy:
+            if problems:
+                for why in problems:
+                    log.error("unhealthy: %s; the systemd watchdog is no longer pinged", why)
+                    self._sink.emit(ErrorReported(where="daemon", message=f"stuck: {why}"))
+            else:
+                log.info("healthy again: the systemd watchdog is pinged again")
+            self._unhealthy = problems
+        self.notifier.watchdog(not problems)
+        now = time.monotonic()
+        if self.notifier.active and now - self._status_line_at >= 1.0:
+            self._status_line_at = now
+            self.notifier.status(self.status_line())
+
+    def _published_status(self) -> dict[str, Any]:
+        """The status the control socket answers now (the one pushed last), so that
+        metrics and status agree; a new one without a control process."""
+        pushed = None if self._control is None else self._control.last_status
+        return pushed if pushed is not None else self.status()
+
+    def _output_dirs(self) -> list[str]:
+        if self.config.output.directory is not None:
+            return [str(self.config.output.directory)]
+        return [str(r) for r in self.config.watch.roots]
+
+    def status_line(self) -> str:
+        """One line for systemd's ``STATUS=``: scans, frames/s, failures, what is stuck."""
+        with self._lock:
+            running = [d for d, s in self._sessions.items() if s.alive]
+            queued = len(self._queued)
+            finished = list(self._finished.values())
+        rate = sum((self._rates.rates(d) or {}).get("prepared", 0.0) for d in running)
+        failed = sum(1 for s in finished if s.state == SessionState.FAILED)
+        line = (f"{len(running)} scans running, {queued} queued; {rate:,.0f} frames/s; "
+                f"{failed} scans failed")
+        if self._unhealthy:
+            line += f"; STUCK: {self._unhealthy[0]}"
+        return line
+
+    def reload(self) -> bool:
+        """Read the configuration again (SIGHUP): a bad one is refused and the running one
+        kept; otherwise new settings apply to scans that start afterwards (see
+        :mod:`.reload`). True if the new configuration was taken."""
+        if self._loader is None:
+            log.warning("reload asked, but this daemon has no configuration file to read")
+            return False
+        self.notifier.reloading()
+        try:
+            try:
+                new = self._loader()
+            except (FlyprepError, OSError) as exc:
+                log.error("reload refused, the running configuration is kept: %s", exc)
+                self._sink.emit(ErrorReported(where="reload", message=str(exc)))
+                return False
+            plan = plan_reload(self.config, new)
+            if plan.need_restart:
+                log.warning("reload: these settings change only with a restart and are kept "
+                            "as they were: %s", ", ".join(plan.need_restart))
+            self.config = plan.config
+            log.info("configuration reloaded: %s (for scans that start from now on)",
+                     ", ".join(plan.changed) if plan.changed else "nothing changed")
+            return True
+        finally:
+            self.notifier.send("READY=1")
 
     # ---- .apx files
 

@@ -207,6 +207,24 @@ class ScanSession(Worker):
         """Stop without ending the scan (daemon shutdown): the output stays resumable."""
         self._inbox.put(STOP)
 
+    def stalled(self, bound_s: float, now: float | None = None) -> str | None:
+        """Why this scan looks stuck, if it does: its writer thread busy with one chunk,
+        or its own thread silent (no frame handed on, no news waited for), for more than
+        ``bound_s``. Waiting for its writer is not being stuck."""
+        if not self.alive:
+            return None
+        now = time.monotonic() if now is None else now
+        run = self._scan_run
+        since = None if run is None else run.writing_since
+        if since is not None:
+            if now - since > bound_s:
+                return f"{self.name}: its writer has been writing one chunk for " \
+                       f"{now - since:.0f} s"
+            return None
+        if now - self.last_beat > bound_s:
+            return f"{self.name}: no progress for {now - self.last_beat:.0f} s"
+        return None
+
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot for ``flyprep status``."""
         self._sync_progress()
@@ -702,6 +720,7 @@ class ScanSession(Worker):
     # ---- news
 
     def _wait_news(self, timeout_s: float) -> None:
+        self.beat()
         try:
             item = self._inbox.get(timeout=timeout_s)
         except queue.Empty:
@@ -711,6 +730,7 @@ class ScanSession(Worker):
         self._drain()
 
     def _drain(self) -> None:
+        self.beat()
         while True:
             try:
                 item = self._inbox.get_nowait()

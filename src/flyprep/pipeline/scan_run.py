@@ -17,7 +17,7 @@ from ..errors import DiskFull, InputError, OutputError, ScanInterrupted, is_disk
 from ..events import ChunkWritten, EventSink, ScanStarted
 from ..prep import Calibration, Preparation, PreparedChunk
 from ..states import ScanState
-from ..ptyd.writer import OutputMode, PtydWriter
+from ..ptyd.writer import FileAccess, OutputMode, PtydWriter
 from ..ptyd.writer_thread import InlineWriter, Listed, WriterThread
 from .items import FrameItem, ReadyFrame, RunItem, ScanEnd
 from .preparer import ChunkPreparer, require_geometry, scan_meta, writer_params
@@ -211,6 +211,12 @@ class ScanRun:
         return self._written_so_far
 
     @property
+    def writing_since(self) -> float | None:
+        """Since when its writer thread writes what it took last (monotonic seconds);
+        None while it waits for work, or without a writer thread."""
+        return getattr(self._writer, "busy_since", None)
+
+    @property
     def chunks_queued(self) -> int:
         """Prepared chunks waiting for the writer; any thread."""
         writer = self._writer
@@ -379,5 +385,7 @@ def _open_writer(output: Path, config: PrepareConfig, preparer: ChunkPreparer,
         meta=meta, save=out_cfg.save, chunk_frames=out_cfg.chunk_frames,
         chunk_format=out_cfg.chunk_format, compression=out_cfg.compression,
         compression_level=out_cfg.compression_level,
-        params=writer_params(config, preparer.resolved(), preparer.calibration))
+        params=writer_params(config, preparer.resolved(), preparer.calibration),
+        access=FileAccess(None if out_cfg.file_mode is None else int(out_cfg.file_mode, 8),
+                          out_cfg.group))
     return PtydWriter(output, mode=mode, **kwargs)

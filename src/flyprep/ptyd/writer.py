@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import grp
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,26 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class FileAccess:
+    """Who may read the output: the files' mode and group (None: the process's umask
+    and group decide)."""
+
+    mode: int | None = 0o640
+    group: str | None = None
+
+    def grant(self, path: Path) -> None:
+        """Give ``path`` this mode and group; OSError if the group is unknown or not ours."""
+        if self.mode is not None:
+            os.chmod(path, self.mode)
+        if self.group is not None:
+            try:
+                gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                raise OSError(f"no group named {self.group!r}") from None
+            os.chown(path, -1, gid)
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -148,8 +169,10 @@ class PtydWriter:
         compression_level: int = 4,
         params: dict[str, Any] | None = None,
         mode: OutputMode = OutputMode.NEW,
+        access: FileAccess = FileAccess(),
     ) -> None:
         self.path = Path(path).absolute()
+        self.access = access
         self.meta = meta
         self.save = save
         self.chunk_frames = chunk_frames
@@ -413,6 +436,7 @@ class PtydWriter:
             finally:
                 self._open = None
                 opened.closer.close()  # HDF5 close, then fsync
+            self.access.grant(opened.tmp)
             # The directory fsync after the master's rename makes this rename durable too.
             os.replace(opened.tmp, final)
         except (OSError, RuntimeError, ValueError) as exc:
@@ -436,6 +460,7 @@ class PtydWriter:
         try:
             with guarded_h5(tmp, image=self._master_image) as f:
                 write_master_state(f, self._plan())
+            self.access.grant(tmp)
             publish(tmp, self.path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -467,6 +492,7 @@ class PtydWriter:
             with guarded_h5(self._append_tmp, "r+") as f:
                 write_master_base(f, self.meta, self.created)
                 write_master_state(f, self._plan(), links=False)
+            self.access.grant(self._append_tmp)
             publish(self._append_tmp, self.path)
         except OSError as exc:
             raise OutputError(f"{self.path}: could not publish: {exc}") from exc

@@ -71,6 +71,8 @@ class WriterThread(Worker):
         self._count_lock = threading.Lock()
         self._error: BaseException | None = None
         self._unlisted: list[tuple[PreparedChunk, Path]] = []  # written, master not yet new
+        #: Since when the thread writes what it took last (monotonic), None while idle.
+        self.busy_since: float | None = None
         self.start()
 
     @property
@@ -155,9 +157,11 @@ class WriterThread(Worker):
 
     def loop(self) -> None:
         while True:
+            self.busy_since = None
             item = self._queue.get()
             if item is STOP:
                 return
+            self.busy_since = time.monotonic()
             if isinstance(item, EncodedPart):
                 if self._error is None:
                     try:
