@@ -13,8 +13,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "flyprep"
 
 #: Layers, bottom first: a module may import its own layer and those below it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"__init__", "errors", "config", "endpoints", "events", "logs", "states",
-              "workers"}),
+    ("base", {"__init__", "errors", "config", "endpoints", "events", "logs", "memory",
+              "states", "workers"}),
     ("sources", {"sources"}),
     ("prep", {"prep"}),
     ("ptyd", {"ptyd"}),

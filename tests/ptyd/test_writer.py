@@ -256,3 +256,16 @@ def test_the_default_output_mode_is_0640_and_an_unknown_group_fails_the_chunk(tm
     assert {stat.S_IMODE(f.stat().st_mode) for f in tmp_path.iterdir()} == {0o640}
     with pytest.raises(OutputError, match="no group named 'no-such-group-x'"):
         write_scan(tmp_path / "b.ptyd", meta, access=FileAccess(None, "no-such-group-x"))
+
+
+def test_who_may_read_the_output_is_not_part_of_its_provenance():
+    """An output's mode and group may change (or an upgrade add them) without making the
+    chunks already written look mismatched on resume."""
+    from flyprep.config import PrepareConfig
+    from flyprep.pipeline.preparer import writer_params
+    from flyprep.ptyd.format import params_hash
+
+    plain = PrepareConfig()
+    shared = PrepareConfig.model_validate({"output": {"file_mode": "0644", "group": "x"}})
+    assert "file_mode" not in writer_params(plain, {})["output"]
+    assert params_hash(writer_params(plain, {})) == params_hash(writer_params(shared, {}))

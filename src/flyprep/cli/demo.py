@@ -6,11 +6,17 @@ in this process with its ZeroMQ sockets on ipc endpoints in ``<dir>``, prepares 
 ``<dir>/prepared/scan_0001.ptyd`` chunk by chunk. Progress shows both; the summary says
 what was written, how fast, how soon the first chunk was readable, and how to point
 PtyPy at it.
+
+A temporary directory (no ``--dir``) is removed when the demo ends, also on Ctrl-C or an
+error, unless ``--keep``; a ``--dir`` is never removed. Either way the demo says what
+became of the files. A directory kept holds ``demo.toml``, the daemon's config, for
+``flyprep run --config``.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import threading
@@ -18,8 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..config import parse_daemon_config
-from ..daemon.service import Daemon
+from ..config import parse_daemon_config, to_toml
 from ..events import ChunkWritten, Event, ScanEnded, ScanStarted
 from ..ptyd.reader import open_ptyd
 from ..ptyd.verify import verify
@@ -29,11 +34,18 @@ from .exit_codes import ExitCode
 
 SCAN = "scan_0001"
 
+#: The config that runs the daemon from a clone of the repository (absent when installed
+#: from a wheel: the hint then says how to keep the demo's directory instead).
+LOCAL_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "local.toml"
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``demo`` on an ``add_subparsers()`` object; returns its parser."""
     p = subparsers.add_parser("demo", help="simulate a scan and prepare it live with the daemon")
-    p.add_argument("--dir", type=Path, help="where to put it (default: a new temporary dir)")
+    p.add_argument("--dir", type=Path, help="where to put it, kept afterwards (default: a new "
+                                            "temporary dir, removed at the end)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary directory (and say where it is)")
     p.add_argument("--frames", type=int, default=600, help="frames in the scan (default 600)")
     # The simulator computes each frame (FFT and Poisson noise, ~5 ms) in the demo's own
     # process, beside the daemon: 200 frames/s was asked but ~140 achieved on 2 cores.
@@ -81,7 +93,7 @@ class _Tracker:
 
 
 def demo_config(root: Path, *, chunk_frames: int, layout: str) -> dict[str, Any]:
-    """The daemon configuration the demo runs with (shown by ``--dir`` in ``demo.toml``)."""
+    """The daemon configuration the demo runs with (written to ``<dir>/demo.toml``)."""
     return {
         "watch": {"roots": [str(root / "incoming")],
                   "frame_patterns": ["*.npy"] if layout == "ptypy" else ["*.h5"],
@@ -94,46 +106,88 @@ def demo_config(root: Path, *, chunk_frames: int, layout: str) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo; 0 when the scan was prepared completely and verifies."""
+    """Run the demo; 0 when the scan was prepared completely and verifies. A temporary
+    directory is removed at the end (also on Ctrl-C or an error) unless ``--keep``."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(highlight=False)
+    temporary = args.dir is None
     root = (args.dir or Path(tempfile.mkdtemp(prefix="flyprep-demo-"))).absolute()
+    files = _Files(root, temporary=temporary,
+                   keep=not temporary or bool(getattr(args, "keep", False)))
+    try:
+        return _demo(console, root, args, files)
+    finally:
+        if not files.keep:
+            shutil.rmtree(root, ignore_errors=True)
+            if root.exists():
+                console.print(f"[red]flyprep demo: could not remove all of {root}[/red]")
+        if not files.told:  # the summary did not say it: an error or Ctrl-C
+            console.print(f"flyprep demo: {files.fate()}")
+
+
+class _Files:
+    """What becomes of the demo's directory, and whether the demo said so yet."""
+
+    def __init__(self, root: Path, *, temporary: bool, keep: bool) -> None:
+        self.root, self.temporary, self.keep = root, temporary, keep
+        self.told = False
+
+    def fate(self) -> str:
+        """One line saying where the files are, or that they are gone."""
+        self.told = True
+        if not self.keep:
+            return f"removed {self.root} (flyprep demo --keep keeps the files)"
+        if self.temporary:
+            return f"the files are kept in {self.root} (remove them with: rm -r {self.root})"
+        return f"the files are in {self.root} (your --dir: the demo never removes it)"
+
+
+def _demo(console: Any, root: Path, args: argparse.Namespace, files: _Files) -> int:
+    """The demo in ``root``; the caller removes it afterwards, or not."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..daemon.service import Daemon
+
     for sub in ("incoming", "prepared"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     if (root / "incoming" / SCAN).exists():
         console.print(f"[red]flyprep demo: {root / 'incoming' / SCAN} exists; "
                       "use a new --dir[/red]")
+        files.told = True  # nothing of it is the demo's
         return ExitCode.FAILED
-    config = parse_daemon_config(demo_config(root, chunk_frames=args.chunk_frames,
-                                             layout=args.layout), source="demo")
+    data = demo_config(root, chunk_frames=args.chunk_frames, layout=args.layout)
+    config = parse_daemon_config(data, source="demo")
+    (root / "demo.toml").write_text("# flyprep demo's daemon: flyprep run --config "
+                                    f"{root / 'demo.toml'}\n\n{to_toml(data)}")
     tracker = _Tracker()
-    daemon = Daemon(config, sinks=[tracker])
-    daemon.startup()
-    loop = Call("demo-daemon", daemon.main_loop).start()
     written = {"n": 0, "last_at": 0.0}
     sim_error: list[BaseException] = []
+    stop_sim = threading.Event()
 
     def simulate() -> None:
         try:
             simulate_scan(root / "incoming" / SCAN, layout=args.layout, num_frames=args.frames,
-                          frame_side=args.side, rate_hz=args.rate, apx=True,
+                          frame_side=args.side, rate_hz=args.rate, apx=True, stop_event=stop_sim,
                           on_frame=lambda i: written.update(n=i + 1, last_at=time.monotonic()))
         except BaseException as exc:  # reported below
             sim_error.append(exc)
 
-    console.print(f"flyprep demo in {root}")
-    console.print(f"  detector: {args.frames} frames of {args.side}x{args.side} "
-                  f"({args.layout} layout) at {args.rate:g}/s into incoming/{SCAN}")
-    console.print(f"  daemon:   prepares them into prepared/{SCAN}.ptyd, "
-                  f"{args.chunk_frames} frames per chunk")
-    console.print(f"  meanwhile, try: flyprep status --endpoint {daemon.endpoints['control']}")
-    t0 = time.monotonic()
-    sim = Call("demo-simulator", simulate).start()
-    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    daemon = Daemon(config, sinks=[tracker])
+    daemon.startup()
+    loop = Call("demo-daemon", daemon.main_loop).start()
+    sim: Call | None = None
     try:
+        console.print(f"flyprep demo in {root}")
+        console.print(f"  detector: {args.frames} frames of {args.side}x{args.side} "
+                      f"({args.layout} layout) at {args.rate:g}/s into incoming/{SCAN}")
+        console.print(f"  daemon:   prepares them into prepared/{SCAN}.ptyd, "
+                      f"{args.chunk_frames} frames per chunk")
+        console.print(f"  meanwhile, try: flyprep status --endpoint {daemon.endpoints['control']}")
+        t0 = time.monotonic()
+        sim = Call("demo-simulator", simulate).start()
+        columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
         with Progress(*columns, console=console, disable=args.no_progress) as progress:
             detector = progress.add_task("detector frames", total=args.frames)
             prepared = progress.add_task("prepared in .ptyd", total=args.frames)
@@ -146,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
             progress.update(prepared, completed=tracker.frames_written)
         sim.join()
     finally:
+        if sim is not None:  # Ctrl-C or an error: the simulator stops writing first
+            stop_sim.set()
+            sim.join()
         status = daemon.status()
         daemon.should_exit.set()
         loop.join()
@@ -153,11 +210,11 @@ def run(args: argparse.Namespace) -> int:
     if sim_error:
         console.print(f"[red]flyprep demo: the simulator failed: {sim_error[0]}[/red]")
         return ExitCode.FAILED
-    return _summary(console, root, tracker, status, t0, written["last_at"], args)
+    return _summary(console, root, tracker, status, t0, written["last_at"], args, files)
 
 
 def _summary(console: Any, root: Path, tracker: _Tracker, status: dict[str, Any],
-             t0: float, last_frame_at: float, args: argparse.Namespace) -> int:
+             t0: float, last_frame_at: float, args: argparse.Namespace, files: _Files) -> int:
     output = root / "prepared" / f"{SCAN}.ptyd"
     if tracker.state is None:
         scans = [s for s in status.get("scans", []) if s.get("scan") == SCAN]
@@ -187,16 +244,43 @@ def _summary(console: Any, root: Path, tracker: _Tracker, status: dict[str, Any]
                           f"last frame file to the chunk on disk" if lat else "-"),
         ("astropix", f"{readouts} readouts, {hits} hits streamed"),
         ("output", f"{output} ({'verified OK' if not findings else 'verify FAILED'})"),
+        ("files", files.fate()),
     ]
     for key, value in rows:
         console.print(f"  {key:<14} {value}")
     for finding in findings:
         console.print(f"[red]  {finding}[/red]")
-    console.print("\nPoint PtyPy at it (it can read the file while a scan is still running):\n"
+    console.print(("\nPoint PtyPy at it (it can read the file while a scan is still running):"
+                   if files.keep else "\nTo point PtyPy at the file, keep it (flyprep demo "
+                   "--keep, or --dir DIR); PtyPy can read it while a scan is still running:")
+                  + "\n"
                   "  p.scans.demo.data.name = 'PtydScan'\n"
                   "  p.scans.demo.data.source = 'file'\n"
-                  f"  p.scans.demo.data.dfile = '{output}'\n"
-                  f"Look inside with: flyprep inspect {output}\n"
-                  "Run the daemon on your own directories: flyprep run --config "
-                  "configs/daemon.toml")
+                  f"  p.scans.demo.data.dfile = '{output}'")
+    if files.keep:
+        console.print(f"Look inside with: flyprep inspect {output}")
+    console.print(_next_steps(root, files.keep, args.layout))
     return ExitCode.OK if tracker.state == "complete" and not findings else ExitCode.FAILED
+
+
+def _next_steps(root: Path, kept: bool, layout: str = "ptypy") -> str:
+    """How to run the daemon yourself: on the demo's kept directory, or with the clone's
+    ``configs/local.toml``; each works as printed."""
+    lines = []
+    if kept:
+        lines += ["Run the daemon on this directory; then, in a second terminal, give it "
+                  "another scan:",
+                  f"  flyprep run --config {root / 'demo.toml'}",
+                  f"  flyprep simulate {root / 'incoming' / 'scan_0002'} --frames 300 "
+                  f"--rate 50{' --layout hdf5' if layout == 'hdf5' else ''}"]
+    if LOCAL_CONFIG.is_file():
+        repo = LOCAL_CONFIG.parents[1]
+        here = "" if Path.cwd().resolve() == repo else f"cd {repo} && "
+        lines += ["Run the daemon on directories of your own (configs/local.toml says how "
+                  "to feed it):",
+                  f"  {here}mkdir -p scratch/incoming && flyprep run --config "
+                  "configs/local.toml"]
+    elif not kept:
+        lines.append("Run the daemon yourself: flyprep demo --keep keeps the files and "
+                     "says how")
+    return "\n".join(lines)

@@ -226,7 +226,10 @@ def writer_params(config: PrepareConfig, resolved: dict[str, Any],
                   calibration: Calibration | None = None) -> dict[str, Any]:
     """The provenance stored with every chunk (and hashed): the settings, what the first
     chunk resolved, and the calibration maps' contents (their digests)."""
-    params = {**config.model_dump(mode="json"), "resolved": resolved}
+    # Who may read the files is not part of what was prepared: changing it (or an upgrade
+    # that adds such a setting) must not make earlier chunks look mismatched on resume.
+    params = {**config.model_dump(mode="json", exclude={"output": {"file_mode", "group"}}),
+              "resolved": resolved}
     maps = (calibration or Calibration()).digests()
     if any(maps.values()):  # without maps the identity is what it was before digests
         params["calibration"] = maps
