@@ -363,6 +363,8 @@ class DaemonOutputConfig(OutputConfig):
     directory: Optional[Path] = Field(None, description="None: next to the scan directory")
     name: str = Field("{scan}.ptyd", description="{scan}: the scan directory's name; {root}: "
                                                  "the watched root's name")
+    usid_view: StrictBool = Field(False, description="when a scan ends, also write its h5USID "
+                                                     "view (SCAN_usid.h5 beside the .ptyd)")
 
     @field_validator("directory", mode="before")
     @classmethod
@@ -746,7 +748,7 @@ def scan_settings(config: DaemonConfig, description: ScanDescription | None = No
     desc = description or ScanDescription()
     scan = merge(config.scan.model_dump(exclude_unset=True),
                  desc.model_dump(include=set(SCAN_FACTS), exclude_unset=True))
-    output = config.output.model_dump(exclude={"directory", "name"})
+    output = config.output.model_dump(exclude={"directory", "name", "usid_view"})
     inp = config.input.model_dump()
     inp["frame_glob"] = config.watch.frame_patterns[0]
     data = {

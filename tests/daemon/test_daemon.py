@@ -328,3 +328,27 @@ def test_directories_without_scan_files_take_no_slot(inprocess_daemon, daemon_di
         _ptypy_scan(root / "scan_real", 10, num_frames=10, marker=True)
         d.wait_state("scan_real", ("complete",), timeout_s=10)
         assert d.scan("notes")["state"] == "waiting"
+
+
+def test_the_daemon_writes_the_h5usid_view_when_a_scan_ends_if_asked(inprocess_daemon,
+                                                                     daemon_dirs):
+    """output.usid_view: the view is there, and sound, by the time scan.ended is told."""
+    from flyprep.ptyd.usid import DATA, check_usid
+
+    root, out, _ = daemon_dirs
+    with inprocess_daemon(output={"chunk_frames": 20, "usid_view": True}) as d:
+        simulate_scan(root / "scan_v", num_frames=50, frame_side=32, rate_hz=0,
+                      partial_fraction=0)
+        d.wait_state("scan_v", ("complete",))
+        ended = wait_for(lambda: d.sink.of_kind(ScanEnded), 10, "scan.ended")
+        assert ended[0].state == "complete"
+        view = out / "scan_v_usid.h5"
+        assert view.is_file() and check_usid(view) == []
+        frames = np.concatenate([c.data for c in open_ptyd(out / "scan_v.ptyd").iter_chunks()])
+        with h5py.File(view, "r") as f:
+            np.testing.assert_array_equal(f[DATA][()], frames.reshape(50, -1))
+    with inprocess_daemon(output={"chunk_frames": 20}) as d:  # off by default
+        simulate_scan(root / "scan_w", num_frames=20, frame_side=32, rate_hz=0,
+                      partial_fraction=0)
+        d.wait_state("scan_w", ("complete",))
+    assert not (out / "scan_w_usid.h5").exists()

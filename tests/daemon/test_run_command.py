@@ -32,9 +32,12 @@ def test_ready_and_stopping_reach_systemd_and_sigterm_exits_0(tmp_path, daemon_d
         sock.settimeout(30)
         proc = _run(config, {"NOTIFY_SOCKET": str(notify)})
         try:
-            assert sock.recv(100) == b"READY=1"
+            ready = sock.recv(4096).decode().split("\n")
+            assert ready[0] == "READY=1" and ready[1].startswith("STATUS=0 scans running")
             proc.send_signal(signal.SIGTERM)
-            assert sock.recv(100) == b"STOPPING=1"
+            said: list[str] = []
+            while "STOPPING=1" not in said:  # STATUS= lines may come first
+                said = sock.recv(4096).decode().split("\n")
             _, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:

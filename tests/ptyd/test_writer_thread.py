@@ -198,3 +198,38 @@ def test_max_queued_counts_chunks_waiting_not_the_one_being_written(tmp_path, me
     third.join(10)
     w.suspend()
     assert open_ptyd(tmp_path / "s.ptyd").n_frames == 30
+
+
+def test_the_writer_says_since_when_it_writes_and_nothing_while_idle(tmp_path, meta):
+    """What the daemon's health check reads: a writer stuck on one chunk (a hung disk) is
+    seen by how long it has been busy; an idle writer is never stuck."""
+    import time
+
+    writer = PtydWriter(tmp_path / "s.ptyd", meta=meta, chunk_frames=10)
+    real_write, gate = writer.write_chunk, threading.Event()
+
+    def hung_write(chunk, *, publish=True):
+        gate.wait(10)
+        return real_write(chunk, publish=publish)
+
+    writer.write_chunk = hung_write
+    w = WriterThread(writer, max_queued=2)
+    try:
+        time.sleep(0.1)
+        assert w.busy_since is None
+        before = time.monotonic()
+        w.submit(make_chunk(0, 0, 10))
+        deadline = time.monotonic() + 5
+        while w.busy_since is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert before <= w.busy_since <= time.monotonic() - 0.2
+        gate.set()
+        deadline = time.monotonic() + 5
+        while w.busy_since is not None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        gate.set()
+        w.suspend()

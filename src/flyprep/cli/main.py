@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "flyprep.cli.prepare",
     "inspect": "flyprep.cli.inspect",
     "verify": "flyprep.cli.verify",
+    "export-usid": "flyprep.cli.export_usid",
     "run": "flyprep.cli.run",
     "status": "flyprep.cli.status",
     "events": "flyprep.cli.events",

@@ -51,6 +51,7 @@ from ..pipeline.frame_order import FrameItem, FrameOrder
 from ..pipeline.resume import apply_resume, plan_resume
 from ..ptyd.reader import open_ptyd
 from ..ptyd.resume import finished_state
+from ..ptyd.usid import plan_usid, write_usid
 from ..ptyd.writer import OutputMode
 from ..sources.live import LiveFrames
 from ..sources.scan_dir import ScanSource, parse_geometry
@@ -448,9 +449,23 @@ class ScanSession(Worker):
             self._scan_run = run
         state = self._push_frames(run, order, start)
         self._set_state(SessionState(state))
+        if self.config.output.usid_view:
+            self._write_usid_view()
         self._emit_end(state)
         log.info("%s: %s (%s), %d frames, %d missing", self.name, state,
                  self.end_reason or "all frames", num_frames, self.frames_missing)
+
+    def _write_usid_view(self) -> None:
+        """The h5USID view of the finished output (``output.usid_view``); a failure is
+        reported, the scan itself stays as it ended."""
+        target = self.output.with_name(f"{self.output.stem}_usid.h5")
+        try:
+            write_usid(plan_usid(self.output), target)
+        except FlyprepError as exc:
+            log.error("%s: no h5USID view: %s", self.name, exc)
+            self.events.emit(ErrorReported(where=self.name, message=f"h5USID view: {exc}"))
+            return
+        log.info("%s: h5USID view %s", self.name, target)
 
     def _push_frames(self, run: ScanRun, order: FrameOrder, start: int) -> str:
         """Push the scan's frames, then its end, into ``run``; returns the master's final
