@@ -347,6 +347,8 @@ def test_the_daemon_writes_the_h5usid_view_when_a_scan_ends_if_asked(inprocess_d
         frames = np.concatenate([c.data for c in open_ptyd(out / "scan_v.ptyd").iter_chunks()])
         with h5py.File(view, "r") as f:
             np.testing.assert_array_equal(f[DATA][()], frames.reshape(50, -1))
+            preparation = json.loads(f["Measurement_000"].attrs["preparation"])
+            assert preparation["prep"]["shape"] == 48 and "resolved" in preparation
     with inprocess_daemon(output={"chunk_frames": 20}) as d:  # off by default
         simulate_scan(root / "scan_w", num_frames=20, frame_side=32, rate_hz=0,
                       partial_fraction=0)

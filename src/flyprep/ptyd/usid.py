@@ -143,9 +143,10 @@ def _params(ptyd: PtydFile) -> dict[str, Any]:
     if raw is None:
         return {}
     try:
-        return json.loads(json.loads(raw)["params_json"])
+        params = json.loads(raw)["params"]
     except (TypeError, ValueError, KeyError):
         return {}
+    return params if isinstance(params, dict) else {}
 
 
 def write_usid(plan: UsidPlan, out: str | os.PathLike[str], *, copy: bool = False,
