@@ -25,12 +25,17 @@ def _settings(endpoint: str, relayed: list[str]) -> dict[str, Any]:
                     version={"version": "test", "protocol": 1, "run": "r"})
 
 
-def test_relayed_commands_wait_for_their_process_while_the_others_are_answered(
-        tmp_path: Path) -> None:
-    ctx = zmq.Context.instance()
-    link = ctx.socket(zmq.PAIR)
+def _daemon_side(tmp_path: Path) -> zmq.Socket:
+    """The PAIR socket a relaying control server connects to (the daemon's side)."""
+    link = zmq.Context.instance().socket(zmq.PAIR)
     link.setsockopt(zmq.LINGER, 0)
     link.bind(f"ipc://{tmp_path}/link")
+    return link
+
+
+def test_relayed_commands_wait_for_their_process_while_the_others_are_answered(
+        tmp_path: Path) -> None:
+    link = _daemon_side(tmp_path)
     pushed: list[tuple[bytes, bytes]] = []
     server = ControlServer(f"ipc://{tmp_path}/ctl", {"status": lambda p: {"pushed": len(pushed)}},
                            relay=Relay(f"ipc://{tmp_path}/link", frozenset({"slow"}),
@@ -143,10 +148,7 @@ def _zombie(pid: int) -> bool:
 
 def test_a_relayed_request_still_waiting_when_the_server_stops_gets_a_nack(
         tmp_path: Path) -> None:
-    ctx = zmq.Context.instance()
-    link = ctx.socket(zmq.PAIR)
-    link.setsockopt(zmq.LINGER, 0)
-    link.bind(f"ipc://{tmp_path}/link")
+    link = _daemon_side(tmp_path)
     server = ControlServer(f"ipc://{tmp_path}/ctl", relay=Relay(
         f"ipc://{tmp_path}/link", frozenset({"slow"}), lambda kind, body: None)).start()
     got: dict[str, Any] = {}
