@@ -330,6 +330,10 @@ class EventPublisher(Worker):
                 if now - counted_at >= 0.1:
                     counted_at = now
                     self._count_subscribers(monitor)
+                    # Lets libzmq process its pending commands, among them the ends of
+                    # disconnected subscribers' pipes: a socket that never sends (an idle
+                    # .apx stream) would otherwise keep ~10 KB per subscriber gone.
+                    sock.getsockopt(zmq.EVENTS)
                 try:
                     item = self._queue.get(timeout=0.05)
                 except queue.Empty:

@@ -301,8 +301,10 @@ class ScanSession(Worker):
             if self._order is not None:
                 self._order.flush()  # the frames handed on are reported, as at any end
             self._set_state(SessionState.STOPPED)
-            log.info("%s: stopped at frame %d; the next start resumes it", self.name,
-                     self.frames_done)
+            self._sync_progress()
+            log.info("%s: stopped after %d frames were handed on; %d are in whole chunks on "
+                     "disk, and the next start resumes at frame %d", self.name,
+                     self.frames_done, self.frames_written, self.frames_written)
         except FlyprepError as exc:
             if is_disk_full(exc):  # before run_scan: the lock file, the reconciliation
                 self._after_disk_full(DiskFull(str(exc)))
