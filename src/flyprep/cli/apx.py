@@ -27,6 +27,7 @@ from ..apx.format import PREAMBLE_SIZE, ReadoutBatch
 from ..errors import InputError
 from . import daemon_address
 from .exit_codes import ExitCode
+from .registry import summary
 
 _FORMAT_BY_SUFFIX = {".csv": "csv", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf5",
                      ".npz": "npz"}
@@ -34,8 +35,7 @@ _FORMAT_BY_SUFFIX = {".csv": "csv", ".h5": "hdf5", ".hdf5": "hdf5", ".hdf": "hdf
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``apx`` and its verbs; returns its parser."""
-    parser = subparsers.add_parser("apx", help="AstroPix .apx files: dump, decode hits, "
-                                               "convert, follow a growing file")
+    parser = subparsers.add_parser("apx", help=summary("apx"))
     add_apx_commands(parser)
     return parser
 

@@ -21,12 +21,13 @@ from .. import memory
 from ..config import DaemonConfig, load_daemon_config, to_toml
 from ..errors import ConfigError
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``check-config FILE [--json]`` on an ``add_subparsers()`` object."""
     parser = subparsers.add_parser(
-        "check-config", help="validate a flyprep run config and print the effective values",
+        "check-config", help=summary("check-config"),
         description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path, help="daemon config (TOML)")
     parser.add_argument("--json", action="store_true",

@@ -31,6 +31,7 @@ from ..ptyd.verify import verify
 from ..sim.simulate import simulate_scan
 from ..workers import Call
 from .exit_codes import ExitCode
+from .registry import summary
 
 SCAN = "scan_0001"
 
@@ -41,7 +42,7 @@ LOCAL_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "local.toml"
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``demo`` on an ``add_subparsers()`` object; returns its parser."""
-    p = subparsers.add_parser("demo", help="simulate a scan and prepare it live with the daemon")
+    p = subparsers.add_parser("demo", help=summary("demo"))
     p.add_argument("--dir", type=Path, help="where to put it, kept afterwards (default: a new "
                                             "temporary dir, removed at the end)")
     p.add_argument("--keep", action="store_true",

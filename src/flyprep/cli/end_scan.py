@@ -14,15 +14,15 @@ import argparse
 import sys
 from typing import Any
 
-from ..daemon.bus import BusError, request
 from . import daemon_address
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``end-scan`` on an ``add_subparsers()`` object; returns its parser."""
-    parser = subparsers.add_parser("end-scan", help="end a running scan of the daemon now")
+    parser = subparsers.add_parser("end-scan", help=summary("end-scan"))
     parser.add_argument("scan", help="the scan's name (its directory name)")
     parser.add_argument("--abort", action="store_true",
                         help="the master says 'aborted' instead of 'complete'")
@@ -33,6 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Send ``end_scan``; see the module doc for exit codes."""
+    from ..daemon.control_client import BusError, request
+
     address = daemon_address.resolve(args, "control")
     if address is None:
         return ExitCode.INPUT

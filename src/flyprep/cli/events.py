@@ -14,11 +14,12 @@ from typing import Any
 
 from . import daemon_address
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``events``; returns its parser."""
-    parser = subparsers.add_parser("events", help="print a running daemon's events as they come")
+    parser = subparsers.add_parser("events", help=summary("events"))
     daemon_address.add_options(parser, "events")
     parser.add_argument("--topic", action="append", default=None,
                         help="only events whose kind starts with this (repeatable), e.g. "

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``example``; returns its parser."""
-    p = subparsers.add_parser("example", help="write a synthetic finished scan directory")
+    p = subparsers.add_parser("example", help=summary("example"))
     p.add_argument("dir", type=Path)
     p.add_argument("--layout", choices=["ptypy", "hdf5"], default="ptypy")
     p.add_argument("--frames", type=int, default=200)

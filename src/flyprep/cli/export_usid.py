@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``export-usid``; returns its parser."""
-    p = subparsers.add_parser("export-usid", help="an h5USID view of a .ptyd (pyUSID, pycroscopy)")
+    p = subparsers.add_parser("export-usid", help=summary("export-usid"))
     p.add_argument("file", type=Path, help="the .ptyd master")
     p.add_argument("-o", "--output", type=Path,
                    help="the h5USID file (default: SCAN_usid.h5 beside the .ptyd)")

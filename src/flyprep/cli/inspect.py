@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``inspect``; returns its parser."""
-    p = subparsers.add_parser("inspect", help="print the tree, meta and chunks of a .ptyd")
+    p = subparsers.add_parser("inspect", help=summary("inspect"))
     p.add_argument("file", type=Path)
     return p
 

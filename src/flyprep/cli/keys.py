@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from .exit_codes import ExitCode
+from .registry import summary
 
 DEFAULT_DIR = "~/.config/flyprep"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``keys``; returns its parser."""
-    parser = subparsers.add_parser("keys", help="create a CURVE key pair (daemon or client)")
+    parser = subparsers.add_parser("keys", help=summary("keys"))
     parser.add_argument("name", nargs="?", default="client",
                         help="file name of the pair: NAME.key and NAME.key_secret "
                              "(default: client)")

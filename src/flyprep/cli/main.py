@@ -12,45 +12,44 @@ import sys
 from importlib import import_module
 from typing import Sequence
 
-from .. import __version__
 from ..errors import ConfigError, FlyprepError, InputError, OutputError, PtydError
 from .exit_codes import EXIT_CODES_HELP, ExitCode
-
-#: Every command and the module that declares it (``add_parser(subparsers)``) and runs it
-#: (``run(args) -> int``); modules import what a command needs inside ``run``, so that
-#: building the parser stays cheap.
-COMMANDS: dict[str, str] = {
-    "prepare": "flyprep.cli.prepare",
-    "inspect": "flyprep.cli.inspect",
-    "verify": "flyprep.cli.verify",
-    "export-usid": "flyprep.cli.export_usid",
-    "run": "flyprep.cli.run",
-    "status": "flyprep.cli.status",
-    "events": "flyprep.cli.events",
-    "end-scan": "flyprep.cli.end_scan",
-    "check-config": "flyprep.cli.check_config",
-    "keys": "flyprep.cli.keys",
-    "apx": "flyprep.cli.apx",
-    "simulate": "flyprep.cli.simulate",
-    "example": "flyprep.cli.example",
-    "demo": "flyprep.cli.demo",
-}
+from .registry import COMMANDS
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every command of :data:`COMMANDS`."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every command of :data:`~.registry.COMMANDS`. Given the
+    command line ``argv``, only the command it names is built whole (its module imported);
+    the others are listed with their summary, so that ``flyprep --help`` and each command
+    start without loading the rest."""
     parser = argparse.ArgumentParser(
         prog="flyprep", description="flyprep: ptychography scans prepared while they are "
                                     "measured, and the tools around it")
-    parser.add_argument("--version", action="version", version=f"flyprep {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS.values():
-        module = import_module(name)
+    named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
+    for name, (module_name, summary) in COMMANDS.items():
+        if named is not None and name != named:
+            sub.add_parser(name, help=summary)
+            continue
+        module = import_module(module_name)
         command = module.add_parser(sub)
         command.formatter_class = argparse.RawDescriptionHelpFormatter
         command.description = command.description or _plain(module.__doc__)
         command.epilog = EXIT_CODES_HELP
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed version, looked up only when asked (the lookup costs
+    more than the rest of a command's start)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from .. import __version__
+
+        print(f"flyprep {__version__}")
+        parser.exit()
 
 
 def _plain(doc: str | None) -> str | None:
@@ -64,9 +63,10 @@ def _plain(doc: str | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flyprep`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
-        return int(import_module(COMMANDS[args.command]).run(args))
+        return int(import_module(COMMANDS[args.command][0]).run(args))
     except KeyboardInterrupt:
         print("flyprep: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..config import PrepareConfig, load_toml, merge, parse_config
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def _pair_or_name(text: str) -> Any:
@@ -80,7 +81,7 @@ PREPARE_OPTIONS: list[tuple[str, str, str, dict[str, Any]]] = [
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``prepare``; returns its parser."""
-    prep = subparsers.add_parser("prepare", help="prepare a finished scan directory into a .ptyd")
+    prep = subparsers.add_parser("prepare", help=summary("prepare"))
     prep.add_argument("scan_dir", type=Path)
     prep.add_argument("-o", "--output", type=Path, required=True, help="output .ptyd")
     prep.add_argument("--config", type=Path, help="TOML config; command-line options win")

@@ -29,6 +29,7 @@ from typing import Any
 from ..errors import ConfigError, FlyprepError
 from ..logs import configure_logging
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 log = logging.getLogger("flyprep")
@@ -40,7 +41,7 @@ SWITCH_INTERVAL_S = 0.001
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``run`` on an ``add_subparsers()`` object; returns its parser."""
-    parser = subparsers.add_parser("run", help="run the daemon: watch, prepare, write, publish")
+    parser = subparsers.add_parser("run", help=summary("run"))
     parser.add_argument("--config", "-c", type=Path, required=True, help="daemon TOML config")
     parser.add_argument("--log-level", default=os.environ.get("FLYPREP_LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],

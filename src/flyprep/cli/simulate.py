@@ -9,12 +9,12 @@ from typing import Any
 
 from ..sim.simulate import APX_NAME, END_MARKER, LAYOUTS
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``simulate`` sub-command on ``subparsers``; returns its parser."""
-    p = subparsers.add_parser("simulate", help="write a realistic scan as it is measured "
-                                               "(frames, positions, an .apx file) at a set rate")
+    p = subparsers.add_parser("simulate", help=summary("simulate"))
     p.add_argument("dir", type=Path, help="scan directory (created; must be new or empty)")
     p.add_argument("--layout", choices=list(LAYOUTS), default="ptypy")
     p.add_argument("--frames", type=int, default=200, help="number of frames (default 200)")

@@ -12,15 +12,15 @@ import json
 import sys
 from typing import Any, TextIO
 
-from ..daemon.bus import BusError, request
 from . import daemon_address
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``status`` on an ``add_subparsers()`` object; returns its parser."""
-    parser = subparsers.add_parser("status", help="show the scans of a running flyprep daemon")
+    parser = subparsers.add_parser("status", help=summary("status"))
     daemon_address.add_options(parser, "control")
     parser.add_argument("--json", action="store_true", help="print the raw status as JSON")
     parser.add_argument("--watch", action="store_true",
@@ -34,6 +34,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Query the daemon and print its status; see the module doc for exit codes."""
+    from ..daemon.control_client import BusError, request
+
     address = daemon_address.resolve(args, "control")
     if address is None:
         return ExitCode.INPUT

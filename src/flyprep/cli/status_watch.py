@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..daemon.bus import BusError, request
 from .exit_codes import ExitCode
 from .daemon_address import Address
 
@@ -60,6 +59,8 @@ def watch(address: Address, *, interval_s: float, timeout_s: float) -> int:
     endpoint = address.endpoint
     from rich.console import Console
     from rich.live import Live
+
+    from ..daemon.control_client import BusError, request
 
     interval_s = min(max(interval_s, 0.1), 1.0)
     console = Console()

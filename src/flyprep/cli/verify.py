@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from .exit_codes import ExitCode
+from .registry import summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``verify``; returns its parser."""
-    p = subparsers.add_parser("verify", help="check a .ptyd against every rule of the format")
+    p = subparsers.add_parser("verify", help=summary("verify"))
     p.add_argument("file", type=Path)
     return p
 

@@ -4,6 +4,7 @@
   driver): one raw request in, its reply envelope ``{"ok": true, "result": ...}`` /
   ``{"ok": false, "error": ...}`` out, never an exception; it counts requests, errors
   and refused changes.
+* :func:`~.control_client.request` (:mod:`.control_client`) is the client.
 * :class:`ControlServer` is the driver: a thread owning a ROUTER socket (several clients
   at once, none can jam it). With a :class:`Relay` it hands some commands on, over a
   PAIR socket, to the process that can answer them, and sends their replies back when
@@ -31,8 +32,9 @@ import zmq
 
 from ..endpoints import check_endpoint as endpoint_syntax
 from ..endpoints import is_local_endpoint
-from ..errors import ConfigError, FlyprepError
+from ..errors import ConfigError
 from ..workers import Worker
+from .control_client import BusError
 from .curve import Guard
 from .held_io import HeldIO, held_io
 
@@ -47,14 +49,6 @@ CONTROL_BATCH = 64
 MAX_RELAYED = 1024
 #: A relayed request's reply is awaited this long (its client has given up long before).
 RELAY_TIMEOUT_S = 120.0
-
-
-class BusError(FlyprepError):
-    """A socket could not be bound or connected, or a control request failed in transport."""
-
-
-class ControlTimeout(BusError):
-    """No reply from the control server in time (daemon not running, or stuck)."""
 
 
 def check_endpoint(endpoint: str, *, allow_remote: bool = False) -> str:

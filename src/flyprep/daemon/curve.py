@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import zmq
-import zmq.auth
 
 from ..errors import ConfigError
 
@@ -62,6 +61,8 @@ def load_key(path: str | os.PathLike[str], *, secret: bool) -> KeyPair:
     the file otherwise."""
     path = Path(path).expanduser()
     try:
+        import zmq.auth  # only where keys are used: commands without CURVE start faster
+
         public, secret_key = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         what = "secret" if secret else "public"
@@ -107,6 +108,8 @@ class KeyDirectory:
         with self._lock:
             if stamp != self._stamp:
                 try:
+                    import zmq.auth
+
                     self._keys = frozenset(zmq.auth.load_certificates(self.path))
                 except (OSError, ValueError) as exc:
                     raise ConfigError(f"{self.path}: cannot read the CURVE keys: "
@@ -224,6 +227,7 @@ class Guard:
     def start(self) -> Guard:
         """Start pyzmq's authenticator (with CURVE); before any socket binds."""
         if self.server is not None and self._auth is None:
+            import zmq.auth
             from zmq.auth.thread import ThreadAuthenticator  # asyncio: only when needed
 
             self._auth = ThreadAuthenticator(self.context, log=logging.getLogger(
