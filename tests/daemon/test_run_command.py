@@ -105,3 +105,14 @@ def test_a_missing_root_exits_3_so_that_systemd_retries(tmp_path, daemon_dirs):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3
     assert "mount-not-there-yet" in err and "does not exist" in err
+
+
+def test_the_daemon_caps_mallocs_arenas_unless_the_environment_says(monkeypatch):
+    """Each scan's threads would grow glibc arenas of their own (the soak's daemon grew
+    48 % in 5 minutes, flat with 2); $MALLOC_ARENA_MAX, when set, is left to glibc."""
+    from flyprep.cli.run import limit_malloc_arenas
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert limit_malloc_arenas() is sys.platform.startswith("linux")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limit_malloc_arenas() is False

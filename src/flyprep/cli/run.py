@@ -37,6 +37,24 @@ log = logging.getLogger("flyprep")
 
 #: The interpreter's thread switch interval in the daemon (Python's default is 5 ms).
 SWITCH_INTERVAL_S = 0.001
+#: glibc's malloc arenas at most (its default: 8 per core). Each scan's threads would
+#: otherwise grow arenas of their own, and the daemon's memory with each new scan thread
+#: for a long while (the soak: +48 % in 5 min, flat with 2). $MALLOC_ARENA_MAX overrides.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (before threads start); False where that cannot be done
+    (not glibc) or ``$MALLOC_ARENA_MAX`` already says how many."""
+    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -52,6 +70,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load the config, start the daemon, serve until a signal; see the module doc."""
     configure_logging(args.log_level)
+    limit_malloc_arenas()
     from ..config import load_daemon_config
     from ..daemon.service import Daemon
     from ..daemon.systemd import Notifier
