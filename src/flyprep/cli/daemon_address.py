@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..daemon.curve import ClientKeys
 
 DEFAULTS = {"control": "tcp://127.0.0.1:5571", "events": "tcp://127.0.0.1:5570",
@@ -19,18 +19,25 @@ DEFAULTS = {"control": "tcp://127.0.0.1:5571", "events": "tcp://127.0.0.1:5570",
 FLAGS = {"control": "--endpoint", "events": "--events", "apx": "--apx-stream"}
 
 
-@dataclass(frozen=True)
-class Address:
-    """One socket of the daemon: its endpoint and the keys to reach it (None: no CURVE)."""
+class Address(NamedTuple):
+    """One socket of the daemon: its endpoint and the keys to reach it (None: no CURVE).
+    (A named tuple, not a dataclass: the client commands start without loading
+    dataclasses and inspect.)"""
 
     endpoint: str
     keys: ClientKeys | None = None
 
 
+def _path(value: str) -> Path:
+    from pathlib import Path  # only when --config is given
+
+    return Path(value)
+
+
 def add_options(parser: argparse.ArgumentParser, *sockets: str) -> None:
     """``--config`` and one option per socket the command uses (``control``, ``events``,
     ``apx``)."""
-    parser.add_argument("--config", type=Path,
+    parser.add_argument("--config", type=_path,
                         help="the daemon's config file: its endpoints and CURVE keys are used")
     for name in sockets:
         parser.add_argument(FLAGS[name], dest=f"{name}_endpoint", default=None,

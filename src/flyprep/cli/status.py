@@ -8,7 +8,6 @@ Exit codes: 0 the daemon answered, 1 no daemon answered (or it answered with an 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, TextIO
 
@@ -56,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return ExitCode.FAILED
     result = reply.get("result")
     if args.json:
+        import json
+
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         print_status(result, endpoint=endpoint)
