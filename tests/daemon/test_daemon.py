@@ -354,3 +354,23 @@ def test_the_daemon_writes_the_h5usid_view_when_a_scan_ends_if_asked(inprocess_d
                       partial_fraction=0)
         d.wait_state("scan_w", ("complete",))
     assert not (out / "scan_w_usid.h5").exists()
+
+
+def test_a_scan_finished_by_an_earlier_run_never_waits_for_a_slot(inprocess_daemon,
+                                                                   daemon_dirs, tmp_path):
+    """After a restart, old finished scans must not hold up those to resume: with every
+    slot (limits.max_scans) taken, a finished one still only reads its totals at once."""
+    import shutil
+
+    root, out, _ = daemon_dirs
+    with inprocess_daemon() as d:
+        _ptypy_scan(root / "scan_old", 20, num_frames=20)
+        d.wait_state("scan_old", ("complete",))
+    shutil.move(str(root / "scan_old"), tmp_path / "scan_old")
+    with inprocess_daemon(limits={"max_scans": 1}) as d:
+        _ptypy_scan(root / "scan_live", 30, num_frames=60)  # stays acquiring
+        d.wait_state("scan_live", ("acquiring",))
+        shutil.move(str(tmp_path / "scan_old"), root / "scan_old")
+        old = d.wait_state("scan_old", ("complete",), timeout_s=20)
+        assert old["frames_written"] == 20 and old["end_reason"]
+        assert d.scan("scan_live")["state"] == "acquiring"

@@ -344,12 +344,20 @@ class Daemon:
 
     def _admit(self, session: ScanSession) -> None:
         """Start the session's thread on its first file (a directory without scan files
-        takes no thread and no slot), or queue it while ``limits.max_scans`` run."""
+        takes no thread and no slot), or queue it while ``limits.max_scans`` run. A scan
+        whose output an earlier run finished never waits: its thread only reads its
+        totals, and after a restart old scans must not hold up the ones to resume."""
+        with self._lock:
+            if session.started or session.scan_dir in self._queued:
+                return
+            full = sum(1 for s in self._sessions.values() if s.alive) >= \
+                self.config.limits.max_scans
+        finished_before = full and finished_state(session.output) is not None
         with self._lock:
             if session.started or session.scan_dir in self._queued:
                 return
             running = sum(1 for s in self._sessions.values() if s.alive)
-            if running < self.config.limits.max_scans:
+            if running < self.config.limits.max_scans or finished_before:
                 session.start()
             else:
                 self._queued.append(session.scan_dir)
