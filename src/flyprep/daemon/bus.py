@@ -1,9 +1,9 @@
 """ZeroMQ transport of the daemon: the event publisher, and the clients of the daemon's
 sockets.
 
-With :mod:`.control` (the control socket's server), :mod:`.front` (the control process),
-:mod:`.curve` (who may connect) and :mod:`.held_io`, the daemon's only modules that
-import zmq. Following pyzmq's own threads, each thread creates and owns its sockets;
+With :mod:`.control` (the control socket's server), :mod:`.control_client` (its client),
+:mod:`.front` (the control process) and :mod:`.curve` (who may connect), the only modules
+that import zmq. Following pyzmq's own threads, each thread creates and owns its sockets;
 other threads talk to it through a queue (:class:`EventPublisher`).
 
 * :class:`EventPublisher` is an :class:`~flyprep.events.EventSink`: ``emit()`` never

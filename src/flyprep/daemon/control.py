@@ -36,7 +36,6 @@ from ..errors import ConfigError
 from ..workers import Worker
 from .control_client import BusError
 from .curve import Guard
-from .held_io import HeldIO, held_io
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +251,9 @@ class ControlServer(Worker):
                  *, allow_remote: bool = False, context: zmq.Context | None = None,
                  max_errors_kept: int = 20, max_request_bytes: int = 1 << 20,
                  ipc_access: IpcAccess | None = IpcAccess(), guard: Guard | None = None,
-                 mutating: Sequence[str] = (), hold_lock: bool = True,
-                 relay: Relay | None = None) -> None:
+                 mutating: Sequence[str] = (), relay: Relay | None = None) -> None:
         super().__init__("control")
         self.guard = guard
-        #: read and answer requests with the interpreter lock held (:mod:`.held_io`);
-        #: False: through pyzmq's calls, which let go of it for each frame
-        self.hold_lock = hold_lock
         self._gatekeeper = guard if guard is not None else Guard()
         if guard is not None:
             context = guard.context
@@ -361,30 +356,19 @@ class ControlServer(Worker):
 
     # ---- the thread
 
-    def _answer_all(self, sock: zmq.Socket, io: HeldIO | None, link: zmq.Socket | None) -> None:
+    def _answer_all(self, sock: zmq.Socket, link: zmq.Socket | None) -> None:
         """Answer the requests waiting on the ROUTER socket (a bounded batch: a flood
         cannot keep the thread from seeing that it should stop)."""
         for _ in range(CONTROL_BATCH):
-            if io is None:
-                try:
-                    received = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    return
-                frames = [frame.bytes for frame in received]
-                user = _user_id(received[-1])
-            else:
-                message = io.recv_message()
-                if message is None:
-                    return
-                frames, user = message
-            self._answer(frames, user, lambda out: self._send(sock, io, out), link)
+            try:
+                received = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._answer([frame.bytes for frame in received], _user_id(received[-1]),
+                         lambda out: self._send(sock, out), link)
 
     @staticmethod
-    def _send(sock: zmq.Socket, io: HeldIO | None, frames: list[bytes]) -> None:
-        if io is not None:
-            if not io.send(frames):
-                log.warning("control reply not sent: the peer is gone or not reading")
-            return
+    def _send(sock: zmq.Socket, frames: list[bytes]) -> None:
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # the peer is gone or not reading: its loss
@@ -481,7 +465,6 @@ class ControlServer(Worker):
             if link is not None:
                 link.close(linger=0)
             raise
-        io = held_io(rep) if self.hold_lock else None
         self.mark_ready()
         poller = zmq.Poller()
         poller.register(pipe, zmq.POLLIN)
@@ -490,7 +473,7 @@ class ControlServer(Worker):
             poller.register(rep, zmq.POLLIN)
         else:  # requests are read once the first push came
             poller.register(link, zmq.POLLIN)
-        send = lambda out: self._send(rep, io, out)  # noqa: E731
+        send = lambda out: self._send(rep, out)  # noqa: E731
         stale_check = time.monotonic()
         try:
             while True:
@@ -500,7 +483,7 @@ class ControlServer(Worker):
                     break
                 if rep in ready:
                     try:
-                        self._answer_all(rep, io, link)
+                        self._answer_all(rep, link)
                     except Exception:  # noqa: BLE001 - logged; the server goes on serving
                         log.exception("control: a request could not be answered")
                 if link is not None and link in ready:
