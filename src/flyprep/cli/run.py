@@ -86,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, config.log.format)
     notifier = Notifier()
     daemon = Daemon(config, notifier=notifier, loader=load)
-    # Threads hand the interpreter lock over every 1 ms instead of 5: the control server
-    # and the publishers answer within milliseconds while preparation threads compute.
+    # Threads hand the interpreter lock over every 1 ms instead of 5: the publishers and
+    # the thread answering relayed control commands (snapshot, end_scan, ...) get their
+    # turn within milliseconds while preparation threads compute.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     signals = {"count": 0}
 
