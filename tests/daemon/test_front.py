@@ -181,3 +181,26 @@ def test_the_control_process_does_not_import_from_the_working_directory(
     finally:
         assert proc.close()
     assert not marker.exists()
+
+
+def test_a_status_asked_after_a_quiet_spell_waits_for_a_fresh_push(tmp_path: Path) -> None:
+    """Nobody asked for a while, so the daemon pushes only every second: a status asked
+    now is answered after a fresh push, never from the older document."""
+    endpoint = f"ipc://{tmp_path}/ctl"
+    state = {"v": 0}
+    proc = ControlProcess(_settings(endpoint, []), {},
+                          lambda: {"state": "running", "as_of": time.time(), **state})
+    proc.start()
+    try:
+        proc.open()
+        deadline = time.monotonic() + 10
+        while proc.last_status is None:  # the first push is out
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        state["v"] = 1  # changed after it: the next idle push is a second away
+        assert request(endpoint, "status", timeout_s=5)["result"]["v"] == 1
+        state["v"] = 2  # asked just now: answered from pushes at most 0.25 s old
+        time.sleep(0.3)
+        assert request(endpoint, "status", timeout_s=5)["result"]["v"] == 2
+    finally:
+        assert proc.close()

@@ -44,6 +44,8 @@ DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5571"
 Handler = Callable[[dict[str, Any]], Any]
 #: Control requests answered per wake-up of the control thread at most.
 CONTROL_BATCH = 64
+#: What a server sends for fresh state before it answers a command from it (:class:`Relay`).
+REFRESH = b'{"command": "refresh"}'
 #: Relayed requests waiting for their reply at most; more get a nack at once.
 MAX_RELAYED = 1024
 #: A relayed request's reply is awaited this long (its client has given up long before).
@@ -140,13 +142,15 @@ class Commands:
         return sorted({*self.handlers, *self.relayed})
 
     def answer(self, message: bytes, *, refusal: Callable[[], str | None] | None = None,
-               relay: Callable[[str, bytes], None] | None = None) -> dict[str, Any] | None:
+               relay: Callable[[str, bytes], None] | None = None,
+               defer: Callable[[str, bytes], bool] | None = None) -> dict[str, Any] | None:
         """The reply envelope for one raw request; never raises.
 
         ``refusal``: asked before a command that changes a scan runs; a reason refuses
         it (None: the sender is trusted). ``relay``: called with a relayed command and
         the request, which is then answered elsewhere: None is returned (see
-        :meth:`relayed_reply`)."""
+        :meth:`relayed_reply`). ``defer``: asked before a command answered here runs; True
+        means it is answered later (None is returned; :meth:`answer` it again then)."""
         command: Any = None
         try:
             try:
@@ -170,6 +174,8 @@ class Commands:
             if handler is None:
                 assert relay is not None
                 relay(command, message)
+                return None
+            if defer is not None and defer(command, message):
                 return None
             params = {k: v for k, v in request.items() if k != "command"}
             try:
@@ -229,6 +235,10 @@ class Relay:
     link: str
     commands: frozenset[str]
     on_push: Callable[[bytes, bytes], None]
+    #: True for a command answered here from pushed state that is too old now: the server
+    #: sends ``{"command": "refresh"}`` first and answers once its reply (after the
+    #: fresh push) is back
+    stale: Callable[[str], bool] = lambda command: False
 
 
 @dataclass
@@ -236,6 +246,7 @@ class _Waiting:
     route: list[bytes]  # the peer's identity and envelope delimiter
     command: str
     since: float
+    deferred: bytes | None = None  # a request answered here once a refresh is back
 
 
 class ControlServer(Worker):
@@ -402,8 +413,20 @@ class ControlServer(Worker):
                                  f"(stopping, or busy); try again") from None
             self._waiting[token] = _Waiting(route, command, time.monotonic())
 
-        reply = self.commands.answer(body[0], relay=relay, refusal=lambda: self._gatekeeper.
-                                     may_change(endpoint, user))
+        def defer(command: str, message: bytes) -> bool:
+            if self.relay is None or link is None or not self.relay.stale(command) or \
+                    len(self._waiting) >= MAX_RELAYED:
+                return False
+            token = b"%d" % next(self._tokens)
+            try:
+                link.send_multipart([b"request", token, REFRESH], flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return False  # answered from what is there
+            self._waiting[token] = _Waiting(route, command, time.monotonic(), message)
+            return True
+
+        reply = self.commands.answer(body[0], relay=relay, defer=defer,
+                                     refusal=lambda: self._gatekeeper.may_change(endpoint, user))
         if reply is not None:
             send([*route, json.dumps(reply).encode()])
 
@@ -422,6 +445,10 @@ class ControlServer(Worker):
                 ok = frames[2] == b"1"
                 if waiting is None:
                     continue  # given up on (RELAY_TIMEOUT_S)
+                if waiting.deferred is not None:  # the push came first: answered here now
+                    send([*waiting.route, json.dumps(self.commands.answer(
+                        waiting.deferred)).encode()])
+                    continue
                 self.commands.relayed_reply(ok, "" if ok else _error_of(frames[3]))
                 send([*waiting.route, frames[3]])
             elif len(frames) == 2:
@@ -438,6 +465,10 @@ class ControlServer(Worker):
         for token in [t for t, w in self._waiting.items()
                       if older_than is None or w.since < older_than]:
             waiting = self._waiting.pop(token)
+            if waiting.deferred is not None:  # answered from what is there
+                send([*waiting.route, json.dumps(self.commands.answer(
+                    waiting.deferred)).encode()])
+                continue
             reply = self.commands.failed(waiting.command, f"{waiting.command}: {why}",
                                          count_request=True)
             send([*waiting.route, json.dumps(reply).encode()])

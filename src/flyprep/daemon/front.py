@@ -9,7 +9,9 @@ h5py and has a lock of its own:
 * ``ping``, ``version`` and ``status`` are answered there at once. ``status`` is the
   document the daemon pushes every :data:`STATUS_PUSH_S` while clients ask for it
   (:data:`ASKED_S` after each request), every :data:`IDLE_PUSH_S` otherwise, and right
-  after a command changed something; its ``as_of`` field says when it was taken.
+  after a command changed something; its ``as_of`` field says when it was taken. A
+  ``status`` asked after a quiet spell, or when the document is older than
+  :data:`FRESH_S`, is answered after a fresh push (:meth:`Front.stale`).
 * The other commands (``scan``, ``snapshot``, ``apx_header``, ``end_scan``,
   ``abort_scan``, ``reset_stats``) are checked there (JSON, size, who may change a scan)
   and relayed to the daemon over a PAIR socket in a private directory; their replies go
@@ -54,6 +56,8 @@ log = logging.getLogger(__name__)
 #: it (:data:`ASKED_S`), and every :data:`IDLE_PUSH_S` otherwise.
 STATUS_PUSH_S = 0.1
 IDLE_PUSH_S = 1.0
+#: A status older than this (nobody asked lately) is answered after a fresh push.
+FRESH_S = 0.25
 #: A status request keeps the fast pushes going this long.
 ASKED_S = 5.0
 #: Relayed requests answered per turn of the daemon's side at most (then it pushes the
@@ -82,7 +86,7 @@ class ControlProcess(Worker):
                  status: Callable[[], dict[str, Any]]) -> None:
         super().__init__("control")
         self._settings = settings
-        self._commands = Commands(handlers)
+        self._commands = Commands({**handlers, "refresh": lambda params: {"pushed": True}})
         self._mutating = frozenset(settings["mutating"])
         self._status = status
         self.endpoint: str | None = None
@@ -220,8 +224,8 @@ class ControlProcess(Worker):
                 continue
             reply = self._commands.answer(frames[2])
             assert reply is not None
-            if reply.get("command") in self._mutating:
-                self._push_status(link)  # the client that changed it sees it at once
+            if reply.get("command") in self._mutating or reply.get("command") == "refresh":
+                self._push_status(link)  # the client that asked sees it at once
             if self._reset_pending:
                 self._reset_pending = False
                 _send(link, [b"reset", b""])
@@ -286,14 +290,25 @@ class Front:
     def __init__(self, version: dict[str, Any]) -> None:
         self._version = version
         self._status: dict[str, Any] | None = None
+        self._pushed_at = float("-inf")
+        self._answered_at = float("-inf")  # the last status answered
         self.server: ControlServer | None = None
         self._told_at = float("-inf")
 
     def on_push(self, kind: bytes, body: bytes) -> None:
         if kind == b"status":
             self._status = json.loads(body)
+            self._pushed_at = time.monotonic()
         elif kind == b"reset" and self.server is not None:
             self.server.reset_stats()
+
+    def stale(self, command: str) -> bool:
+        """True for a ``status`` asked after a quiet spell (none answered for
+        :data:`ASKED_S`), or while the pushed document is older than :data:`FRESH_S`: it
+        is answered after a fresh push, not from the old one."""
+        now = time.monotonic()
+        return command == "status" and (now - self._answered_at > ASKED_S
+                                        or now - self._pushed_at > FRESH_S)
 
     def version(self, params: dict[str, Any]) -> dict[str, Any]:
         _no_params(params)
@@ -304,7 +319,7 @@ class Front:
         if self._status is None:
             raise ValueError("the daemon is starting; ask again")
         assert self.server is not None
-        now = time.monotonic()
+        now = self._answered_at = time.monotonic()
         if now - self._told_at > 1.0:  # fast pushes while asked: at most a message a second
             self._told_at = now
             self.server.tell([b"asked", b""])
@@ -330,7 +345,7 @@ def _serve(spec: dict[str, Any]) -> int:
             allow_remote=spec["allow_remote"], max_request_bytes=spec["max_request_bytes"],
             ipc_access=IpcAccess(spec["ipc_mode"], spec["ipc_group"]), guard=guard,
             mutating=spec["mutating"],
-            relay=Relay(spec["link"], frozenset(spec["relayed"]), front.on_push))
+            relay=Relay(spec["link"], frozenset(spec["relayed"]), front.on_push, front.stale))
         front.server = server
         server.start()
     except Exception as exc:  # noqa: BLE001 - told to the daemon, which exits with it
