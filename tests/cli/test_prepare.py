@@ -490,6 +490,53 @@ def test_prepare_takes_the_frame_type_the_first_frames_agree_on(tmp_path):
     assert summary.frames_missing == 1
 
 
+def spy_on_rows(monkeypatch) -> list[object]:
+    """Record the ``rows`` every read_frames call of ``prepare`` asks for."""
+    import flyprep.pipeline.prepare as prepare_module
+
+    asked: list[object] = []
+    real = prepare_module.read_frames
+
+    def reading(source, start, stop, **kwargs):
+        asked.append(kwargs.get("rows"))
+        return real(source, start, stop, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "read_frames", reading)
+    return asked
+
+
+@pytest.mark.parametrize("scan, flags", [
+    ("ptypy_scan", ["--shape", 24, "--center", "20,40", "--orientation", 5]),
+    ("ptypy_scan", ["--shape", 32, "--auto-center", "--saturation", 3000]),
+    ("hdf5_scan", ["--shape", 40, "--rebin", 2, "--center", "50,30", "--energy", 6.2,
+                   "--distance", 7, "--psize", 75e-6]),
+], ids=["npy-crop-oriented", "npy-auto-centre", "hdf5-stacks-rebinned"])
+def test_reading_only_the_roi_rows_writes_what_whole_frames_write(
+        request, tmp_path, cli, monkeypatch, scan, flags):
+    """``prepare`` reads only the rows of the ROI once the preparation is fixed (whole
+    frames for an auto centre's first chunk): the output is that of whole frames."""
+    import flyprep.pipeline.prepare as prepare_module
+
+    root = request.getfixturevalue(scan)
+    args = ["--chunk-frames", 8, "--no-progress", *flags]
+    asked = spy_on_rows(monkeypatch)
+    assert cli("prepare", root, "-o", tmp_path / "rows.ptyd", *args).code == 0
+    assert asked[-1] is not None and asked[-1] != (0, SIDE)  # rows, not whole frames
+    if "--auto-center" in flags:
+        assert asked[0] is None  # the first chunk is read whole: its centre of mass
+    monkeypatch.setattr(prepare_module, "_rows_used", lambda preparation: None)
+    asked.clear()
+    res = cli("prepare", root, "-o", tmp_path / "whole.ptyd", *args)
+    assert res.code == 0, res.err
+    assert set(asked) == {None}
+    a, b = read_back(tmp_path / "rows.ptyd"), read_back(tmp_path / "whole.ptyd")
+    for key in ("data", "weights", "positions", "indices"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["data"].any()
+    assert a["meta"] == b["meta"]
+    assert a["ptyd"].provenance["params"] == b["ptyd"].provenance["params"]
+
+
 # -- --resume ------------------------------------------------------------------------------
 
 def interrupt_reading_at(monkeypatch, frame: int) -> None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from flyprep.prep import Calibration, Preparation, mass_center
+from flyprep.sources.rows import FrameRows
 
 SETTINGS = settings(max_examples=150, deadline=None)
 
@@ -276,6 +277,27 @@ def test_apply_matches_per_frame_reference(case, use_out):
     assert data.shape == weights.shape == (raw.shape[0], s, s)
     if use_out:
         assert np.shares_memory(data, out[0]) and np.shares_memory(weights, out[1])
+    np.testing.assert_array_equal(data, ref_data)
+    np.testing.assert_array_equal(weights, ref_weights)
+
+
+@SETTINGS
+@given(case=prep_cases())
+def test_frames_read_only_for_the_roi_rows_prepare_the_same(case):
+    """A reader that read only the rows the preparation uses (:class:`FrameRows`) gives
+    what the whole frames give; frames may also be absent (None)."""
+    raw, kw, max_frames = case
+    center = kw["center"]
+    resolved = ref_named_center(center, raw.shape[1:]) if isinstance(center, str) else center
+    if ref_misses(raw.shape[1:], kw["side"], resolved):
+        return
+    prep = make_prep(raw.shape[1:], raw.dtype, kw, max_frames)
+    top, stop = prep.crop.src[0].start, prep.crop.src[0].stop
+    present = [True] * raw.shape[0] if kw["present"] is None else kw["present"]
+    banded = [FrameRows(f[top:stop].copy(), top, f.shape) if p else None
+              for f, p in zip(raw, present)]
+    ref_data, ref_weights, _, _ = run_ref(raw, {**kw, "present": present})
+    data, weights = prep.apply(banded)
     np.testing.assert_array_equal(data, ref_data)
     np.testing.assert_array_equal(weights, ref_weights)
 

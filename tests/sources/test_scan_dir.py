@@ -123,9 +123,9 @@ def spy_on_slices(monkeypatch) -> list[tuple[str, int, int]]:
     calls: list[tuple[str, int, int]] = []
     real = layouts._read_stack
 
-    def spy(ref, dataset, lo, hi):
+    def spy(ref, dataset, lo, hi, rows=None):
         calls.append((ref.path.name, lo, hi))
-        return real(ref, dataset, lo, hi)
+        return real(ref, dataset, lo, hi, rows)
 
     monkeypatch.setattr(layouts, "_read_stack", spy)
     return calls

@@ -1,8 +1,14 @@
 """``flyprep prepare``'s library side: a finished scan directory through the same
-:class:`~flyprep.pipeline.scan_run.ScanRun` the daemon uses."""
+:class:`~flyprep.pipeline.scan_run.ScanRun` the daemon uses.
+
+The preparation is fixed before the run, as the run would fix it (from the config, or from
+the first chunk's frames for an auto centre), so that the frames after are read only for
+the rows it uses, in a thread of their own ahead of preparing and writing.
+"""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,11 +20,17 @@ from ..events import EventSink
 from .items import FrameItem, MissingFrame, ReadyFrame
 from ..ptyd.resume import finished_state
 from ..ptyd.writer import OutputMode
-from .preparer import effective_config, load_calibration
+from ..prep import Preparation
+from .preparer import ChunkPreparer, effective_config, load_calibration
+from .read_ahead import ReadAhead
 from .resume import apply_resume, plan_resume
 from .scan_run import PrepareSummary, run_scan
-from ..sources.scan_dir import ScanSource, read_frame, read_frames
+from ..sources.scan_dir import Rows, ScanSource, read_frame, read_frames
 from ..sources.live import agreed_type
+
+
+#: Bytes of frames read ahead of the run at most.
+READ_AHEAD_BYTES = 64 << 20
 
 
 def prepare_scan(
@@ -62,13 +74,43 @@ def prepare_scan(
         shape, dtype = tuple(declared.frame_shape), np.dtype(declared.frame_dtype)
     else:
         shape, dtype = _probe(source, allow_missing)
-    frames = _frames_from(source, start, min(num_frames, len(source.frames)), allow_missing,
-                          block=config.output.chunk_frames)
-    return run_scan(frames,
-                    num_frames=num_frames, positions=_positions_for(source, num_frames),
-                    config=config, output=output, calibration=calibration,
-                    frame_shape=shape, dtype=dtype, allow_missing=allow_missing,
-                    mode=mode, resolved=resolved, events=events)
+    stop, block = min(num_frames, len(source.frames)), config.output.chunk_frames
+    preparer = ChunkPreparer(config.prep, calibration=calibration, chunk_frames=block)
+    first: list[FrameItem] = []
+    if resolved is None:
+        first = _first_chunk(source, config, stop, allow_missing) \
+            if config.prep.center is None else []
+        preparation = preparer.fix(shape, dtype, [
+            f.data for f in first if isinstance(f, ReadyFrame)
+            and f.data.shape == shape and f.data.dtype == dtype])
+        resolved = preparer.resolved()
+    else:
+        preparation = preparer.preset(resolved)
+    rows = _rows_used(preparation)
+    later = _frames_from(source, start + len(first), stop, allow_missing, block=block,
+                         rows=rows)
+    band = ((rows[1] - rows[0]) if rows else shape[0]) * shape[1] * dtype.itemsize
+    with ReadAhead(later, depth=max(2, min(block, READ_AHEAD_BYTES // max(1, band))),
+                   name="prepare-read") as ahead:
+        return run_scan(itertools.chain(first, ahead),
+                        num_frames=num_frames, positions=_positions_for(source, num_frames),
+                        config=config, output=output, calibration=calibration,
+                        frame_shape=shape, dtype=dtype, allow_missing=allow_missing,
+                        mode=mode, resolved=resolved, events=events)
+
+
+def _first_chunk(source: ScanSource, config: PrepareConfig, stop: int,
+                 allow_missing: bool) -> list[FrameItem]:
+    """The first chunk's frames, whole: an auto centre is found from them."""
+    block = config.output.chunk_frames
+    return list(_frames_from(source, 0, min(block, stop), allow_missing, block=block))
+
+
+def _rows_used(preparation: Preparation) -> Rows:
+    """The raw rows the preparation reads (its ROI's), or None when it reads them all."""
+    src = preparation.crop.src[0]
+    return None if (src.start, src.stop) == (0, preparation.raw_shape[0]) \
+        else (src.start, src.stop)
 
 
 def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:
@@ -105,14 +147,15 @@ def _positions_for(source: ScanSource, num_frames: int) -> np.ndarray:
 
 
 def _frames_from(source: ScanSource, start: int, stop: int, allow_missing: bool, *,
-                 block: int) -> Iterator[FrameItem]:
-    """Frames ``[start, stop)`` of a scan directory, stacks read ``block`` frames at a time;
-    with ``allow_missing`` a frame that cannot be read comes as None (missing) instead of
-    ending the run."""
+                 block: int, rows: Rows = None) -> Iterator[FrameItem]:
+    """Frames ``[start, stop)`` of a scan directory (only ``rows`` of each, when given),
+    stacks read ``block`` frames at a time; with ``allow_missing`` a frame that cannot be
+    read comes as missing instead of ending the run."""
     i = start
     while i < stop:
         try:
-            for index, frame, name in read_frames(source, i, stop, max_block=block):
+            for index, frame, name in read_frames(source, i, stop, max_block=block,
+                                                  rows=rows):
                 yield ReadyFrame(index, frame, name)
                 i = index + 1
         except InputError:

@@ -74,10 +74,22 @@ class ChunkPreparer:
 
     def plan(self, raw: RawChunk) -> Preparation:
         """Resolve ROI side and centre from the config and the first chunk's frames."""
-        if self.config.center is None and not raw.present.any():
+        return self._planned(raw.frame_shape, raw.dtype,
+                             [f for f in raw.frames if f is not None])
+
+    def fix(self, shape: tuple[int, ...], dtype: np.dtype,
+            frames: Sequence[np.ndarray]) -> Preparation:
+        """Fix the preparation before any chunk, for raw frames of ``shape`` and ``dtype``,
+        as the first chunk would: from the config, and from ``frames`` (the first chunk's
+        frames that arrived) for an auto centre."""
+        self.preparation = self._planned(shape, dtype, frames)
+        return self.preparation
+
+    def _planned(self, shape: tuple[int, ...], dtype: np.dtype,
+                 frames: Sequence[np.ndarray]) -> Preparation:
+        if self.config.center is None and not frames:
             raise ConfigError("auto_center: no frame of the first chunk arrived")
-        return self._plan_for(raw.frame_shape, raw.dtype,
-                              [f for f in raw.frames if f is not None])
+        return self._plan_for(shape, dtype, frames)
 
     def _plan_for(self, shape: tuple[int, ...], dtype: np.dtype,
                   frames: Sequence[np.ndarray]) -> Preparation:

@@ -5,7 +5,8 @@ frame's 125 us. Frames of one scan share their header byte for byte, so the head
 parsed once (by numpy's own ``numpy.lib.format`` readers) and remembered by its bytes;
 each file then costs a few system calls (open, fstat, two reads, close).
 
-Only the bytes the header declares are read, and a file whose size disagrees with its
+Only the bytes the header declares are read (only those of some rows, with
+:func:`read_npy_rows`), and a file whose size disagrees with its
 header is refused before anything else is read: a sparse or runaway file of gigabytes
 behind a small header costs nothing. Object (pickled) arrays are refused: no frame is
 made of Python objects.
@@ -20,6 +21,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+
+from .rows import FrameRows
 
 _MAGIC = b"\x93NUMPY"
 #: Bytes read first: the magic and the header (numpy pads it to 128 bytes or a multiple
@@ -129,19 +132,51 @@ def read_npy(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         size = os.fstat(fd).st_size
         header, head = _header_of(fd, size)
-        nbytes = _check_size(header, size)
-        arr = np.empty(header.shape, header.dtype, order="F" if header.fortran else "C")
-        if nbytes:
-            view = memoryview(arr.reshape(-1, order="A").view(np.uint8))
-            have = head[header.offset:]  # the start of the data came with the header
-            view[:len(have)] = have
-            got = len(have)
-            while got < nbytes:
-                n = os.preadv(fd, [view[got:]], header.offset + got)
-                if n == 0:
-                    raise ValueError(f"read {got} of {nbytes} data bytes: the file "
-                                     "shrank while read")
-                got += n
+        _check_size(header, size)
+        return _read_whole(fd, header, head)
     finally:
         os.close(fd)
+
+
+def read_npy_rows(path: str | os.PathLike[str], top: int, stop: int) -> np.ndarray | FrameRows:
+    """Rows ``top .. stop`` of the 2-D C-order array in ``path``, reading only their bytes
+    (as :class:`FrameRows`); any other array (Fortran order, not 2-D, rows it lacks) whole,
+    as :func:`read_npy` gives it. The same checks as :func:`read_npy`, on the whole file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        header, head = _header_of(fd, size)
+        _check_size(header, size)
+        shape = header.shape
+        if len(shape) != 2 or header.fortran or not 0 <= top < stop <= shape[0]:
+            return _read_whole(fd, header, head)
+        rows = np.empty((stop - top, shape[1]), header.dtype)
+        row_bytes = shape[1] * header.dtype.itemsize
+        _fill(fd, rows, header.offset + top * row_bytes, head)
+        return FrameRows(rows, top, (shape[0], shape[1]))
+    finally:
+        os.close(fd)
+
+
+def _read_whole(fd: int, header: NpyHeader, head: bytes) -> np.ndarray:
+    """Every data byte of the open file ``fd`` as the array its header declares."""
+    arr = np.empty(header.shape, header.dtype, order="F" if header.fortran else "C")
+    _fill(fd, arr.reshape(-1, order="A"), header.offset, head)
     return arr
+
+
+def _fill(fd: int, arr: np.ndarray, position: int, head: bytes) -> None:
+    """Read ``arr``'s bytes (a contiguous array) from ``position`` of ``fd``; bytes of
+    ``head`` (the file's first bytes, read already) are not read again."""
+    nbytes = arr.nbytes
+    if not nbytes:
+        return
+    view = memoryview(arr.reshape(-1, order="A").view(np.uint8))
+    have = head[position:position + nbytes]
+    view[:len(have)] = have
+    got = len(have)
+    while got < nbytes:
+        n = os.preadv(fd, [view[got:]], position + got)
+        if n == 0:
+            raise ValueError(f"read {got} of {nbytes} data bytes: the file shrank while read")
+        got += n

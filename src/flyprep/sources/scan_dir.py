@@ -12,13 +12,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional, Tuple
 
 import h5py
 import numpy as np
 
 from ..errors import InputError
-from .npy import read_npy
+from .npy import read_npy, read_npy_rows
+from .rows import FrameRows
 
 GEOMETRY_KEYS = {"distance": float, "energy": float, "psize": float, "shape": int}
 # DECTRIS Eiger master files link to the data files and hold no frames themselves.
@@ -249,9 +250,18 @@ def _names_frames(path: Path) -> bool:
     return False
 
 
-def read_frame(ref: FrameRef, *, dataset: str | None = None) -> np.ndarray:
-    """Read one raw frame; :class:`InputError` names the file for anything wrong."""
-    return _read_2d(ref.path, dataset or "/entry/data/data", ref.slot, ref.describe(), _FRAME)
+#: Rows ``(top, stop)`` of each frame that a reader needs to read (the others are not
+#: used); None: whole frames.
+Rows = Optional[Tuple[int, int]]
+
+
+def read_frame(ref: FrameRef, *, dataset: str | None = None, rows: Rows = None
+               ) -> np.ndarray | FrameRows:
+    """Read one raw frame (only ``rows`` of it, when given and the file allows; see
+    :class:`~flyprep.sources.rows.FrameRows`); :class:`InputError` names the file for
+    anything wrong."""
+    return _read_2d(ref.path, dataset or "/entry/data/data", ref.slot, ref.describe(), _FRAME,
+                    rows)
 
 
 def read_map(spec: str | os.PathLike[str]) -> np.ndarray:
@@ -274,45 +284,60 @@ _FRAME = _Wording("frame file not found", "unreadable frame", "frame")
 _MAP = _Wording("file not found", "unreadable", "array")
 
 
-def _read_2d(path: Path, dataset: str, slot: int | None, label: str, words: _Wording) -> np.ndarray:
-    """A 2-D array from ``.npy`` or an HDF5 dataset (frame ``slot`` of a stack); errors
-    name ``label`` (the file, or the frame inside it) in the given wording."""
+def _read_2d(path: Path, dataset: str, slot: int | None, label: str, words: _Wording,
+             rows: Rows = None) -> np.ndarray | FrameRows:
+    """A 2-D array from ``.npy`` or an HDF5 dataset (frame ``slot`` of a stack), or only
+    its ``rows``; errors name ``label`` (the file, or the frame inside it) in the given
+    wording."""
     try:
         if path.suffix == ".npy":
-            arr = read_npy(path)
+            arr = read_npy(path) if rows is None else read_npy_rows(path, *rows)
         else:
             with h5py.File(path, "r") as f:
                 dset = f[dataset]
                 if not isinstance(dset, h5py.Dataset):
                     raise InputError(path, f"{dataset!r} is a group, not a dataset")
-                arr = dset[slot] if slot is not None else dset[()]
+                lead = () if slot is None else (slot,)
+                if _fits(rows, dset.shape, len(lead) + 2):
+                    assert rows is not None
+                    return FrameRows(dset[(*lead, slice(*rows))], rows[0], dset.shape[-2:])
+                arr = dset[lead] if lead else dset[()]
     except FileNotFoundError:
         raise InputError(path, words.not_found) from None
     except KeyError:
         raise InputError(path, f"no dataset {dataset!r}") from None
     except (OSError, ValueError, EOFError, IndexError) as exc:
         raise InputError(label, f"{words.unreadable}: {exc}") from None
+    if isinstance(arr, FrameRows):
+        return arr
     arr = np.asarray(arr)
     if arr.ndim != 2:
         raise InputError(label, f"{words.array} has shape {arr.shape}; expected 2-D")
     return arr
 
 
-def read_frames(source: ScanSource, start: int, stop: int, *, max_block: int = DEFAULT_MAX_BLOCK
-                ) -> Iterator[tuple[int, np.ndarray, str]]:
-    """``(index, frame, source name)`` for frames ``[start, stop)``; consecutive frames of
-    one HDF5 stack are read in slices of at most ``max_block`` frames."""
+def _fits(rows: Rows, shape: tuple[int, ...], ndim: int) -> bool:
+    """True when ``rows`` are given and lie inside frames of a dataset of ``shape``
+    (``ndim`` dimensions expected: 2 for one frame, 3 for a stack)."""
+    return rows is not None and len(shape) == ndim and 0 <= rows[0] < rows[1] <= shape[-2]
+
+
+def read_frames(source: ScanSource, start: int, stop: int, *, max_block: int = DEFAULT_MAX_BLOCK,
+                rows: Rows = None) -> Iterator[tuple[int, np.ndarray | FrameRows, str]]:
+    """``(index, frame, source name)`` for frames ``[start, stop)`` (only ``rows`` of each
+    where the file allows); consecutive frames of one HDF5 stack are read in slices of at
+    most ``max_block`` frames."""
     if max_block < 1:
         raise ValueError(f"max_block must be at least 1, got {max_block}")
     i = start
     while i < stop:
         ref = source.frames[i]
         if ref.slot is None:
-            yield i, read_frame(ref, dataset=source.dataset), str(ref.path)
+            yield i, read_frame(ref, dataset=source.dataset, rows=rows), str(ref.path)
             i += 1
             continue
         n = _run_length(source, i, min(stop, i + max_block))
-        yield from _stack_frames(i, ref, source.dataset or "/entry/data/data", n)
+        yield from _stack_frames(i, ref, source.dataset or "/entry/data/data", n, rows)
         i += n
 
 
@@ -325,22 +350,27 @@ def _run_length(source: ScanSource, i: int, stop: int) -> int:
     return n
 
 
-def _stack_frames(i: int, ref: FrameRef, dataset: str, n: int
-                  ) -> Iterator[tuple[int, np.ndarray, str]]:
-    """Frames ``i .. i + n`` (``ref.slot ..`` in the stack), read in one slice; the frames
-    present come first, then :class:`InputError` if the file holds fewer than at discovery."""
+def _stack_frames(i: int, ref: FrameRef, dataset: str, n: int, rows: Rows = None
+                  ) -> Iterator[tuple[int, np.ndarray | FrameRows, str]]:
+    """Frames ``i .. i + n`` (``ref.slot ..`` in the stack), read in one slice (only
+    ``rows`` of each, when given); the frames present come first, then
+    :class:`InputError` if the file holds fewer than at discovery."""
     lo, hi = ref.slot, ref.slot + n
-    block = _read_stack(ref, dataset, lo, hi)
+    block, top, shape = _read_stack(ref, dataset, lo, hi, rows)
     for k in range(min(n, block.shape[0])):
-        yield i + k, block[k], f"{ref.path}[{lo + k}]"
+        frame = block[k] if top is None else FrameRows(block[k], top, shape)
+        yield i + k, frame, f"{ref.path}[{lo + k}]"
     if block.shape[0] < n:
         raise InputError(f"{ref.path}[{lo}:{hi}]",
                          f"expected {n} frames in dataset {dataset!r}, found {block.shape[0]}: "
                          "the file is shorter than when the scan was discovered")
 
 
-def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int) -> np.ndarray:
-    """Frames ``[lo, hi)`` of a stack, as many as the file holds; the dataset must be 3-D."""
+def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int, rows: Rows = None
+                ) -> tuple[np.ndarray, int | None, tuple[int, int]]:
+    """Frames ``[lo, hi)`` of a stack, as many as the file holds (only ``rows`` of each
+    when they fit the frames), the first row read (None: whole frames) and the frames'
+    shape; the dataset must be 3-D."""
     try:
         with h5py.File(ref.path, "r") as f:
             dset = f[dataset]
@@ -349,7 +379,11 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int) -> np.ndarray:
             if dset.ndim != 3:
                 raise InputError(ref.path, f"dataset {dataset!r} has shape {dset.shape}; "
                                            "expected a stack (n, H, W) as at discovery")
-            return dset[lo:hi]
+            shape = (int(dset.shape[1]), int(dset.shape[2]))
+            if _fits(rows, dset.shape, 3):
+                assert rows is not None
+                return dset[lo:hi, rows[0]:rows[1]], rows[0], shape
+            return dset[lo:hi], None, shape
     except FileNotFoundError:
         raise InputError(ref.path, "frame file not found") from None
     except KeyError:
@@ -361,7 +395,7 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int) -> np.ndarray:
 def read_stack(path: Path, dataset: str, lo: int, hi: int) -> np.ndarray:
     """Frames ``[lo, hi)`` of an HDF5 stack (as many as the file holds); InputError names
     the file for anything wrong."""
-    return _read_stack(FrameRef(lo, Path(path), lo), dataset, lo, hi)
+    return _read_stack(FrameRef(lo, Path(path), lo), dataset, lo, hi)[0]
 
 
 def natural_key(path: Path) -> list[tuple[tuple[str | int, ...], str]]:
