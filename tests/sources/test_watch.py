@@ -452,3 +452,68 @@ def test_non_recursive_a_scan_directory_made_again_under_its_name_is_watched(
                 scan.rename(away / f"scan_a{k}")
             time.sleep(0.4)
     assert rec.completed() == [root / "scan_a" / "f0.npy", root / "scan_a" / "f1.npy"]
+
+
+def test_a_tree_moved_in_is_listed_once_and_sent_in_batches_in_order(
+        tmp_path: Path, monkeypatch) -> None:
+    """The subdirectories of a directory moved in are walked by its listing; watchdog's
+    own report of each as created does not list them again. With ``on_events`` what the
+    listing finds comes in batches of at most LISTED_BATCH, in listing order, and nothing
+    of it through ``on_event``."""
+    from flyprep.sources import watch
+
+    root, staging = tmp_path / "root", tmp_path / "staging"
+    root.mkdir()
+    scan = staging / "scan"
+    (scan / "ccd").mkdir(parents=True)
+    names = [scan / "ccd" / f"f_{i:04d}.npy" for i in range(200)]
+    for path in names:
+        np.save(path, np.zeros((4, 4), np.int32))
+    old = time.time() - 60
+    for path in names:
+        os.utime(path, (old, old))
+    walked: list[str] = []
+    real_list = ScanWatcher._list_files
+
+    def list_files(self, top, **kwargs):
+        walked.append(os.fspath(top))
+        return real_list(self, top, **kwargs)
+
+    monkeypatch.setattr(ScanWatcher, "_list_files", list_files)
+    single, batches = Recorder(), []
+    with ScanWatcher(make_config(root, quiet_window_s=3.0), single,
+                     on_events=batches.append):
+        time.sleep(0.2)
+        walked.clear()
+        scan.rename(root / "scan")
+        expected = [root / "scan" / p.relative_to(scan) for p in names]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            listed = [e.path for b in batches for e in b if isinstance(e, FileCompleted)]
+            if len(listed) >= len(expected):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # watchdog's created events for ccd and each file
+    assert listed == expected
+    assert all(1 <= len(b) <= watch.LISTED_BATCH for b in batches)
+    assert not single.completed()
+    assert walked == [str(root / "scan")]  # listed once, not ccd again
+
+
+def test_a_subdirectory_made_after_its_scan_was_listed_is_listed(tmp_path: Path) -> None:
+    """Only a directory moved in vouches for its subdirectories: one made in place may
+    hold files from before its kernel watch, so it is listed when it appears."""
+    root = tmp_path / "root"
+    root.mkdir()
+    rec = Recorder()
+    with ScanWatcher(make_config(root, quiet_window_s=0.2), rec):
+        (root / "scan").mkdir()
+        time.sleep(0.3)
+        (root / "scan" / "ccd").mkdir()
+        files = [root / "scan" / "ccd" / f"f_{i}.npy" for i in range(20)]
+        for path in files:
+            np.save(path, np.zeros(4))
+        rec.wait_for(lambda ev: set(files) <= set(rec.completed()))
+        time.sleep(0.3)
+    done = rec.completed()
+    assert len(done) == len(set(done))

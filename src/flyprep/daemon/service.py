@@ -48,6 +48,7 @@ from ..ptyd.resume import finished_state
 from ..workers import Ticker
 from .session import (FINISHED_BEFORE, RestartRequested, ScanSession, SessionState,
                       marker_grace_s, output_path)
+from ..pipeline.buffer_pool import BufferPool
 from ..sources.watch import (
     EndMarkerSeen,
     FileCompleted,
@@ -66,6 +67,8 @@ MUTATING = ("end_scan", "abort_scan", "reset_stats")
 FINISHED_KEPT = 200
 #: Main loop tick: starting queued scans, forgetting finished ones.
 TICK_S = 0.1
+#: Watcher events routed at a time, taken from the inbox without waiting.
+ROUTE_BATCH = 256
 #: Status rates: over this many seconds, sampled this often.
 RATE_WINDOW_S = 5.0
 RATE_SAMPLE_S = 0.5
@@ -98,9 +101,12 @@ class Daemon:
         self._apx_stream: EventPublisher | None = None
         self._apx: ApxStreamer | None = None
         self._watcher: ScanWatcher | None = None
-        self._inbox: queue.Queue[WatchEvent | RestartRequested] = queue.Queue()
+        # events one by one, or a list of them (a directory listed)
+        self._inbox: queue.Queue[Any] = queue.Queue()
         self._lock = threading.Lock()
         self._sessions: dict[Path, ScanSession] = {}  # running or queued
+        # A finished scan's chunk buffers, for the next scan (memory already mapped).
+        self._buffer_pool = BufferPool(max_pairs=max(2, config.limits.chunk_buffers))
         self._queued: list[Path] = []  # waiting for a free slot (limits.max_scans)
         self._finished: OrderedDict[Path, ScanSession] = OrderedDict()
         self._started = time.time()
@@ -160,7 +166,8 @@ class Daemon:
             # short period: growth reports would only cost a kernel event per write().
             self._watcher = ScanWatcher(cfg.watch, self._inbox.put,
                                         max_tracked=cfg.limits.max_pending_files,
-                                        apx_pattern=cfg.apx.pattern, report_growth=False)
+                                        apx_pattern=cfg.apx.pattern, report_growth=False,
+                                        on_events=self._inbox.put)
             self._watcher.start()
             if self._publish:
                 self._heartbeat = Ticker("heartbeat", cfg.bus.heartbeat_s,
@@ -199,10 +206,7 @@ class Daemon:
             except queue.Empty:
                 event = None
             if event is not None:
-                try:
-                    self._route(event)
-                except Exception:  # one bad event must not stop the service
-                    log.exception("could not handle %r", event)
+                self._route_all(self._with_waiting(event))
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + TICK_S
@@ -268,6 +272,53 @@ class Daemon:
 
     # ---- routing (main loop thread)
 
+    def _with_waiting(self, event: WatchEvent | RestartRequested
+                      ) -> list[WatchEvent | RestartRequested]:
+        """``event`` (or the events of a watcher's batch) and those waiting behind it
+        (about :data:`ROUTE_BATCH`)."""
+        events: list[WatchEvent | RestartRequested] = []
+        while True:
+            if isinstance(event, list):  # a watcher's batch (a directory listed)
+                events.extend(event)
+            else:
+                events.append(event)
+            if len(events) >= ROUTE_BATCH:
+                return events
+            try:
+                event = self._inbox.get_nowait()
+            except queue.Empty:
+                return events
+
+    def _route_all(self, events: list[WatchEvent | RestartRequested]) -> None:
+        """Route ``events`` in order; the frame files of one scan that come one after the
+        other (a directory listed) go to its session as one message."""
+        files: list[Path] = []
+        session: ScanSession | None = None
+        for event in events:
+            try:
+                if isinstance(event, FileCompleted) and not self._is_apx(event.path):
+                    target = self._session_for(event.scan_dir)
+                    if target is not session:
+                        self._hand_files(session, files)
+                        session, files = target, []
+                    if target is not None:
+                        files.append(event.path)
+                    continue
+                self._hand_files(session, files)
+                session, files = None, []
+                self._route(event)
+            except Exception:  # one bad event must not stop the service
+                log.exception("could not handle %r", event)
+        try:
+            self._hand_files(session, files)
+        except Exception:
+            log.exception("could not hand %d files to %s", len(files), session)
+
+    def _hand_files(self, session: ScanSession | None, files: list[Path]) -> None:
+        if session is not None and files:
+            session.files_completed(files)
+            self._admit(session)
+
     def _route(self, event: WatchEvent | RestartRequested) -> None:
         if isinstance(event, ScanDirectoryAppeared):
             self._session_for(event.path)
@@ -321,7 +372,7 @@ class Daemon:
 
     def _new_session(self, scan_dir: Path, **kwargs: Any) -> ScanSession:
         return ScanSession(scan_dir, self.config, events=self._sink,
-                           on_restart=self._inbox.put, **kwargs)
+                           on_restart=self._inbox.put, buffer_pool=self._buffer_pool, **kwargs)
 
     def _restart(self, event: RestartRequested) -> None:
         """A scan stopped by a full disk goes on from its files now that there is space:

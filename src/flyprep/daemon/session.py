@@ -47,6 +47,7 @@ from ..errors import (ConfigError, DiskFull, FlyprepError, InputError, OutputErr
                      ScanInterrupted, is_disk_full)
 from ..events import ErrorReported, EventSink, ScanContinued, ScanEnded, ScanPaused
 from ..pipeline import ScanEnd, ScanRun, effective_config, load_calibration, require_geometry
+from ..pipeline.buffer_pool import BufferPool
 from ..pipeline.frame_order import FrameItem, FrameOrder
 from ..pipeline.resume import apply_resume, plan_resume
 from ..ptyd.reader import open_ptyd
@@ -141,8 +142,10 @@ class ScanSession(Worker):
                  clock: Callable[[], float] = time.monotonic,
                  on_restart: Callable[[RestartRequested], Any] | None = None,
                  carried_end: tuple[str, str] | None = None,
-                 announce: bool = True, threaded_writer: bool = True) -> None:
+                 announce: bool = True, threaded_writer: bool = True,
+                 buffer_pool: BufferPool | None = None) -> None:
         super().__init__(f"scan:{Path(scan_dir).name}")
+        self._buffer_pool = buffer_pool
         self.scan_dir = Path(scan_dir)
         self.name = self.scan_dir.name
         self.config = config
@@ -192,6 +195,12 @@ class ScanSession(Worker):
     def file_completed(self, path: Path, arrived: float | None = None) -> None:
         """A file of the scan is finished (frame, positions or scan file)."""
         self._inbox.put(_File(Path(path), self.clock() if arrived is None else arrived))
+
+    def files_completed(self, paths: list[Path]) -> None:
+        """Files of the scan are finished, in this order (a directory listed at once):
+        one message for all of them."""
+        arrived = self.clock()
+        self._inbox.put([_File(Path(p), arrived) for p in paths])
 
     def file_unmatched(self, path: Path) -> None:
         """A file of the scan matches no pattern: it is never read (said once per scan)."""
@@ -446,7 +455,7 @@ class ScanSession(Worker):
                       chunk_buffers=self.config.limits.chunk_buffers,
                       part_bytes=self.config.limits.part_bytes, events=self.events,
                       scan=self.name, clock=self.clock, threaded=self._threaded_writer,
-                      announce=self._announce)
+                      announce=self._announce, buffer_pool=self._buffer_pool)
         with self._lock:
             self._scan_run = run
         state = self._push_frames(run, order, start)
@@ -778,19 +787,23 @@ class ScanSession(Worker):
                             item.path, list(self.config.watch.frame_patterns))
             return
         self._last_news = self.clock()
-        if isinstance(item, _File):
-            if item.path.name == self.config.watch.scan_file and \
-                    item.path.parent == self.scan_dir:
-                self._described = True
-                return
-            self._files_seen += 1
-            if self._live is None:
-                self._early_files.append(item)
-            else:
-                try:
-                    self._live.add_file(item.path, item.arrived)
-                except InputError as exc:
-                    log.error("%s: %s", self.name, exc)
+        for file in item if isinstance(item, list) else (item,):
+            if isinstance(file, _File):
+                self._take_file(file)
+
+    def _take_file(self, item: _File) -> None:
+        if item.path.name == self.config.watch.scan_file and \
+                item.path.parent == self.scan_dir:
+            self._described = True
+            return
+        self._files_seen += 1
+        if self._live is None:
+            self._early_files.append(item)
+        else:
+            try:
+                self._live.add_file(item.path, item.arrived)
+            except InputError as exc:
+                log.error("%s: %s", self.name, exc)
 
     def _rel_name(self, path: Path) -> str:
         try:

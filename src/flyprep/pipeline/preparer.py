@@ -14,6 +14,7 @@ from ..errors import ConfigError, InputError
 from ..prep import (Calibration, Preparation, PreparedChunk, PreparedPart, center_from_spec,
                    mass_center)
 from ..ptyd.format import ScanMeta
+from .buffer_pool import BufferPool
 from .frame_book import RawChunk, RawPart
 from ..sources.scan_dir import ScanSource, read_map
 
@@ -36,7 +37,7 @@ class ChunkPreparer:
     """
 
     def __init__(self, prep: PrepConfig, *, calibration: Calibration | None = None,
-                 chunk_frames: int, buffers: int = 1) -> None:
+                 chunk_frames: int, buffers: int = 1, pool: BufferPool | None = None) -> None:
         if buffers < 1:
             raise ValueError("buffers must be at least 1")
         self.config = prep
@@ -45,6 +46,7 @@ class ChunkPreparer:
         self.buffers = buffers
         self.preparation: Preparation | None = None
         self._created = 0  # buffer pairs allocated so far (at most ``buffers``)
+        self._pool = pool  # pairs of earlier scans, taken before allocating
         self._free: queue.Queue[tuple[np.ndarray, np.ndarray]] = queue.Queue()
         # The chunk being prepared part by part, and its output buffers.
         self._filling: tuple[int, tuple[np.ndarray, np.ndarray]] | None = None
@@ -140,11 +142,27 @@ class ChunkPreparer:
             return self._free.get_nowait()
         except queue.Empty:
             pass
-        assert self.preparation is not None
+        p = self.preparation
+        assert p is not None
         if self._created < self.buffers:
             self._created += 1
-            return self.preparation.allocate()
+            n, shape = p.max_frames, p.stored_shape
+            kept = None if self._pool is None else \
+                self._pool.take((n, *shape), p.out_dtype, (n, *shape))
+            return kept if kept is not None else p.allocate()
         return self._free.get()
+
+    def give_back(self) -> None:
+        """The run is over: the pairs not in use go to the pool for the next scan."""
+        if self._pool is None:
+            return
+        idle = []
+        while True:
+            try:
+                idle.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        self._pool.give(idle)
 
     def part(self, raw: RawPart) -> PreparedPart:
         """Prepare frames of the chunk being filled into that chunk's output buffers; the

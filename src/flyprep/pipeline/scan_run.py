@@ -20,6 +20,7 @@ from ..states import ScanState
 from ..ptyd.writer import FileAccess, OutputMode, PtydWriter
 from ..ptyd.writer_thread import InlineWriter, Listed, WriterThread
 from .items import FrameItem, ReadyFrame, RunItem, ScanEnd
+from .buffer_pool import BufferPool
 from .preparer import ChunkPreparer, require_geometry, scan_meta, writer_params
 from .frame_book import FrameBook, Scan
 
@@ -67,7 +68,8 @@ class ScanRun:
     ``threaded`` False writes every chunk in the pushing thread (one thread in all: for
     tests of the logic). ``chunk_buffers`` bounds the prepared chunks in memory;
     ``part_bytes``: while a chunk fills, its frames are prepared and written in parts of
-    about this size (0: whole).
+    about this size (0: whole). With ``buffer_pool``, chunk buffers come from it first
+    and go back to it when the run ends, however it ends.
 
     Ends: :meth:`push` of :class:`ScanEnd` (complete or aborted), :meth:`suspend` (whole
     chunks written, master still ``acquiring``: a later run resumes it), or :meth:`fail`
@@ -85,7 +87,7 @@ class ScanRun:
                  chunk_buffers: int = CHUNK_BUFFERS, part_bytes: int = PART_BYTES,
                  events: EventSink | None = None, scan: str = "",
                  clock: Callable[[], float] = time.monotonic, threaded: bool = True,
-                 announce: bool = True) -> None:
+                 announce: bool = True, buffer_pool: BufferPool | None = None) -> None:
         self.t0 = time.perf_counter()
         require_geometry(config.geometry)
         if mode.kind == "new" and Path(output).exists():
@@ -105,7 +107,7 @@ class ScanRun:
             self.book.missing_total = len(resume.missing_indices)
         self.preparer = ChunkPreparer(config.prep, calibration=calibration,
                                       chunk_frames=out_cfg.chunk_frames,
-                                      buffers=max(2, chunk_buffers))
+                                      buffers=max(2, chunk_buffers), pool=buffer_pool)
         if frame_shape is not None and dtype is not None:
             self.preparer.warm(tuple(frame_shape), np.dtype(dtype))  # parts from frame 0 on
         if resolved is not None:
@@ -177,6 +179,7 @@ class ScanRun:
         finally:
             if self._writer is not None:
                 self._writer.suspend()
+            self.preparer.give_back()
 
     def fail(self, exc: BaseException) -> BaseException:
         """The run cannot go on because of ``exc``: finish the output as well as it can
@@ -204,6 +207,7 @@ class ScanRun:
             finisher = self._resumed_writer()
         if finisher is not None:
             _finish_aborted(self.book, self._flush_ready, finisher)
+        self.preparer.give_back()
         return exc
 
     def progress(self) -> tuple[int, int]:
@@ -230,6 +234,7 @@ class ScanRun:
         finisher = self._resumed_writer()
         assert finisher is not None, "a scan has at least one chunk"
         finisher.close(state)
+        self.preparer.give_back()
         self.summary = PrepareSummary(
             output=self.output, frames=self.num_frames, chunks=self.book.n_chunks,
             frames_missing=self.book.missing_total, seconds=time.perf_counter() - self.t0,

@@ -78,6 +78,8 @@ __all__ = ["EndMarkerSeen", "FileCompleted", "FileGrew", "FileUnmatched",
 
 #: Files of a scan directory flyprep reads that match no configured pattern.
 KNOWN_NAMES = frozenset({"geometry.txt"})
+#: Events of a listing sent together (to ``on_events``) at most.
+LISTED_BATCH = 64
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,9 @@ class ScanWatcher:
     """Watch ``config.roots``; call ``on_event`` with :data:`WatchEvent` objects.
 
     ``start()``/``stop()`` or use as a context manager. ``grow_debounce_s``: at most one
-    :class:`FileGrew` per file per interval. ``max_tracked``: bound on the per-file state
+    :class:`FileGrew` per file per interval. ``on_events``: called instead of ``on_event``
+    with the events of a directory listing, a batch at a time, in order. ``max_tracked``:
+    bound on the per-file state
     (pending files and completed paths; the oldest are forgotten beyond it, with a
     warning; the daemon passes ``limits.max_pending_files``). ``apx_pattern``: the names
     of AstroPix files, which grow while written (the daemon passes ``apx.pattern``).
@@ -172,10 +176,14 @@ class ScanWatcher:
 
     def __init__(self, config: WatchConfig, on_event: Callable[[WatchEvent], None], *,
                  grow_debounce_s: float = 0.25, max_tracked: int = 100_000,
-                 apx_pattern: str = APX_PATTERN, report_growth: bool = True) -> None:
+                 apx_pattern: str = APX_PATTERN, report_growth: bool = True,
+                 on_events: Callable[[list[WatchEvent]], None] | None = None) -> None:
         self.config = config
         self._apx_pattern = apx_pattern
         self._on_event = on_event
+        self._on_events = on_events
+        # The events of a listing running in this thread, sent together (LISTED_BATCH).
+        self._listing = threading.local()
         self._roots = [Path(r) for r in config.roots]
         # Classification runs for every event and every file listed: strings and one
         # compiled pattern per kind instead of pathlib and fnmatch per pattern.
@@ -196,6 +204,13 @@ class ScanWatcher:
         self._tick_s = max(0.01, min(limits))
         self._lock = threading.RLock()
         self._appeared: set[Path] = set()
+        # Directories walked by the listing of a directory moved in: watchdog reports each
+        # subdirectory of it as created too, with a watch already on it before that
+        # listing (inotify adds them when it sees the move), so nothing in it is new.
+        self._listed: OrderedDict[str, None] = OrderedDict()
+        # Scan directory of each first path component under each root (every event and
+        # every file listed asks; a Path built each time cost most of a listing).
+        self._scan_dirs: dict[tuple[str, str], Path] = {}
         self._completed: OrderedDict[Path, None] = OrderedDict()
         self._pending: OrderedDict[Path, _Pending] = OrderedDict()
         self._grow_dirty: dict[Path, None] = {}
@@ -266,7 +281,14 @@ class ScanWatcher:
                 dirs = text[len(prefix):].split(os.sep)[:-1]
                 if any(d == self.config.quarantine_dir or self._ignored(d) for d in dirs):
                     return None
-                return root / dirs[0] if dirs else root
+                if not dirs:
+                    return root
+                scan_dir = self._scan_dirs.get((prefix, dirs[0]))
+                if scan_dir is None:
+                    if len(self._scan_dirs) >= self._max_tracked:
+                        self._scan_dirs.clear()
+                    scan_dir = self._scan_dirs[(prefix, dirs[0])] = root / dirs[0]
+                return scan_dir
         return None
 
     def _ignored(self, name: str) -> bool:
@@ -297,7 +319,7 @@ class ScanWatcher:
                 if event.src_path:
                     self._forget_under(src)
                 if dest is not None:
-                    self._dir_arrived(dest)
+                    self._dir_arrived(dest, moved=True)
             elif kind == "deleted":
                 self._forget_under(src)
             return
@@ -321,7 +343,7 @@ class ScanWatcher:
         elif kind == "deleted":
             self._forget(src)
 
-    def _dir_arrived(self, path: Path) -> None:
+    def _dir_arrived(self, path: Path, *, moved: bool = False) -> None:
         """A directory was created or moved in: maybe a new scan directory; its contents
         may predate the kernel watch, so they go to the quiet-window table."""
         if self.scan_dir_of(path / "x") is None or self._ignored(path.name):
@@ -334,7 +356,9 @@ class ScanWatcher:
                 self._watch_dir(path)
         if not self.config.recursive and not new_scan:
             return
-        self._found_all(self._list_files(path), trust_age=not self._polling)
+        if os.fspath(path) in self._listed:
+            return  # walked by the listing of a directory above it, moved in with it
+        self._found_all(self._list_files(path, remember=moved), trust_age=not self._polling)
 
     def _classified(self, path: Path) -> tuple[str, Path] | None:
         """``(kind, scan directory)`` of a file to report, else None. Its scan is announced
@@ -362,6 +386,14 @@ class ScanWatcher:
                 self._complete(path, classified[1])
 
     def _file_touched(self, path: Path, *, created: bool) -> None:
+        if not self._polling and self._kind(path) == _FILE:
+            # A close or a move finishes a frame file; its creation only shows its scan
+            # (a directory moved in brings one such event per file).
+            scan_dir = self.scan_dir_of(path)
+            if scan_dir is not None and scan_dir not in self._appeared:
+                with self._lock:
+                    self._announce(scan_dir)
+            return
         classified = self._classified(path)
         if classified is None:
             return
@@ -431,6 +463,9 @@ class ScanWatcher:
             for table in (self._pending, self._completed, self._grow_dirty, self._grow_last):
                 for p in [p for p in table if directory in p.parents]:
                     del table[p]
+            top = os.fspath(directory)
+            for d in [d for d in self._listed if d == top or d.startswith(top + os.sep)]:
+                del self._listed[d]
             self._appeared.discard(directory)
             self._markers_seen.discard(directory)
             self._markers_pending.pop(directory, None)
@@ -446,10 +481,30 @@ class ScanWatcher:
                 log.debug("watch: could not drop the watch of %s: %s", directory, exc)
 
     def _emit(self, event: WatchEvent) -> None:
+        batch = getattr(self._listing, "batch", None)
+        if batch is not None:  # a listing in this thread: sent together, in order
+            batch.append(event)
+            if len(batch) >= LISTED_BATCH:
+                self._send_batch()
+            return
         try:
             self._on_event(event)
         except Exception:
             log.exception("watch: on_event failed for %r", event)
+
+    def _send_batch(self) -> None:
+        batch, self._listing.batch = self._listing.batch, []
+        if not batch:
+            return
+        try:
+            if self._on_events is not None:
+                self._on_events(batch)
+            else:
+                for event in batch:
+                    self._on_event(event)
+        except Exception:
+            log.exception("watch: on_event failed for %d events from %r", len(batch),
+                          batch[0])
 
     # ---- initial scan and directory listing
 
@@ -484,23 +539,41 @@ class ScanWatcher:
 
     def _found_all(self, files: Iterable[Path], *, trust_age: bool) -> None:
         """:meth:`_found` for each file, end markers last: a marker listed before the
-        files it follows must still wait for them."""
-        markers = []
-        for file in files:
-            if self.config.end_marker is not None and file.name == self.config.end_marker:
-                markers.append(file)
-            else:
+        files it follows must still wait for them. What the listing finds is reported in
+        batches (``on_events``), in order."""
+        outer = getattr(self._listing, "batch", None) is not None
+        if not outer:
+            self._listing.batch = []
+        try:
+            markers = []
+            for file in files:
+                if self.config.end_marker is not None and file.name == self.config.end_marker:
+                    markers.append(file)
+                else:
+                    self._found(file, trust_age=trust_age)
+            for file in markers:
                 self._found(file, trust_age=trust_age)
-        for file in markers:
-            self._found(file, trust_age=trust_age)
+        finally:
+            if not outer:
+                self._send_batch()
+                self._listing.batch = None
 
-    def _list_files(self, top: Path, *, nested: bool | None = None) -> Iterable[Path]:
+    def _list_files(self, top: Path, *, nested: bool | None = None,
+                    remember: bool = False) -> Iterable[Path]:
+        """The files under ``top`` (in its subdirectories too when ``nested``) in name
+        order; ``remember``: note the subdirectories walked as listed."""
         nested = self.config.recursive if nested is None else nested
         for dirpath, dirnames, filenames in os.walk(top):
             dirnames[:] = sorted(d for d in dirnames if not self._ignored(d)
                                  and d != self.config.quarantine_dir) if nested else []
+            if nested and remember and dirpath != os.fspath(top):
+                with self._lock:
+                    self._listed[dirpath] = None
+                    while len(self._listed) > self._max_tracked:
+                        self._listed.popitem(last=False)
+            base = Path(dirpath)
             for name in sorted(filenames):
-                yield Path(dirpath) / name
+                yield base / name
 
     def _found(self, path: Path, *, trust_age: bool) -> None:
         """A file seen by listing, not by an event: complete if its mtime is older than
