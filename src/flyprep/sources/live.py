@@ -131,6 +131,7 @@ class LiveFrames:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Any] = time.sleep) -> None:
         self.scan_dir = Path(scan_dir)
+        self._dir_prefix = os.fspath(self.scan_dir) + os.sep
         self.dataset = dataset
         self.positions_dataset = positions_dataset
         self.units = units
@@ -396,6 +397,9 @@ class LiveFrames:
     # ---- internals
 
     def _rel(self, path: Path) -> str:
+        text = os.fspath(path)
+        if text.startswith(self._dir_prefix):  # every file of a directory listed: no Path
+            return text[len(self._dir_prefix):].replace(os.sep, "/")
         return self._rel_path(path).as_posix()
 
     def _rel_path(self, path: Path) -> Path:
