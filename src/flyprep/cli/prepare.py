@@ -5,6 +5,8 @@ file, which wins over the defaults."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,14 +128,13 @@ def run_prepare(scan_dir: Path, output: Path, config: PrepareConfig, *, overwrit
     from ..events import ChunkWritten, Event
     from ..pipeline import prepare_scan
     from ..sources import discover
-    from .terminal import frame_progress
 
     inp = config.input
     source = discover(scan_dir, layout=inp.layout, dataset=inp.dataset, pattern=inp.frame_glob,
                       positions=inp.positions, positions_dataset=inp.positions_dataset,
                       units=inp.positions_units)
     total = config.scan.num_frames or len(source.frames)
-    with frame_progress(total, progress, f"preparing {source.root.name}") as advance:
+    with _progress(total, progress, f"preparing {source.root.name}") as advance:
         class ChunkProgress:
             """Advances the bar by each chunk the writer reports stored."""
 
@@ -174,14 +175,22 @@ def _say_what_was_left(output: Path) -> None:
                       soft_wrap=True)
 
 
+def _progress(total: int, enabled: bool, label: str) -> Any:
+    """The progress bar (rich) on a terminal; elsewhere nothing, and rich is not loaded
+    (a script running ``flyprep prepare`` does not wait for it)."""
+    if enabled and sys.stderr.isatty():
+        from .terminal import frame_progress
+
+        return frame_progress(total, enabled, label)
+    return contextlib.nullcontext(lambda n: None)
+
+
 def print_summary(summary: Any) -> None:
     """One paragraph a person reads after a run (a PrepareSummary)."""
-    from .terminal import out
-
     mb = summary.bytes_written / 1e6
-    out.print(f"wrote {summary.output}: {summary.frames} frames in {summary.chunks} chunks, "
-              f"{summary.frames_missing} missing, {summary.seconds:.2f} s "
-              f"({summary.frames_per_s:.0f} frames/s, {mb / summary.seconds:.0f} MB/s prepared)",
-              soft_wrap=True)
+    print(f"wrote {summary.output}: {summary.frames} frames in {summary.chunks} chunks, "
+          f"{summary.frames_missing} missing, {summary.seconds:.2f} s "
+          f"({summary.frames_per_s:.0f} frames/s, {mb / summary.seconds:.0f} MB/s prepared)",
+          flush=True)
 
 
