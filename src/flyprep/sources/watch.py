@@ -582,22 +582,23 @@ class ScanWatcher:
         if classified is None:
             return
         kind, scan_dir = classified
+        try:
+            st = path.stat()  # outside the lock (network file systems can be slow)
+        except OSError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
         with self._lock:
             if path in self._completed or path in self._pending:
-                return  # a directory moved in is listed for itself and for each subdirectory
-            try:
-                st = path.stat()
-            except OSError:
-                return
-            if not stat.S_ISREG(st.st_mode):
-                return
+                return  # listed before (a directory created, then listed by its parent)
             if trust_age and time.time() - st.st_mtime >= self.config.quiet_window_s:
                 self._complete(path, scan_dir, regular=True)
             else:
                 self._track(path)
                 if kind == _GROWING:
                     self._grow_dirty[path] = None  # being written: report it, to follow
-            self._flush_markers()
+            if self._markers_pending:
+                self._flush_markers()
 
     def _watch_dir(self, path: Path) -> None:
         """Non-recursive mode: watch a scan directory itself (not its subdirectories)."""
