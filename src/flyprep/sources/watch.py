@@ -208,9 +208,11 @@ class ScanWatcher:
         # subdirectory of it as created too, with a watch already on it before that
         # listing (inotify adds them when it sees the move), so nothing in it is new.
         self._listed: OrderedDict[str, None] = OrderedDict()
-        # Scan directory of each first path component under each root (every event and
-        # every file listed asks; a Path built each time cost most of a listing).
+        # Scan directory of each first path component under each root, and of each
+        # directory (every event and every file listed asks; a Path built each time cost
+        # most of a listing).
         self._scan_dirs: dict[tuple[str, str], Path] = {}
+        self._scan_dir_in: dict[str, Path | None] = {}
         self._completed: OrderedDict[Path, None] = OrderedDict()
         self._pending: OrderedDict[Path, _Pending] = OrderedDict()
         self._grow_dirty: dict[Path, None] = {}
@@ -272,10 +274,22 @@ class ScanWatcher:
 
     # ---- classification
 
-    def scan_dir_of(self, path: Path) -> Path | None:
+    def scan_dir_of(self, path: str | os.PathLike[str]) -> Path | None:
         """The directory directly under a root holding ``path`` (the root for a file
         directly in it); None if outside the roots or below an ignored/quarantine dir."""
         text = os.fspath(path)
+        # Every file of a directory asks the same: answered once per directory.
+        folder = text.rpartition(os.sep)[0]
+        try:
+            return self._scan_dir_in[folder]
+        except KeyError:
+            pass
+        if len(self._scan_dir_in) >= self._max_tracked:
+            self._scan_dir_in.clear()
+        found = self._scan_dir_in[folder] = self._scan_dir_of_text(text)
+        return found
+
+    def _scan_dir_of_text(self, text: str) -> Path | None:
         for prefix, root in self._root_prefixes:
             if text.startswith(prefix):
                 dirs = text[len(prefix):].split(os.sep)[:-1]
@@ -295,7 +309,10 @@ class ScanWatcher:
         return self._ignore_re.match(name) is not None
 
     def _kind(self, path: Path) -> str | None:
-        name, c = path.name, self.config
+        return self._kind_of_name(path.name)
+
+    def _kind_of_name(self, name: str) -> str | None:
+        c = self.config
         if self._ignored(name):
             return None
         if c.end_marker is not None and name == c.end_marker:
@@ -310,6 +327,11 @@ class ScanWatcher:
 
     def _on_fs_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
+        if kind == "created" and not event.is_directory and not self._polling:
+            text = os.fsdecode(event.src_path)
+            if self._kind_of_name(text.rpartition(os.sep)[2]) == _FILE:
+                self._frame_file_created(text)
+                return
         src = Path(os.fsdecode(event.src_path))
         dest = Path(os.fsdecode(event.dest_path)) if event.dest_path else None
         if event.is_directory:
@@ -385,14 +407,18 @@ class ScanWatcher:
             with self._lock:
                 self._complete(path, classified[1])
 
+    def _frame_file_created(self, text: str) -> None:
+        """A frame file appeared (native observer): a close or a move finishes it; its
+        creation only shows its scan (a directory moved in brings one such event per
+        file, so no Path is made here)."""
+        scan_dir = self.scan_dir_of(text)
+        if scan_dir is not None and scan_dir not in self._appeared:
+            with self._lock:
+                self._announce(scan_dir)
+
     def _file_touched(self, path: Path, *, created: bool) -> None:
         if not self._polling and self._kind(path) == _FILE:
-            # A close or a move finishes a frame file; its creation only shows its scan
-            # (a directory moved in brings one such event per file).
-            scan_dir = self.scan_dir_of(path)
-            if scan_dir is not None and scan_dir not in self._appeared:
-                with self._lock:
-                    self._announce(scan_dir)
+            self._frame_file_created(os.fspath(path))
             return
         classified = self._classified(path)
         if classified is None:
