@@ -377,21 +377,29 @@ def test_a_rename_out_of_the_roots_does_not_hold_back_later_files(tmp_path: Path
     assert max(delays) < 0.4, delays  # held: about 0.5 s
 
 
-def test_old_files_of_a_directory_moved_in_are_reported_at_once_and_once(tmp_path: Path) -> None:
-    """A finished scan moved into a root (its files quiet for longer than the quiet
-    window already) is not held back by the window; its subdirectory, listed again when
-    watchdog reports it, reports nothing twice."""
-    root, staging = tmp_path / "root", tmp_path / "staging"
+def old_scan_outside(tmp_path: Path, name: str, frames: int) -> tuple[Path, Path, list[Path]]:
+    """A watched root, and a finished scan beside it (``ccd/`` frame files last changed a
+    minute ago): (root, scan, frame files)."""
+    root, scan = tmp_path / "root", tmp_path / "staging" / name
     root.mkdir()
-    scan = staging / "scan_old"
     (scan / "ccd").mkdir(parents=True)
-    names = [scan / "ccd" / f"diffraction_{i:04d}.npy" for i in range(300)]
+    names = [scan / "ccd" / f"diffraction_{i:04d}.npy" for i in range(frames)]
     for path in names:
         np.save(path, np.zeros((4, 4), np.int32))
+    old = time.time() - 60
+    for path in names:
+        os.utime(path, (old, old))
+    return root, scan, names
+
+
+def test_old_files_of_a_directory_moved_in_are_reported_at_once_and_once(tmp_path: Path) -> None:
+    """A finished scan moved into a root (its files quiet for longer than the quiet
+    window already) is not held back by the window; its subdirectory, reported again by
+    watchdog, reports nothing twice."""
+    root, scan, names = old_scan_outside(tmp_path, "scan_old", 300)
     (scan / "positions.txt").write_text("0 0\n")
     old = time.time() - 60
-    for path in [*names, scan / "positions.txt"]:
-        os.utime(path, (old, old))
+    os.utime(scan / "positions.txt", (old, old))
     rec = Recorder()
     with ScanWatcher(make_config(root, quiet_window_s=3.0), rec):
         time.sleep(0.2)
@@ -462,16 +470,7 @@ def test_a_tree_moved_in_is_listed_once_and_sent_in_batches_in_order(
     of it through ``on_event``."""
     from flyprep.sources import watch
 
-    root, staging = tmp_path / "root", tmp_path / "staging"
-    root.mkdir()
-    scan = staging / "scan"
-    (scan / "ccd").mkdir(parents=True)
-    names = [scan / "ccd" / f"f_{i:04d}.npy" for i in range(200)]
-    for path in names:
-        np.save(path, np.zeros((4, 4), np.int32))
-    old = time.time() - 60
-    for path in names:
-        os.utime(path, (old, old))
+    root, scan, names = old_scan_outside(tmp_path, "scan", 200)
     walked: list[str] = []
     real_list = ScanWatcher._list_files
 
