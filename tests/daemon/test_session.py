@@ -167,3 +167,39 @@ def test_no_news_for_the_inactivity_timeout_aborts_the_scan(scan, tmp_path):
     assert (ended.state, ended.frames_missing) == ("aborted", NUM - CHUNK - 2)
     ptyd = open_ptyd(tmp_path / "scan_01.ptyd")
     assert ptyd.state == "aborted" and sum(c.n_frames for c in ptyd.chunks) == NUM
+
+
+@pytest.mark.parametrize("prep", [{"center": [14, 18]}, {"auto_center": True}],
+                         ids=["centre-given", "auto-centre"])
+def test_frames_after_the_preparation_is_fixed_are_read_for_its_rows_only(
+        scan, tmp_path, monkeypatch, prep):
+    """Once its preparation is fixed (at the first frame for a given centre, after the
+    first chunk for an auto centre) a session reads only the ROI's rows of each frame;
+    what it writes is what ``prepare`` writes from whole frames."""
+    import flyprep.pipeline.prepare as prepare_module
+    from flyprep.sources import scan_dir
+
+    offline = tmp_path / "offline" / "scan_01.ptyd"
+    offline.parent.mkdir()
+    monkeypatch.setattr(prepare_module, "_rows_used", lambda preparation: None)
+    config = parse_config({"prep": {"shape": 16, **prep}, "output": {"chunk_frames": CHUNK},
+                           "geometry": GEOMETRY, "scan": {"num_frames": NUM}})
+    prepare_scan(discover(scan), config, offline)
+    asked: list[tuple[int, int]] = []
+    real = scan_dir.read_npy_rows
+
+    def reading(path, top, stop):
+        asked.append((top, stop))
+        return real(path, top, stop)
+
+    monkeypatch.setattr(scan_dir, "read_npy_rows", reading)
+    session = session_for(scan, tmp_path, Sink(), prep=prep)
+    session.files_completed(files_of(scan))
+    session.end("end marker")
+    session.loop()
+    assert session.state is SessionState.COMPLETE
+    assert_same_frames(tmp_path / "scan_01.ptyd", offline)
+    whole_before = 1 if "center" in prep else CHUNK
+    assert len(asked) == NUM - whole_before and len(set(asked)) == 1
+    top, stop = asked[0]
+    assert 0 < stop - top < SIDE

@@ -562,13 +562,13 @@ def test_stack_read_in_one_slice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     lf.add_file(h5(tmp_path / "d_1.h5", 0, 2))
     lf.add_file(h5(tmp_path / "d_2.h5", 2, 6))
     calls: list[tuple[str, int, int]] = []
-    real = live_module.read_stack
+    real = live_module.read_stack_rows
 
-    def counting(path: Path, dataset: str, lo: int, hi: int) -> np.ndarray:
+    def counting(path: Path, dataset: str, lo: int, hi: int, rows: Any) -> Any:
         calls.append((Path(path).name, lo, hi))
-        return real(path, dataset, lo, hi)
+        return real(path, dataset, lo, hi, rows)
 
-    monkeypatch.setattr(live_module, "read_stack", counting)
+    monkeypatch.setattr(live_module, "read_stack_rows", counting)
     # chunk [0, 4): d_1 frames 0..1 in one slice, then d_2 frames 0..1 in one slice
     for i in range(4):
         np.testing.assert_array_equal(lf.read(i, stop=4), frame(i))
@@ -587,12 +587,32 @@ def test_stack_slice_stops_at_a_frame_not_placed(tmp_path: Path,
     lf.add_file(h5(tmp_path / "d_1.h5", 0, 5))
     lf.fail(2, "wrong frame")
     calls: list[tuple[int, int]] = []
-    real = live_module.read_stack
-    monkeypatch.setattr(live_module, "read_stack",
-                        lambda p, d, lo, hi: calls.append((lo, hi)) or real(p, d, lo, hi))
+    real = live_module.read_stack_rows
+    monkeypatch.setattr(live_module, "read_stack_rows", lambda p, d, lo, hi, rows: calls.append(
+        (lo, hi)) or real(p, d, lo, hi, rows))
     for i in (0, 1, 3, 4):
         np.testing.assert_array_equal(lf.read(i, stop=5), frame(i))
     assert calls == [(0, 2), (3, 5)]
+
+
+def test_once_rows_are_set_only_they_are_read_of_stacks_and_single_frames(
+        tmp_path: Path) -> None:
+    from flyprep.sources.rows import FrameRows
+
+    (tmp_path / "positions.txt").write_text("0 0\n")
+    lf = make(tmp_path)
+    lf.add_file(h5(tmp_path / "d_1.h5", 0, 3))
+    lf.add_file(h5(tmp_path / "d_2.h5", 3))  # one 2-D frame
+    lf.add_file(h5(tmp_path / "d_3.h5", 4, 2))
+    assert isinstance(lf.read(0, stop=6), np.ndarray)  # whole, before rows are set
+    lf.rows = (1, SHAPE[0] - 1)
+    for i in range(1, 6):
+        got = lf.read(i, stop=6)
+        if i < 3:  # the rest of d_1's slice, read whole before
+            np.testing.assert_array_equal(got, frame(i))
+            continue
+        assert isinstance(got, FrameRows) and got.shape == SHAPE
+        np.testing.assert_array_equal(got[1:SHAPE[0] - 1, :], frame(i)[1:-1])
 
 
 def test_stack_shorter_than_placed_is_an_input_error(tmp_path: Path) -> None:

@@ -481,9 +481,13 @@ class ScanSession(Worker):
     def _push_frames(self, run: ScanRun, order: FrameOrder, start: int) -> str:
         """Push the scan's frames, then its end, into ``run``; returns the master's final
         state. A stop suspends the run (resumable); any error fails it."""
+        live, reading_rows = order.live, False
         try:
             for item in self._frames(order, start):
                 run.push(item)
+                if not reading_rows and run.preparer.preparation is not None:
+                    # Fixed now: the frames after are read only for the rows it uses.
+                    live.rows, reading_rows = run.preparer.preparation.raw_rows, True
             state = ScanState.COMPLETE if self._end is None else ScanState(self._end.state)
             run.push(ScanEnd(state))
         except ScanInterrupted:

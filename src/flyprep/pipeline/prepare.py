@@ -108,9 +108,7 @@ def _first_chunk(source: ScanSource, config: PrepareConfig, stop: int,
 
 def _rows_used(preparation: Preparation) -> Rows:
     """The raw rows the preparation reads (its ROI's), or None when it reads them all."""
-    src = preparation.crop.src[0]
-    return None if (src.start, src.stop) == (0, preparation.raw_shape[0]) \
-        else (src.start, src.stop)
+    return preparation.raw_rows
 
 
 def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:

@@ -143,6 +143,13 @@ class Preparation:
         self.mask2d = k.rebin_mask(self._to_roi(valid, bool), rebin)
 
     @property
+    def raw_rows(self) -> tuple[int, int] | None:
+        """The rows ``(top, stop)`` of a raw frame this preparation reads (its ROI's), or
+        None when it reads them all: a reader need not read the others."""
+        src = self.crop.src[0]
+        return None if (src.start, src.stop) == (0, self.raw_shape[0]) else (src.start, src.stop)
+
+    @property
     def stored_shape(self) -> tuple[int, int]:
         """Shape of one stored frame."""
         return (self.stored_side, self.stored_side)

@@ -50,7 +50,9 @@ from .file_names import NameRule
 from .npy import read_npy_header
 from .positions import GrowingPositions
 from .quarantine import QUARANTINE_LIST, Quarantine
-from .scan_dir import DEFAULT_EXCLUDE, FrameRef, natural_key, read_frame, read_stack
+from .rows import FrameRows
+from .scan_dir import (DEFAULT_EXCLUDE, FrameRef, Rows, natural_key, read_frame,
+                       read_stack_rows)
 from .stack_probe import FrameType, NotAFrameFile, StackInfo, StackProbe
 
 log = logging.getLogger(__name__)
@@ -192,7 +194,11 @@ class LiveFrames:
         self._file_ranges: collections.OrderedDict[Path, tuple[int, int]] = \
             collections.OrderedDict()
         self.kinds_seen: list[FrameType] = []  # hdf5: the first few files' frame types
-        self._stack: tuple[Path, int, np.ndarray] | None = None  # (file, first slot, frames)
+        # (file, first slot, frames, first row read (None: whole frames), frame shape)
+        self._stack: tuple[Path, int, np.ndarray, int | None, tuple[int, int]] | None = None
+        #: Rows ``(top, stop)`` of each frame the preparation uses, once it is fixed (the
+        #: session sets them): only those are read from then on; None: whole frames.
+        self.rows: Rows = None
         self._load_quarantine()
 
     # ---- what is known
@@ -327,9 +333,10 @@ class LiveFrames:
 
     # ---- reading
 
-    def read(self, index: int, *, stop: int) -> np.ndarray:
-        """Frame ``index`` as a 2-D array, retried ``read_retries`` times. Consecutive
-        frames of one stack, up to frame ``stop``, are read in one slice."""
+    def read(self, index: int, *, stop: int) -> np.ndarray | FrameRows:
+        """Frame ``index`` as a 2-D array (only :attr:`rows` of it, where the file
+        allows), retried ``read_retries`` times. Consecutive frames of one stack, up to
+        frame ``stop``, are read in one slice."""
         frame = self._frames[index]
         last: InputError | None = None
         for attempt in range(self.read_retries + 1):
@@ -346,24 +353,27 @@ class LiveFrames:
         assert last is not None
         raise last
 
-    def _read_once(self, index: int, frame: LiveFrame, stop: int) -> np.ndarray:
+    def _read_once(self, index: int, frame: LiveFrame, stop: int) -> np.ndarray | FrameRows:
         if frame.slot is None:
-            return read_frame(FrameRef(index, frame.path), dataset=self.dataset)
+            return read_frame(FrameRef(index, frame.path), dataset=self.dataset,
+                              rows=self.rows)
         cached = self._stack
-        if cached is not None and cached[0] == frame.path and \
-                0 <= frame.slot - cached[1] < cached[2].shape[0]:
-            return cached[2][frame.slot - cached[1]]
-        n = 1
-        while index + n < stop:
-            nxt = self._frames.get(index + n)
-            if nxt is None or nxt.path != frame.path:
-                break
-            n += 1
-        block = read_stack(frame.path, self.dataset, frame.slot, frame.slot + n)
-        if block.shape[0] < 1:
-            raise InputError(frame.describe(), "frame not in the file")
-        self._stack = (frame.path, frame.slot, block)
-        return block[0]
+        if cached is None or cached[0] != frame.path or \
+                not 0 <= frame.slot - cached[1] < cached[2].shape[0]:
+            n = 1
+            while index + n < stop:
+                nxt = self._frames.get(index + n)
+                if nxt is None or nxt.path != frame.path:
+                    break
+                n += 1
+            block, top, shape = read_stack_rows(frame.path, self.dataset, frame.slot,
+                                                frame.slot + n, self.rows)
+            if block.shape[0] < 1:
+                raise InputError(frame.describe(), "frame not in the file")
+            cached = self._stack = (frame.path, frame.slot, block, top, shape)
+        path, first, block, top, shape = cached
+        data = block[frame.slot - first]
+        return data if top is None else FrameRows(data, top, shape)
 
     def quarantine_file(self, path: Path, reason: str, *, move: bool = True,
                         reserve: bool = False) -> Path | None:

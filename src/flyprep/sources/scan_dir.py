@@ -398,6 +398,14 @@ def read_stack(path: Path, dataset: str, lo: int, hi: int) -> np.ndarray:
     return _read_stack(FrameRef(lo, Path(path), lo), dataset, lo, hi)[0]
 
 
+def read_stack_rows(path: Path, dataset: str, lo: int, hi: int, rows: Rows
+                    ) -> tuple[np.ndarray, int | None, tuple[int, int]]:
+    """Frames ``[lo, hi)`` of an HDF5 stack, only ``rows`` of each when they fit its
+    frames: (the frames read, their first row or None for whole frames, the frames'
+    shape)."""
+    return _read_stack(FrameRef(lo, Path(path), lo), dataset, lo, hi, rows)
+
+
 def natural_key(path: Path) -> list[tuple[tuple[str | int, ...], str]]:
     """Sort key comparing digit runs as numbers (``frame_2`` before ``frame_10``)."""
     return _natural_key(path)
