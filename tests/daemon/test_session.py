@@ -203,3 +203,14 @@ def test_frames_after_the_preparation_is_fixed_are_read_for_its_rows_only(
     assert len(asked) == NUM - whole_before and len(set(asked)) == 1
     top, stop = asked[0]
     assert 0 < stop - top < SIDE
+
+
+def test_status_counts_the_files_waiting_not_the_messages(scan, tmp_path):
+    session = session_for(scan, tmp_path, Sink())
+    files = files_of(scan)
+    session.files_completed(files[:-1])  # a directory listed: one message
+    session.file_completed(files[-1])
+    assert session.status()["queues"]["files"] == len(files)
+    session.end("end marker")
+    session.loop()
+    assert session.status()["queues"]["files"] == 0

@@ -188,18 +188,23 @@ class ScanSession(Worker):
         self._order: FrameOrder | None = None
         self._failed_before = self._missing_before = 0  # in chunks kept from an earlier run
         self._early_files: list[_File] = []  # before the settings are known
+        # Files handed in (by the daemon's thread) and taken (by this one): each counter
+        # has one writer, so status reads the files waiting without a lock.
+        self._files_put = self._files_taken = 0
         self._scan_settings: Any = None
 
     # ---- from the daemon (any thread)
 
     def file_completed(self, path: Path, arrived: float | None = None) -> None:
         """A file of the scan is finished (frame, positions or scan file)."""
+        self._files_put += 1
         self._inbox.put(_File(Path(path), self.clock() if arrived is None else arrived))
 
     def files_completed(self, paths: list[Path]) -> None:
         """Files of the scan are finished, in this order (a directory listed at once):
-        one message for all of them."""
+        one message for all of them. (One thread, the daemon's main loop, calls these.)"""
         arrived = self.clock()
+        self._files_put += len(paths)
         self._inbox.put([_File(Path(p), arrived) for p in paths])
 
     def file_unmatched(self, path: Path) -> None:
@@ -251,7 +256,7 @@ class ScanSession(Worker):
                                       else live.quarantine.listed),
                 "last_problem": (self._final["last_problem"] if order is None
                                  else order.last_problem),
-                "queues": {"files": self._inbox.qsize(),
+                "queues": {"files": max(0, self._files_put - self._files_taken),
                            "frames": self._final["pending_frames"] if live is None
                            else live.pending,
                            "chunks": 0 if run is None else run.chunks_queued},
@@ -796,6 +801,7 @@ class ScanSession(Worker):
                 self._take_file(file)
 
     def _take_file(self, item: _File) -> None:
+        self._files_taken += 1
         if item.path.name == self.config.watch.scan_file and \
                 item.path.parent == self.scan_dir:
             self._described = True
