@@ -515,7 +515,7 @@ def test_reading_only_the_roi_rows_writes_what_whole_frames_write(
         request, tmp_path, cli, monkeypatch, scan, flags):
     """``prepare`` reads only the rows of the ROI once the preparation is fixed (whole
     frames for an auto centre's first chunk): the output is that of whole frames."""
-    import flyprep.pipeline.prepare as prepare_module
+    from flyprep.prep import Preparation
 
     root = request.getfixturevalue(scan)
     args = ["--chunk-frames", 8, "--no-progress", *flags]
@@ -524,7 +524,7 @@ def test_reading_only_the_roi_rows_writes_what_whole_frames_write(
     assert asked[-1] is not None and asked[-1] != (0, SIDE)  # rows, not whole frames
     if "--auto-center" in flags:
         assert asked[0] is None  # the first chunk is read whole: its centre of mass
-    monkeypatch.setattr(prepare_module, "_rows_used", lambda preparation: None)
+    monkeypatch.setattr(Preparation, "raw_rows", property(lambda self: None))
     asked.clear()
     res = cli("prepare", root, "-o", tmp_path / "whole.ptyd", *args)
     assert res.code == 0, res.err

@@ -176,15 +176,16 @@ def test_frames_after_the_preparation_is_fixed_are_read_for_its_rows_only(
     """Once its preparation is fixed (at the first frame for a given centre, after the
     first chunk for an auto centre) a session reads only the ROI's rows of each frame;
     what it writes is what ``prepare`` writes from whole frames."""
-    import flyprep.pipeline.prepare as prepare_module
+    from flyprep.prep import Preparation
     from flyprep.sources import scan_dir
 
     offline = tmp_path / "offline" / "scan_01.ptyd"
     offline.parent.mkdir()
-    monkeypatch.setattr(prepare_module, "_rows_used", lambda preparation: None)
     config = parse_config({"prep": {"shape": 16, **prep}, "output": {"chunk_frames": CHUNK},
                            "geometry": GEOMETRY, "scan": {"num_frames": NUM}})
-    prepare_scan(discover(scan), config, offline)
+    with monkeypatch.context() as whole:  # every row of every frame read
+        whole.setattr(Preparation, "raw_rows", property(lambda self: None))
+        prepare_scan(discover(scan), config, offline)
     asked: list[tuple[int, int]] = []
     real = scan_dir.read_npy_rows
 

@@ -57,9 +57,12 @@ def test_the_next_scan_takes_the_buffers_and_writes_only_its_own_frames(tmp_path
     pool = BufferPool(max_pairs=3)
     scan(tmp_path, "a", pool, 1000)
     assert pool.idle == 3  # every pair of the finished run is kept
-    kept = set(pool._idle)
+    kept = [pool.take((4, 16, 16), np.dtype("int32"), (4, 16, 16)) for _ in range(3)]
+    pool.give(kept)
     second = scan(tmp_path, "b", pool, 5, n=6)  # a short last chunk: reused rows beyond
-    assert set(pool._idle) == kept  # the same arrays: taken, used and given back
+    again = [pool.take((4, 16, 16), np.dtype("int32"), (4, 16, 16)) for _ in range(3)]
+    # the same arrays: taken by the second scan, used and given back
+    assert {id(p[0]) for p in again} == {id(p[0]) for p in kept}
     got = np.concatenate([c.data for c in open_ptyd(second).iter_chunks()])
     np.testing.assert_array_equal(got, np.arange(5, 11)[:, None, None]
                                   * np.ones((6, 16, 16), np.int32))

@@ -20,7 +20,6 @@ from ..events import EventSink
 from .items import FrameItem, MissingFrame, ReadyFrame
 from ..ptyd.resume import finished_state
 from ..ptyd.writer import OutputMode
-from ..prep import Preparation
 from .preparer import ChunkPreparer, effective_config, load_calibration
 from .read_ahead import ReadAhead
 from .resume import apply_resume, plan_resume
@@ -86,7 +85,7 @@ def prepare_scan(
         resolved = preparer.resolved()
     else:
         preparation = preparer.preset(resolved)
-    rows = _rows_used(preparation)
+    rows = preparation.raw_rows
     later = _frames_from(source, start + len(first), stop, allow_missing, block=block,
                          rows=rows)
     band = ((rows[1] - rows[0]) if rows else shape[0]) * shape[1] * dtype.itemsize
@@ -104,11 +103,6 @@ def _first_chunk(source: ScanSource, config: PrepareConfig, stop: int,
     """The first chunk's frames, whole: an auto centre is found from them."""
     block = config.output.chunk_frames
     return list(_frames_from(source, 0, min(block, stop), allow_missing, block=block))
-
-
-def _rows_used(preparation: Preparation) -> Rows:
-    """The raw rows the preparation reads (its ROI's), or None when it reads them all."""
-    return preparation.raw_rows
 
 
 def _probe(source: ScanSource, allow_missing: bool) -> tuple[tuple[int, int], np.dtype]:

@@ -371,7 +371,7 @@ class LiveFrames:
             if block.shape[0] < 1:
                 raise InputError(frame.describe(), "frame not in the file")
             cached = self._stack = (frame.path, frame.slot, block, top, shape)
-        path, first, block, top, shape = cached
+        _, first, block, top, shape = cached
         data = block[frame.slot - first]
         return data if top is None else FrameRows(data, top, shape)
 

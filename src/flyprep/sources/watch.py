@@ -208,10 +208,8 @@ class ScanWatcher:
         # subdirectory of it as created too, with a watch already on it before that
         # listing (inotify adds them when it sees the move), so nothing in it is new.
         self._listed: OrderedDict[str, None] = OrderedDict()
-        # Scan directory of each first path component under each root, and of each
-        # directory (every event and every file listed asks; a Path built each time cost
-        # most of a listing).
-        self._scan_dirs: dict[tuple[str, str], Path] = {}
+        # The scan directory of the files in each directory (every event and every file
+        # listed asks; a Path built each time cost most of a listing).
         self._scan_dir_in: dict[str, Path | None] = {}
         self._completed: OrderedDict[Path, None] = OrderedDict()
         self._pending: OrderedDict[Path, _Pending] = OrderedDict()
@@ -295,14 +293,7 @@ class ScanWatcher:
                 dirs = text[len(prefix):].split(os.sep)[:-1]
                 if any(d == self.config.quarantine_dir or self._ignored(d) for d in dirs):
                     return None
-                if not dirs:
-                    return root
-                scan_dir = self._scan_dirs.get((prefix, dirs[0]))
-                if scan_dir is None:
-                    if len(self._scan_dirs) >= self._max_tracked:
-                        self._scan_dirs.clear()
-                    scan_dir = self._scan_dirs[(prefix, dirs[0])] = root / dirs[0]
-                return scan_dir
+                return root / dirs[0] if dirs else root
         return None
 
     def _ignored(self, name: str) -> bool:
