@@ -392,17 +392,11 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int, rows: Rows = None
         raise InputError(f"{ref.path}[{lo}:{hi}]", f"unreadable frames: {exc}") from None
 
 
-def read_stack(path: Path, dataset: str, lo: int, hi: int) -> np.ndarray:
-    """Frames ``[lo, hi)`` of an HDF5 stack (as many as the file holds); InputError names
-    the file for anything wrong."""
-    return _read_stack(FrameRef(lo, Path(path), lo), dataset, lo, hi)[0]
-
-
 def read_stack_rows(path: Path, dataset: str, lo: int, hi: int, rows: Rows
                     ) -> tuple[np.ndarray, int | None, tuple[int, int]]:
-    """Frames ``[lo, hi)`` of an HDF5 stack, only ``rows`` of each when they fit its
-    frames: (the frames read, their first row or None for whole frames, the frames'
-    shape)."""
+    """Frames ``[lo, hi)`` of an HDF5 stack (as many as the file holds), only ``rows`` of
+    each when they fit its frames: (the frames read, their first row or None for whole
+    frames, the frames' shape); InputError names the file for anything wrong."""
     return _read_stack(FrameRef(lo, Path(path), lo), dataset, lo, hi, rows)
 
 
