@@ -595,3 +595,29 @@ def test_stack_that_became_a_single_frame_is_refused(tmp_path):
     with pytest.raises(InputError) as exc:
         list(read_frames(src, 0, 3))
     assert_names(exc, root / "scan_000.h5", "(8, 6)")
+
+
+@pytest.mark.parametrize("chunks, cached", [((1, H, W), False), ((1, 4, W), False),
+                                            ((3, H, W), True), (None, True)])
+def test_stacks_of_one_frame_per_chunk_are_read_without_the_chunk_cache(
+        tmp_path, monkeypatch, chunks, cached):
+    """Each frame is read once: a chunk of one frame is never read again, so it is read
+    straight into the rows asked for; a chunk of several frames keeps HDF5's cache (a
+    slice may end inside it). Either way the rows read are the file's."""
+    frames = frames_for(0, 7)
+    path = tmp_path / "stack.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(DSET, data=frames, chunks=chunks)
+    seen = []
+    real = layouts._open_stack
+
+    def spy(f, name):
+        dset = real(f, name)
+        seen.append(dset.id.get_access_plist().get_chunk_cache()[1])
+        return dset
+
+    monkeypatch.setattr(layouts, "_open_stack", spy)
+    block, top, shape = layouts.read_stack_rows(path, DSET, 2, 7, (3, 6))
+    np.testing.assert_array_equal(block, frames[2:7, 3:6])
+    assert (top, shape) == (3, (H, W))
+    assert (seen[0] != 0) == cached

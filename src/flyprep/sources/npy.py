@@ -152,7 +152,7 @@ def read_npy_rows(path: str | os.PathLike[str], top: int, stop: int) -> np.ndarr
             return _read_whole(fd, header, head)
         rows = np.empty((stop - top, shape[1]), header.dtype)
         row_bytes = shape[1] * header.dtype.itemsize
-        _fill(fd, rows, header.offset + top * row_bytes, head)
+        fill_from(fd, rows, header.offset + top * row_bytes, head)
         return FrameRows(rows, top, (shape[0], shape[1]))
     finally:
         os.close(fd)
@@ -161,13 +161,14 @@ def read_npy_rows(path: str | os.PathLike[str], top: int, stop: int) -> np.ndarr
 def _read_whole(fd: int, header: NpyHeader, head: bytes) -> np.ndarray:
     """Every data byte of the open file ``fd`` as the array its header declares."""
     arr = np.empty(header.shape, header.dtype, order="F" if header.fortran else "C")
-    _fill(fd, arr.reshape(-1, order="A"), header.offset, head)
+    fill_from(fd, arr.reshape(-1, order="A"), header.offset, head)
     return arr
 
 
-def _fill(fd: int, arr: np.ndarray, position: int, head: bytes) -> None:
+def fill_from(fd: int, arr: np.ndarray, position: int, head: bytes = b"") -> None:
     """Read ``arr``'s bytes (a contiguous array) from ``position`` of ``fd``; bytes of
-    ``head`` (the file's first bytes, read already) are not read again."""
+    ``head`` (the file's first bytes, read already) are not read again. ValueError if the
+    file ends first."""
     nbytes = arr.nbytes
     if not nbytes:
         return

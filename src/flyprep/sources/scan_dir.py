@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from .h5raw import read_rows_raw
 from .npy import read_npy, read_npy_rows
 from .rows import FrameRows
 
@@ -373,23 +374,50 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int, rows: Rows = None
     shape; the dataset must be 3-D."""
     try:
         with h5py.File(ref.path, "r") as f:
-            dset = f[dataset]
+            dset = _open_stack(f, dataset)
             if not isinstance(dset, h5py.Dataset):
                 raise InputError(ref.path, f"{dataset!r} is a group, not a dataset")
             if dset.ndim != 3:
                 raise InputError(ref.path, f"dataset {dataset!r} has shape {dset.shape}; "
                                            "expected a stack (n, H, W) as at discovery")
             shape = (int(dset.shape[1]), int(dset.shape[2]))
-            if _fits(rows, dset.shape, 3):
-                assert rows is not None
-                return dset[lo:hi, rows[0]:rows[1]], rows[0], shape
-            return dset[lo:hi], None, shape
+            top, stop = rows if _fits(rows, dset.shape, 3) else (0, shape[0])  # type: ignore[misc]
+            block = read_rows_raw(dset, lo, hi, top, stop)
+            if block is None:
+                block = dset[lo:hi, top:stop]
+            return block, (None if stop - top == shape[0] and top == 0 else top), shape
     except FileNotFoundError:
         raise InputError(ref.path, "frame file not found") from None
     except KeyError:
         raise InputError(ref.path, f"no dataset {dataset!r}") from None
     except OSError as exc:
         raise InputError(f"{ref.path}[{lo}:{hi}]", f"unreadable frames: {exc}") from None
+
+
+def _open_stack(f: h5py.File, dataset: str) -> Any:
+    """``f[dataset]``; read without HDF5's chunk cache when each of its chunks holds at
+    most one frame. Each frame is read once, so such a chunk is never read again, and the
+    cache would cost a whole chunk read and a copy where only the rows asked for are read
+    (half the time of a 256-row crop of 512-row frames)."""
+    dset = f[dataset]
+    if not isinstance(dset, h5py.Dataset) or dset.chunks is None or dset.chunks[0] != 1:
+        return dset
+    name = dset.name.encode()
+    del dset  # closed: a dataset opened twice shares its first opening's chunk cache
+    return h5py.Dataset(h5py.h5d.open(f.id, name, _no_chunk_cache()))
+
+
+def _no_chunk_cache() -> Any:
+    """A dataset access property list without a chunk cache (made once)."""
+    global _NO_CHUNK_CACHE
+    if _NO_CHUNK_CACHE is None:
+        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+        dapl.set_chunk_cache(0, 0, 1.0)
+        _NO_CHUNK_CACHE = dapl
+    return _NO_CHUNK_CACHE
+
+
+_NO_CHUNK_CACHE: Any = None
 
 
 def read_stack_rows(path: Path, dataset: str, lo: int, hi: int, rows: Rows
