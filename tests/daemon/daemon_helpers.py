@@ -105,6 +105,25 @@ class DaemonProcess:
                 return scan
         return None
 
+    def wait_scan(self, name: str, states: tuple[str, ...], timeout_s: float = 10.0
+                  ) -> dict[str, Any]:
+        """The scan's status entry once its ``state`` is one of ``states``.
+
+        ``status`` is answered from the document the daemon last pushed to its control
+        process (docs/daemon.md): up to 0.25 s behind the daemon (more under load), while
+        the files it writes (master, chunks) change at once. After waiting on a file, an
+        event or a log line, wait here before asserting on status fields."""
+        seen: list[dict[str, Any] | None] = [None]
+
+        def reached() -> dict[str, Any] | None:
+            scan = seen[0] = self.scan(name)
+            return scan if scan is not None and scan["state"] in states else None
+
+        try:
+            return wait_for(reached, timeout_s, f"the status to say {name} is in {states}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; it said last: {seen[0]}") from None
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

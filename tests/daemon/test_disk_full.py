@@ -103,8 +103,8 @@ def test_below_the_floor_a_scan_pauses_and_goes_on_when_space_returns(
     wait_for(lambda: master_state(out / "scan_low.ptyd") == "complete", 60, "the scan to end")
     # The status is the document the daemon last pushed (docs/daemon.md): up to 0.25 s
     # behind the master. Once it says complete, the pause must be gone from it too.
-    ended = wait_for(lambda: (s := daemon.scan("scan_low"))["state"] == "complete" and s, 10,
-                     "the status to say complete")
+    ended = daemon.wait_scan("scan_low", ("complete", "aborted", "failed"))
+    assert ended["state"] == "complete", ended
     assert ended["paused"] is None
     assert daemon.stop() == 0
     assert_same_ptyd(out / "scan_low.ptyd", reference(root / "scan_low", tmp_path / "ref.ptyd"))
