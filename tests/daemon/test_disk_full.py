@@ -158,11 +158,24 @@ def test_an_injected_enospc_pauses_then_the_scan_is_prepared_again_from_its_file
     master = out / "scan_inj.ptyd"
     stop, seen = threading.Event(), set()
     watcher = watch_states(master, stop, seen)
+    # The frames arrive in two parts, so that the scan cannot finish before the disk
+    # fills: the first part makes a whole chunk, the rest comes once the disk is full.
+    staging, scan = tmp_path / "staging", root / "scan_inj"
+    write_scan(staging, 160, marker=False)
+    (scan / "ccd").mkdir(parents=True)
+    for name in ("flyprep-scan.toml", "positions.txt"):
+        os.rename(staging / name, scan / name)
+
+    def arrive(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            os.rename(staging / f"ccd/f_{i:04d}.npy", scan / f"ccd/f_{i:04d}.npy")
+
     with inprocess_daemon(limits={"min_free_bytes": 0, "disk_check_s": 0.1}) as d:
-        write_scan(root / "scan_inj", 160, marker=False)
+        arrive(0, 60)
         wait_for(lambda: (d.scan("scan_inj") or {}).get("chunks_written", 0) >= 1, 30,
                  "a first chunk")
         full.set()
+        arrive(60, 160)
         wait_for(lambda: (s := d.scan("scan_inj")) and s["paused"], 30, "the pause")
         shown = io.StringIO()
         print_status(d.daemon.status(), endpoint="x", file=shown)

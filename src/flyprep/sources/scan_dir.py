@@ -408,16 +408,12 @@ def _open_stack(f: h5py.File, dataset: str) -> Any:
 
 
 def _no_chunk_cache() -> Any:
-    """A dataset access property list without a chunk cache (made once)."""
-    global _NO_CHUNK_CACHE
-    if _NO_CHUNK_CACHE is None:
-        dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
-        dapl.set_chunk_cache(0, 0, 1.0)
-        _NO_CHUNK_CACHE = dapl
-    return _NO_CHUNK_CACHE
-
-
-_NO_CHUNK_CACHE: Any = None
+    """A dataset access property list without a chunk cache. Made for each opening, not
+    kept: an h5py object left in a module global is freed at interpreter exit, and
+    freeing it then can wait forever for h5py's lock."""
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_chunk_cache(0, 0, 1.0)
+    return dapl
 
 
 def read_stack_rows(path: Path, dataset: str, lo: int, hi: int, rows: Rows
