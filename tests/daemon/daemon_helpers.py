@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flyprep.daemon.bus import BusError, request
 from flyprep.config import parse_daemon_config, to_toml
 from flyprep.daemon.service import Daemon
@@ -19,6 +21,19 @@ from flyprep.events import MemorySink
 from flyprep.ptyd.reader import open_ptyd
 
 GEOMETRY = {"energy": 6.2, "distance": 7.0, "psize": 172e-6}
+
+
+def write_scan(scan: Path, n: int, *, side: int = 64, marker: bool = True) -> None:
+    """A PtyPy-layout scan of ``n`` distinct frames."""
+    rng = np.random.default_rng(7)
+    (scan / "ccd").mkdir(parents=True)
+    (scan / "flyprep-scan.toml").write_text(f"num_frames = {n}\n")
+    with open(scan / "positions.txt", "w") as pos:
+        for i in range(n):
+            np.save(scan / f"ccd/f_{i:04d}.npy", rng.poisson(4, (side, side)).astype(np.int32))
+            pos.write(f"ccd/f_{i:04d}.npy {i * 1e-7:.6e} {i * 3e-7:.6e}\n")
+    if marker:
+        (scan / "flyprep-scan.done").touch()
 
 
 def daemon_settings(root: Path, out: Path, sockets: Path, **sections: dict[str, Any]

@@ -5,6 +5,8 @@ daemon end it with a clear error."""
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -12,10 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from daemon_helpers import wait_for
+from daemon_helpers import master_state, wait_for, write_scan
 from test_e2e import Simulation
 
 from flyprep.client import Chunk, Client, DaemonGone, ScanFailed
+from flyprep.errors import PtydError
 from flyprep.ptyd.reader import open_ptyd
 
 FRAMES, CHUNK = 200, 20
@@ -112,14 +115,46 @@ def test_a_failed_scan_ends_the_iterator_with_its_error(tmp_path, daemon_dirs,
     daemon = daemon_process(output={"chunk_frames": CHUNK}).start()
     follower = Follower(sockets, "scan_d")
     follower.start()
-    sim = Simulation(root / "scan_d", num_frames=FRAMES, rate_hz=200)
-    sim.start()
+    # The frames arrive in two parts: the first makes one whole chunk, which the follower
+    # reads; the output directory then vanishes, and the rest of the frames make the
+    # daemon's next write fail. (Vanishing while a chunk was announced and not yet read,
+    # the follower would get the reader's error for that chunk's file first.)
+    staging, scan = tmp_path / "staging", root / "scan_d"
+    write_scan(staging, FRAMES, marker=False)
+    (scan / "ccd").mkdir(parents=True)
+    for name in ("flyprep-scan.toml", "positions.txt"):
+        os.rename(staging / name, scan / name)
+
+    def arrive(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            os.rename(staging / f"ccd/f_{i:04d}.npy", scan / f"ccd/f_{i:04d}.npy")
+
+    arrive(0, CHUNK + 5)
     wait_for(lambda: len(follower.chunks) >= 1, 60, "a chunk")
     out.rename(tmp_path / "out_gone")  # the output directory vanishes mid-scan
+    arrive(CHUNK + 5, FRAMES)
     follower.join(90)
-    sim.finish()
     assert isinstance(follower.error, ScanFailed), follower.error
     assert "scan_d" in str(follower.error)
+    daemon.stop()
+
+
+def test_an_announced_chunk_whose_file_is_gone_raises_the_readers_error_naming_it(
+        daemon_dirs, daemon_process):
+    """docs/protocol.md: a chunk the daemon announced but whose file cannot be read
+    raises the reader's PtydError naming the file; the chunks before it come first."""
+    root, out, sockets = daemon_dirs
+    daemon = daemon_process(output={"chunk_frames": CHUNK}).start()
+    write_scan(root / "scan_g", 3 * CHUNK)
+    wait_for(lambda: master_state(out / "scan_g.ptyd") == "complete", 60, "the scan")
+    gone = sorted(out.glob("scan_g.ptyd.chunk*"))[1]
+    gone.unlink()
+    got = []
+    with client_for(sockets) as client:
+        with pytest.raises(PtydError, match=re.escape(gone.name)):
+            for chunk in client.chunks("scan_g"):
+                got.append(chunk.key)
+    assert got == [0]
     daemon.stop()
 
 

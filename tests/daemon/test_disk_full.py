@@ -16,29 +16,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 from compare import assert_same_ptyd
-from daemon_helpers import GEOMETRY, master_state, wait_for
+from daemon_helpers import GEOMETRY, master_state, wait_for, write_scan
 
 from flyprep.config import parse_config
 from flyprep.events import ScanContinued, ScanEnded, ScanPaused, ScanStarted
 from flyprep.pipeline import prepare_scan
 from flyprep.sources.scan_dir import discover
 from flyprep.cli.status import print_status
-
-
-def write_scan(scan: Path, n: int, *, side: int = 64, marker: bool = True) -> None:
-    """A PtyPy-layout scan of ``n`` distinct frames."""
-    rng = np.random.default_rng(7)
-    (scan / "ccd").mkdir(parents=True)
-    (scan / "flyprep-scan.toml").write_text(f"num_frames = {n}\n")
-    with open(scan / "positions.txt", "w") as pos:
-        for i in range(n):
-            np.save(scan / f"ccd/f_{i:04d}.npy", rng.poisson(4, (side, side)).astype(np.int32))
-            pos.write(f"ccd/f_{i:04d}.npy {i * 1e-7:.6e} {i * 3e-7:.6e}\n")
-    if marker:
-        (scan / "flyprep-scan.done").touch()
 
 
 def reference(scan: Path, out: Path) -> Path:

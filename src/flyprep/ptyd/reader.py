@@ -330,6 +330,11 @@ def _read_chunk(f: h5py.File, path: Path, key: int, frame_start: int | None) -> 
     where = f"/chunks/{key}"
     group = f.get(where)
     if group is None:
+        link = f.get(where, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            target = link_target_path(path, link.filename)
+            problem = "cannot be opened" if target.exists() else "is gone"
+            raise PtydError(path, where, f"chunk disappeared: its file {target} {problem}")
         raise PtydError(path, where, "chunk disappeared or its link dangles")
     try:
         data = group["data"][()]
