@@ -563,9 +563,11 @@ def print_commands(row: Row, cmd_seconds: dict[str, list[tuple[float, float]]], 
               f"{row.vs_mem(layout):7.3f} of in-memory  (flyprep prepare on "
               f"{'.npy' if layout == 'npy' else 'HDF5'} files in the page cache, process "
               f"start to exit)   [runs: {each} frames/s]")
+        mem_s = num_frames / row.fps
         print(f"          its run {run_s:.2f} s ({num_frames / run_s:.0f} frames/s, "
               f"{num_frames / run_s / row.fps:.3f} of in-memory); start-up, listing and "
-              f"exit {rest_s:.2f} s")
+              f"exit {rest_s:.2f} s: with a run at the in-memory rate the command would be "
+              f"at most {mem_s / (mem_s + rest_s):.3f} of it")
     ratios = "  ".join(f"{layout}/mem {row.vs_mem(layout):.3f}" for layout in cmd_seconds)
     print(f"{ratios}   goal: >= {COMMAND_FRACTION_GOAL:.0%} of in-memory -> {row.cmd_met}")
 
