@@ -36,6 +36,22 @@ def write_scan(scan: Path, n: int, *, side: int = 64, marker: bool = True) -> No
         (scan / "flyprep-scan.done").touch()
 
 
+def staged_scan(staging: Path, scan: Path, n: int) -> Callable[[int, int], None]:
+    """A scan of ``n`` frames (:func:`write_scan`, no end marker) whose frame files arrive
+    when the test says: its scan file and positions are in ``scan`` at once, and
+    ``arrive(lo, hi)`` moves frames ``lo .. hi`` in from ``staging``."""
+    write_scan(staging, n, marker=False)
+    (scan / "ccd").mkdir(parents=True)
+    for name in ("flyprep-scan.toml", "positions.txt"):
+        os.rename(staging / name, scan / name)
+
+    def arrive(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            os.rename(staging / f"ccd/f_{i:04d}.npy", scan / f"ccd/f_{i:04d}.npy")
+
+    return arrive
+
+
 def daemon_settings(root: Path, out: Path, sockets: Path, **sections: dict[str, Any]
                     ) -> dict[str, Any]:
     """A test config: small chunks, short windows, ipc sockets under ``sockets``."""

@@ -5,7 +5,6 @@ daemon end it with a clear error."""
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from daemon_helpers import master_state, wait_for, write_scan
+from daemon_helpers import master_state, staged_scan, wait_for, write_scan
 from test_e2e import Simulation
 
 from flyprep.client import Chunk, Client, DaemonGone, ScanFailed
@@ -119,16 +118,7 @@ def test_a_failed_scan_ends_the_iterator_with_its_error(tmp_path, daemon_dirs,
     # reads; the output directory then vanishes, and the rest of the frames make the
     # daemon's next write fail. (Vanishing while a chunk was announced and not yet read,
     # the follower would get the reader's error for that chunk's file first.)
-    staging, scan = tmp_path / "staging", root / "scan_d"
-    write_scan(staging, FRAMES, marker=False)
-    (scan / "ccd").mkdir(parents=True)
-    for name in ("flyprep-scan.toml", "positions.txt"):
-        os.rename(staging / name, scan / name)
-
-    def arrive(lo: int, hi: int) -> None:
-        for i in range(lo, hi):
-            os.rename(staging / f"ccd/f_{i:04d}.npy", scan / f"ccd/f_{i:04d}.npy")
-
+    arrive = staged_scan(tmp_path / "staging", root / "scan_d", FRAMES)
     arrive(0, CHUNK + 5)
     wait_for(lambda: len(follower.chunks) >= 1, 60, "a chunk")
     out.rename(tmp_path / "out_gone")  # the output directory vanishes mid-scan

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from compare import assert_same_ptyd
-from daemon_helpers import GEOMETRY, master_state, wait_for, write_scan
+from daemon_helpers import GEOMETRY, master_state, staged_scan, wait_for, write_scan
 
 from flyprep.config import parse_config
 from flyprep.events import ScanContinued, ScanEnded, ScanPaused, ScanStarted
@@ -146,16 +146,7 @@ def test_an_injected_enospc_pauses_then_the_scan_is_prepared_again_from_its_file
     watcher = watch_states(master, stop, seen)
     # The frames arrive in two parts, so that the scan cannot finish before the disk
     # fills: the first part makes a whole chunk, the rest comes once the disk is full.
-    staging, scan = tmp_path / "staging", root / "scan_inj"
-    write_scan(staging, 160, marker=False)
-    (scan / "ccd").mkdir(parents=True)
-    for name in ("flyprep-scan.toml", "positions.txt"):
-        os.rename(staging / name, scan / name)
-
-    def arrive(lo: int, hi: int) -> None:
-        for i in range(lo, hi):
-            os.rename(staging / f"ccd/f_{i:04d}.npy", scan / f"ccd/f_{i:04d}.npy")
-
+    arrive = staged_scan(tmp_path / "staging", root / "scan_inj", 160)
     with inprocess_daemon(limits={"min_free_bytes": 0, "disk_check_s": 0.1}) as d:
         arrive(0, 60)
         wait_for(lambda: (d.scan("scan_inj") or {}).get("chunks_written", 0) >= 1, 30,
