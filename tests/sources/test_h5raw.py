@@ -4,6 +4,7 @@ every storage HDF5 must decode itself."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import h5py
@@ -79,13 +80,80 @@ def test_frames_not_written_yet_are_left_to_hdf5(tmp_path, kw):
     assert (block[1:] == 9).all()
 
 
+def _file_type(f: h5py.File, name: str, ftype: object, data: np.ndarray,
+               chunks: tuple[int, ...] | None, mtype: object = None) -> None:
+    """``f[name]`` of HDF5 file type ``ftype`` holding ``data`` (written as ``mtype``)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    if chunks:
+        dcpl.set_chunk(chunks)
+    dset = h5py.h5d.create(f.id, name.encode(), ftype, h5py.h5s.create_simple(data.shape),
+                           dcpl=dcpl)
+    dset.write(h5py.h5s.ALL, h5py.h5s.ALL, data, mtype=mtype)
+
+
+def twelve_bits_of_sixteen(f, chunks):
+    ftype = h5py.h5t.STD_U16LE.copy()
+    ftype.set_precision(12)
+    ftype.set_offset(4)
+    raw = (np.arange(N * H * W) % 4000).astype("<u2").reshape(N, H, W) << 4
+    _file_type(f, "d", ftype, raw, chunks, mtype=h5py.h5t.STD_U16LE)
+
+
+def bool_enum_of_int32(f, chunks):
+    ftype = h5py.h5t.enum_create(h5py.h5t.STD_I32LE)
+    ftype.enum_insert(b"FALSE", 0)
+    ftype.enum_insert(b"TRUE", 1)
+    _file_type(f, "d", ftype, (np.arange(N * H * W) % 2).astype("<i4").reshape(N, H, W),
+               chunks, mtype=ftype)
+
+
+def float_of_another_bias(f, chunks):
+    ftype = h5py.h5t.IEEE_F32LE.copy()
+    ftype.set_ebias(100)
+    _file_type(f, "d", ftype, np.linspace(1, 2, N * H * W).astype("<f4").reshape(N, H, W),
+               chunks)
+
+
+@pytest.mark.parametrize("chunks", [None, (1, H, W)], ids=["contiguous", "one frame per chunk"])
+@pytest.mark.parametrize("make", [twelve_bits_of_sixteen, bool_enum_of_int32,
+                                  float_of_another_bias])
+def test_file_types_h5py_converts_are_left_to_hdf5(tmp_path, make, chunks):
+    """Types whose bytes in the file are not the array's (some bits of a wider integer,
+    an enum h5py shows as bool, a float of other layout) are converted by HDF5."""
+    with h5py.File(tmp_path / "t.h5", "w") as f:
+        make(f, chunks)
+    with h5py.File(tmp_path / "t.h5", "r") as f:
+        assert read_rows_raw(f["d"], 0, N, 0, H) is None
+        want = f["d"][:, 1:5]
+    block, _, _ = read_stack_rows(tmp_path / "t.h5", "d", 0, N, (1, 5))
+    assert block.dtype == want.dtype
+    np.testing.assert_array_equal(block, want)
+
+
 def test_a_stack_behind_an_external_link_is_read_from_its_own_file(tmp_path):
-    data = write(tmp_path / "data.h5", chunks=(1, H, W))
+    """Eiger's layout: the master links ``data_000001`` to another file's ``data``; the
+    master has a dataset at that path of its own too, which must not be read instead."""
+    data = write(tmp_path / "data_000001.h5", chunks=(1, H, W))
     with h5py.File(tmp_path / "master.h5", "w") as f:
-        f["entry/data/data"] = h5py.ExternalLink("data.h5", DSET)
-    block, top, _ = read_stack_rows(tmp_path / "master.h5", DSET, 0, N, (1, 9))
-    np.testing.assert_array_equal(block, data[:, 1:9])
-    assert top == 1
+        f["entry/data/data_000001"] = h5py.ExternalLink("data_000001.h5", DSET)
+        f.create_dataset(DSET, data=np.full((N, H, W), 7, "<u2"), chunks=(1, H, W))
+    for chunks in ((1, H, W), None):
+        block, top, _ = read_stack_rows(tmp_path / "master.h5", "/entry/data/data_000001",
+                                        0, N, (1, 9))
+        np.testing.assert_array_equal(block, data[:, 1:9])
+        assert top == 1
+        data = write(tmp_path / "data_000001.h5", chunks=chunks)
+
+
+def test_the_file_read_is_the_one_hdf5_opened(tmp_path):
+    """A file replaced under its name after HDF5 opened it: the bytes are read from the
+    file HDF5 has open, as HDF5 itself would."""
+    write(tmp_path / "a.h5", np.full((N, H, W), 1, "<u2"), chunks=(1, H, W))
+    write(tmp_path / "b.h5", np.full((N, H, W), 2, "<u2"), chunks=(1, H, W))
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        os.rename(tmp_path / "b.h5", tmp_path / "a.h5")
+        got = read_rows_raw(f[DSET], 0, N, 0, H)
+    assert got is not None and (got == 1).all()
 
 
 def test_a_file_cut_short_while_read_is_an_error(tmp_path):
@@ -95,5 +163,5 @@ def test_a_file_cut_short_while_read_is_an_error(tmp_path):
     write(path, np.ones((N, 64, 64), "<u2"))  # contiguous, its data last in the file
     with h5py.File(path, "r") as f:
         os.truncate(path, path.stat().st_size - 64 * 64 * 2 * 2)
-        with pytest.raises(OSError, match="shrank"):
+        with pytest.raises(OSError, match=f"{re.escape(str(path))}: .*shrank"):
             read_rows_raw(f[DSET], 0, N, 0, 64)

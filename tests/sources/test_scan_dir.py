@@ -598,12 +598,12 @@ def test_stack_that_became_a_single_frame_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("chunks, cached", [((1, H, W), False), ((1, 4, W), False),
-                                            ((3, H, W), True), (None, True)])
-def test_stacks_of_one_frame_per_chunk_are_read_without_the_chunk_cache(
-        tmp_path, monkeypatch, chunks, cached):
-    """Each frame is read once: a chunk of one frame is never read again, so it is read
-    straight into the rows asked for; a chunk of several frames keeps HDF5's cache (a
-    slice may end inside it). Either way the rows read are the file's."""
+                                            ((3, H, W), False), (None, True)])
+def test_chunked_stacks_are_read_without_the_chunk_cache(tmp_path, monkeypatch, chunks,
+                                                         cached):
+    """The file is opened for each read and one read visits each chunk once: a chunked
+    stack is read straight into the rows asked for, never through HDF5's chunk cache. The
+    rows read are the file's either way."""
     frames = frames_for(0, 7)
     path = tmp_path / "stack.h5"
     with h5py.File(path, "w") as f:

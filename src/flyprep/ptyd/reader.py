@@ -333,8 +333,10 @@ def _read_chunk(f: h5py.File, path: Path, key: int, frame_start: int | None) -> 
         link = f.get(where, getlink=True)
         if isinstance(link, h5py.ExternalLink):
             target = link_target_path(path, link.filename)
-            problem = "cannot be opened" if target.exists() else "is gone"
-            raise PtydError(path, where, f"chunk disappeared: its file {target} {problem}")
+            if not target.exists():
+                raise PtydError(path, where, f"chunk disappeared: its file {target} is gone")
+            raise PtydError(path, where, f"chunk link does not resolve: its file {target} "
+                                         f"cannot be opened or lacks {link.path}")
         raise PtydError(path, where, "chunk disappeared or its link dangles")
     try:
         data = group["data"][()]

@@ -1,16 +1,17 @@
 """Frames of an HDF5 stack read with plain reads where HDF5 would only copy bytes.
 
-A dataset without filters, of a native numeric type, stored contiguously or one whole
-frame per chunk, holds each frame's rows as plain bytes at a known place in its file
+A dataset without filters, whose file type is exactly a native numeric array type,
+stored contiguously or one whole frame per chunk, holds each frame's rows as plain bytes
+at a known place in its file
 (``H5Dget_offset``, ``H5Dget_chunk_info``). Reading them with ``preadv`` gives the same
 array as ``dataset[...]`` without HDF5's per-call work, and lets other threads run
-meanwhile: h5py holds the interpreter lock for a whole read. Anything else (filters,
-external or virtual storage, a chunk not yet written, a user block) is left to HDF5.
+meanwhile: h5py holds the interpreter lock for a whole read. The bytes are read through
+the descriptor HDF5 has open. Anything else (filters, types HDF5 converts, compact,
+external or virtual storage, a chunk not yet written, a user block, another file driver)
+is left to HDF5.
 """
 
 from __future__ import annotations
-
-import os
 
 import h5py
 import numpy as np
@@ -29,14 +30,12 @@ def read_rows_raw(dset: h5py.Dataset, lo: int, hi: int, top: int, stop: int
     width = int(dset.shape[2])
     block = np.empty((len(places), stop - top, width), dset.dtype)
     skip = top * width * dset.dtype.itemsize
-    fd = os.open(dset.file.filename, os.O_RDONLY)
+    fd = dset.file.id.get_vfd_handle()  # the file HDF5 has open, whatever its name is now
     try:
         for frame, place in zip(block, places):
             fill_from(fd, frame, place + skip)
     except ValueError as exc:
-        raise OSError(str(exc)) from None
-    finally:
-        os.close(fd)
+        raise OSError(f"{dset.file.filename}: {exc}") from None
     return block
 
 
@@ -60,8 +59,13 @@ def _frame_places(dset: h5py.Dataset, lo: int, hi: int) -> list[int] | None:
 
 
 def _plain(dset: h5py.Dataset) -> bool:
-    """No filter, native numeric type, stored in its own file in plain bytes (contiguous,
-    or chunks of exactly one frame), no user block shifting HDF5's addresses."""
+    """Stored in plain bytes in the one file HDF5 has open (the default driver):
+    contiguous or in chunks of exactly one frame, no filter, no external storage, and a
+    native numeric file type that is exactly the array's (not, say, 12 bits of 16 or an
+    enum that h5py shows as bool). No user block either: ``H5Dget_chunk_info`` left it
+    out of its offsets before HDF5 1.14.4."""
+    if dset.file.driver != "sec2" or not dset.id.get_type().equal(h5py.h5t.py_create(dset.dtype)):
+        return False
     dcpl = dset.id.get_create_plist()
     layout = dcpl.get_layout()
     if layout == h5py.h5d.CHUNKED:

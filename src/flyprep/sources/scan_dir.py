@@ -385,7 +385,7 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int, rows: Rows = None
             block = read_rows_raw(dset, lo, hi, top, stop)
             if block is None:
                 block = dset[lo:hi, top:stop]
-            return block, (None if stop - top == shape[0] and top == 0 else top), shape
+            return block, (None if top == 0 and stop == shape[0] else top), shape
     except FileNotFoundError:
         raise InputError(ref.path, "frame file not found") from None
     except KeyError:
@@ -395,16 +395,17 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int, rows: Rows = None
 
 
 def _open_stack(f: h5py.File, dataset: str) -> Any:
-    """``f[dataset]``; read without HDF5's chunk cache when each of its chunks holds at
-    most one frame. Each frame is read once, so such a chunk is never read again, and the
-    cache would cost a whole chunk read and a copy where only the rows asked for are read
-    (half the time of a 256-row crop of 512-row frames)."""
+    """``f[dataset]``, a chunked dataset opened without HDF5's chunk cache. The file is
+    opened for each read, and one read visits each chunk once, so the cache never serves
+    a chunk twice; it would only read a whole chunk and copy the rows asked for out of it
+    (twice the time of a 256-row crop of 512-row frames in one-frame chunks)."""
     dset = f[dataset]
-    if not isinstance(dset, h5py.Dataset) or dset.chunks is None or dset.chunks[0] != 1:
+    if not isinstance(dset, h5py.Dataset) or dset.chunks is None:
         return dset
-    name = dset.name.encode()
     del dset  # closed: a dataset opened twice shares its first opening's chunk cache
-    return h5py.Dataset(h5py.h5d.open(f.id, name, _no_chunk_cache()))
+    # By the caller's path, which HDF5 resolves through soft and external links as f[...]
+    # did (a linked dataset's own name is its path in the file the link points to).
+    return h5py.Dataset(h5py.h5d.open(f.id, dataset.encode(), _no_chunk_cache()))
 
 
 def _no_chunk_cache() -> Any:
