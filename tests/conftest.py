@@ -19,6 +19,10 @@ from thread_check import live_threads
 THREAD_GRACE_S = 5.0
 
 
+#: Whether a test left threads running, and pytest's exit status (see pytest_unconfigure).
+_session = {"leaked": False, "status": 1}
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Every test leaves the threads it found, no more: workers (``flyprep:*``), watchdog
@@ -28,7 +32,22 @@ def no_leaked_threads() -> Iterator[None]:
     deadline = time.monotonic() + THREAD_GRACE_S
     while (leaked := live_threads() - before) and time.monotonic() < deadline:
         time.sleep(0.01)
+    _session["leaked"] = _session["leaked"] or bool(leaked)
     assert not leaked, f"threads left running: {sorted(t.name for t in leaked)}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _session["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After a test left threads running, exit as soon as pytest has reported: such a
+    thread (a failed scan's writer, say) may hold h5py's lock, and the interpreter's own
+    exit would wait for it forever, so that a red run looked like a hung one."""
+    if _session["leaked"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_session["status"])
 
 
 @dataclass(frozen=True)
