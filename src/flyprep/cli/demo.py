@@ -186,7 +186,9 @@ def _demo(console: Any, root: Path, args: argparse.Namespace, files: _Files) -> 
                       f"{args.chunk_frames} frames per chunk")
         console.print(f"  meanwhile, try: flyprep status --endpoint {daemon.endpoints['control']}")
         t0 = time.monotonic()
-        sim = Call("demo-simulator", simulate).start()
+        # Named before it starts: a Ctrl-C as soon as it runs must still find it to stop.
+        sim = Call("demo-simulator", simulate)
+        sim.start()
         columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
         with Progress(*columns, console=console, disable=args.no_progress) as progress:
