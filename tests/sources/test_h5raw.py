@@ -11,8 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
+from flyprep.errors import InputError
 from flyprep.sources.h5raw import read_rows_raw
-from flyprep.sources.scan_dir import read_stack_rows
+from flyprep.sources.rows import FrameRows
+from flyprep.sources import scan_dir as layouts
+from flyprep.sources.scan_dir import FrameRef, read_frame, read_stack_rows
 
 N, H, W = 7, 10, 6
 DSET = "/entry/data/data"
@@ -165,3 +168,37 @@ def test_a_file_cut_short_while_read_is_an_error(tmp_path):
         os.truncate(path, path.stat().st_size - 64 * 64 * 2 * 2)
         with pytest.raises(OSError, match=f"{re.escape(str(path))}: .*shrank"):
             read_rows_raw(f[DSET], 0, N, 0, 64)
+
+
+@pytest.mark.parametrize("kw", PLAIN.values(), ids=PLAIN.keys())
+@pytest.mark.parametrize("rows", [None, (2, 7)])
+def test_one_frame_files_and_single_stack_frames_are_read_plainly(tmp_path, monkeypatch,
+                                                                   kw, rows):
+    """A frame file holding one 2-D frame, and one frame of a stack read alone, take the
+    same plain reads as a stack's slices; the frame or rows are h5py's."""
+    plain = []
+
+    def spy(*args):
+        block = read_rows_raw(*args)
+        plain.append(block is not None)
+        return block
+
+    monkeypatch.setattr(layouts, "read_rows_raw", spy)
+    frame = stack()[3]
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f.create_dataset(DSET, data=frame, chunks=(H, W) if kw else None)
+    with h5py.File(tmp_path / "f.h5", "r") as f:
+        assert read_rows_raw(f[DSET], 0, 1, *(rows or (0, H))) is not None
+    data = write(tmp_path / "s.h5", **kw)
+    top, stop = rows or (0, H)
+    for path, slot, want in ((tmp_path / "f.h5", None, frame), (tmp_path / "s.h5", 3, data[3])):
+        got = read_frame(FrameRef(0, path, slot), dataset=DSET, rows=rows)
+        if rows is None:
+            assert isinstance(got, np.ndarray)
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert isinstance(got, FrameRows) and got.shape == (H, W)
+            np.testing.assert_array_equal(got[top:stop, :], want[top:stop])
+    assert plain == [True, True]
+    with pytest.raises(InputError, match=r"s\.h5\[9\]"):
+        read_frame(FrameRef(0, tmp_path / "s.h5", 9), dataset=DSET, rows=rows)

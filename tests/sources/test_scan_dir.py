@@ -609,14 +609,14 @@ def test_chunked_stacks_are_read_without_the_chunk_cache(tmp_path, monkeypatch, 
     with h5py.File(path, "w") as f:
         f.create_dataset(DSET, data=frames, chunks=chunks)
     seen = []
-    real = layouts._open_stack
+    real = layouts._open_dataset
 
     def spy(f, name):
         dset = real(f, name)
         seen.append(dset.id.get_access_plist().get_chunk_cache()[1])
         return dset
 
-    monkeypatch.setattr(layouts, "_open_stack", spy)
+    monkeypatch.setattr(layouts, "_open_dataset", spy)
     block, top, shape = layouts.read_stack_rows(path, DSET, 2, 7, (3, 6))
     np.testing.assert_array_equal(block, frames[2:7, 3:6])
     assert (top, shape) == (3, (H, W))

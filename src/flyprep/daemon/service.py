@@ -328,14 +328,8 @@ class Daemon:
                 session.file_unmatched(event.path)
         elif isinstance(event, RestartRequested):
             self._restart(event)
-        elif isinstance(event, FileCompleted):
-            if self._is_apx(event.path):
-                self._follow_apx(event.path, event.scan_dir)
-                return
-            session = self._session_for(event.scan_dir)
-            if session is not None:
-                session.file_completed(event.path)
-                self._admit(session)
+        elif isinstance(event, FileCompleted):  # an .apx (frame files: _route_all)
+            self._follow_apx(event.path, event.scan_dir)
         elif isinstance(event, FileGrew):
             # Only growing files' appearance is reported (report_growth=False): an .apx is
             # followed from then on; a positions file is re-read by its session anyway.

@@ -195,14 +195,13 @@ class ScanSession(Worker):
 
     # ---- from the daemon (any thread)
 
-    def file_completed(self, path: Path, arrived: float | None = None) -> None:
+    def file_completed(self, path: Path) -> None:
         """A file of the scan is finished (frame, positions or scan file)."""
-        self._files_put += 1
-        self._inbox.put(_File(Path(path), self.clock() if arrived is None else arrived))
+        self.files_completed([path])
 
     def files_completed(self, paths: list[Path]) -> None:
         """Files of the scan are finished, in this order (a directory listed at once):
-        one message for all of them. (One thread, the daemon's main loop, calls these.)"""
+        one message for all of them. (One thread, the daemon's main loop, calls this.)"""
         arrived = self.clock()
         self._files_put += len(paths)
         self._inbox.put([_File(Path(p), arrived) for p in paths])
@@ -796,9 +795,8 @@ class ScanSession(Worker):
                             item.path, list(self.config.watch.frame_patterns))
             return
         self._last_news = self.clock()
-        for file in item if isinstance(item, list) else (item,):
-            if isinstance(file, _File):
-                self._take_file(file)
+        for file in item:  # the files of files_completed
+            self._take_file(file)
 
     def _take_file(self, item: _File) -> None:
         self._files_taken += 1

@@ -22,12 +22,15 @@ from .npy import fill_from
 def read_rows_raw(dset: h5py.Dataset, lo: int, hi: int, top: int, stop: int
                   ) -> np.ndarray | None:
     """Rows ``top .. stop`` of frames ``lo .. hi`` (as many as there are) of the 3-D
-    dataset ``dset``, as ``dset[lo:hi, top:stop]`` would give them; None where HDF5 itself
-    must read them. OSError if the file ends before the frames do."""
-    places = _frame_places(dset, lo, min(hi, int(dset.shape[0])))
+    dataset ``dset``, as ``dset[lo:hi, top:stop]`` would give them (a 2-D dataset is one
+    frame: ``lo, hi = 0, 1``); None where HDF5 itself must read them. OSError if the file
+    ends before the frames do."""
+    if dset.ndim not in (2, 3):
+        return None
+    places = _frame_places(dset, lo, min(hi, int(dset.shape[0]) if dset.ndim == 3 else 1))
     if places is None:
         return None
-    width = int(dset.shape[2])
+    width = int(dset.shape[-1])
     block = np.empty((len(places), stop - top, width), dset.dtype)
     skip = top * width * dset.dtype.itemsize
     fd = dset.file.id.get_vfd_handle()  # the file HDF5 has open, whatever its name is now
@@ -43,7 +46,8 @@ def _frame_places(dset: h5py.Dataset, lo: int, hi: int) -> list[int] | None:
     """The file offset of each frame ``lo .. hi`` when every one is plain bytes there."""
     if not _plain(dset):
         return None
-    frame_bytes = int(dset.shape[1]) * int(dset.shape[2]) * dset.dtype.itemsize
+    frame_bytes = int(dset.shape[-2]) * int(dset.shape[-1]) * dset.dtype.itemsize
+    lead = dset.ndim - 2
     if dset.chunks is None:
         start = dset.id.get_offset()
         if start is None:  # no data written yet
@@ -51,7 +55,7 @@ def _frame_places(dset: h5py.Dataset, lo: int, hi: int) -> list[int] | None:
         return [start + i * frame_bytes for i in range(lo, hi)]
     places = []
     for i in range(lo, hi):
-        info = dset.id.get_chunk_info_by_coord((i, 0, 0))
+        info = dset.id.get_chunk_info_by_coord((i, 0, 0) if lead else (0, 0))
         if info.byte_offset is None or info.size != frame_bytes:
             return None
         places.append(info.byte_offset)
@@ -69,7 +73,7 @@ def _plain(dset: h5py.Dataset) -> bool:
     dcpl = dset.id.get_create_plist()
     layout = dcpl.get_layout()
     if layout == h5py.h5d.CHUNKED:
-        if tuple(dset.chunks) != (1, *dset.shape[1:]):
+        if tuple(dset.chunks) != (1,) * (dset.ndim - 2) + tuple(dset.shape[-2:]):
             return False
     elif layout != h5py.h5d.CONTIGUOUS:
         return False

@@ -295,13 +295,12 @@ def _read_2d(path: Path, dataset: str, slot: int | None, label: str, words: _Wor
             arr = read_npy(path) if rows is None else read_npy_rows(path, *rows)
         else:
             with h5py.File(path, "r") as f:
-                dset = f[dataset]
+                dset = _open_dataset(f, dataset)
                 if not isinstance(dset, h5py.Dataset):
                     raise InputError(path, f"{dataset!r} is a group, not a dataset")
                 lead = () if slot is None else (slot,)
-                if _fits(rows, dset.shape, len(lead) + 2):
-                    assert rows is not None
-                    return FrameRows(dset[(*lead, slice(*rows))], rows[0], dset.shape[-2:])
+                if dset.ndim == len(lead) + 2:
+                    return _frame_rows(dset, slot or 0, rows)
                 arr = dset[lead] if lead else dset[()]
     except FileNotFoundError:
         raise InputError(path, words.not_found) from None
@@ -315,6 +314,19 @@ def _read_2d(path: Path, dataset: str, slot: int | None, label: str, words: _Wor
     if arr.ndim != 2:
         raise InputError(label, f"{words.array} has shape {arr.shape}; expected 2-D")
     return arr
+
+
+def _frame_rows(dset: h5py.Dataset, index: int, rows: Rows) -> np.ndarray | FrameRows:
+    """Frame ``index`` of a stack (0 of a 2-D dataset): only ``rows`` of it when they fit
+    (as :class:`FrameRows`), else whole; plain reads where :mod:`.h5raw` can."""
+    height = int(dset.shape[-2])
+    top, stop = rows if _fits(rows, dset.shape, dset.ndim) else (0, height)  # type: ignore[misc]
+    block = read_rows_raw(dset, index, index + 1, top, stop)
+    if block is not None and len(block):
+        data = block[0]
+    else:  # HDF5's own read (and its error for a frame the stack lacks)
+        data = dset[(*(index,) * (dset.ndim - 2), slice(top, stop))]
+    return data if (top, stop) == (0, height) else FrameRows(data, top, dset.shape[-2:])
 
 
 def _fits(rows: Rows, shape: tuple[int, ...], ndim: int) -> bool:
@@ -374,7 +386,7 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int, rows: Rows = None
     shape; the dataset must be 3-D."""
     try:
         with h5py.File(ref.path, "r") as f:
-            dset = _open_stack(f, dataset)
+            dset = _open_dataset(f, dataset)
             if not isinstance(dset, h5py.Dataset):
                 raise InputError(ref.path, f"{dataset!r} is a group, not a dataset")
             if dset.ndim != 3:
@@ -394,7 +406,7 @@ def _read_stack(ref: FrameRef, dataset: str, lo: int, hi: int, rows: Rows = None
         raise InputError(f"{ref.path}[{lo}:{hi}]", f"unreadable frames: {exc}") from None
 
 
-def _open_stack(f: h5py.File, dataset: str) -> Any:
+def _open_dataset(f: h5py.File, dataset: str) -> Any:
     """``f[dataset]``, a chunked dataset opened without HDF5's chunk cache. The file is
     opened for each read, and one read visits each chunk once, so the cache never serves
     a chunk twice; it would only read a whole chunk and copy the rows asked for out of it

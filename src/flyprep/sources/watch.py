@@ -299,10 +299,7 @@ class ScanWatcher:
     def _ignored(self, name: str) -> bool:
         return self._ignore_re.match(name) is not None
 
-    def _kind(self, path: Path) -> str | None:
-        return self._kind_of_name(path.name)
-
-    def _kind_of_name(self, name: str) -> str | None:
+    def _kind(self, name: str) -> str | None:
         c = self.config
         if self._ignored(name):
             return None
@@ -318,9 +315,9 @@ class ScanWatcher:
 
     def _on_fs_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
-        if kind == "created" and not event.is_directory and not self._polling:
+        if kind in ("created", "modified") and not event.is_directory and not self._polling:
             text = os.fsdecode(event.src_path)
-            if self._kind_of_name(text.rpartition(os.sep)[2]) == _FILE:
+            if self._kind(text.rpartition(os.sep)[2]) == _FILE:
                 self._frame_file_created(text)
                 return
         src = Path(os.fsdecode(event.src_path))
@@ -377,7 +374,7 @@ class ScanWatcher:
         """``(kind, scan directory)`` of a file to report, else None. Its scan is announced
         first (the polling observer may report a new directory's files before the
         directory), and an end marker is dealt with here (None)."""
-        kind, scan_dir = self._kind(path), self.scan_dir_of(path)
+        kind, scan_dir = self._kind(path.name), self.scan_dir_of(path)
         if kind is None or scan_dir is None:
             return None
         with self._lock:
@@ -399,18 +396,15 @@ class ScanWatcher:
                 self._complete(path, classified[1])
 
     def _frame_file_created(self, text: str) -> None:
-        """A frame file appeared (native observer): a close or a move finishes it; its
-        creation only shows its scan (a directory moved in brings one such event per
-        file, so no Path is made here)."""
+        """A frame file appeared or was written to (native observer): a close or a move
+        finishes it; this only shows its scan (a directory moved in brings one such event
+        per file, so no Path is made here)."""
         scan_dir = self.scan_dir_of(text)
         if scan_dir is not None and scan_dir not in self._appeared:
             with self._lock:
                 self._announce(scan_dir)
 
     def _file_touched(self, path: Path, *, created: bool) -> None:
-        if not self._polling and self._kind(path) == _FILE:
-            self._frame_file_created(os.fspath(path))
-            return
         classified = self._classified(path)
         if classified is None:
             return
